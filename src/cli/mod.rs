@@ -1,0 +1,52 @@
+//! Subcommands. Each file holds one subcommand's arguments and its `run`.
+
+pub mod caption;
+pub mod model;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use gaze::model::{CaptionModel, LoadOptions};
+
+/// Sets up `tracing` to stderr; `GAZE_LOG` (an env-filter string) overrides `level`.
+pub fn init_logging(level: &str) {
+    let filter = std::env::var("GAZE_LOG").unwrap_or_else(|_| level.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Where a model comes from: a gaze model file, or tutorial weights plus a word map.
+#[derive(Args, Debug, Clone)]
+pub struct ModelSource {
+    /// A gaze model file (.safetensors with metadata).
+    #[arg(long, conflicts_with = "weights")]
+    pub model: Option<PathBuf>,
+    /// Tutorial-named weights (.safetensors state dicts, no metadata); needs --word-map.
+    #[arg(long, requires = "word_map")]
+    pub weights: Option<PathBuf>,
+    /// The tutorial's WORDMAP_*.json (required with --weights; replaces a model's own).
+    #[arg(long)]
+    pub word_map: Option<PathBuf>,
+    /// Attention grid size for weights that do not record it.
+    #[arg(long)]
+    pub encoded_image_size: Option<usize>,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "GAZE_DEVICE")]
+    pub device: String,
+}
+
+impl ModelSource {
+    pub fn load(&self) -> Result<CaptionModel> {
+        let path = match (&self.model, &self.weights) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => bail!("give a model with --model FILE, or --weights FILE --word-map WORDMAP.json"),
+        };
+        let device = gaze::device::open_device(&self.device)?;
+        let opts = LoadOptions { word_map: self.word_map.clone(), encoded_image_size: self.encoded_image_size };
+        // Model errors name the file themselves.
+        Ok(CaptionModel::load(path, &opts, &device)?)
+    }
+}

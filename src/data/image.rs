@@ -1,0 +1,153 @@
+//! Image decoding and the tutorial's preprocessing.
+//!
+//! Decoding covers every format the `image` crate reads (JPEG incl. progressive, PNG incl.
+//! 16-bit/alpha/palette, WebP, BMP, GIF's first frame, TIFF, ...), applies EXIF orientation and
+//! refuses images whose pixel count exceeds a limit before allocating them (decompression bombs).
+//!
+//! Preprocessing is the tutorial's: RGB (grayscale copied to three channels, alpha dropped),
+//! resize to 256x256, values / 255, normalised with ImageNet mean and std, laid out CHW.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use super::DataError;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// The side length the tutorial resizes every image to.
+pub const TUTORIAL_SIZE: u32 = 256;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Images with more pixels than this are refused before their pixels are allocated.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        // 120 megapixels: larger than any camera image, smaller than a bomb.
+        DecodeOptions { max_pixels: 120_000_000 }
+    }
+}
+
+/// Reads and decodes an image file.
+pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<DynamicImage, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_bytes(&bytes, path, opts)
+}
+
+/// Decodes an image held in memory; `path` is only used to name the image in errors.
+pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<DynamicImage, DataError> {
+    let fail = |reason: String| DataError::Image { path: path.to_path_buf(), reason };
+    if bytes.is_empty() {
+        return Err(fail("the file is empty (0 bytes)".into()));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| fail(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(fail("not a recognised image format".into()));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > opts.max_pixels {
+        return Err(fail(format!(
+            "{w}x{h} is {pixels} pixels, over the limit of {} (a possible decompression bomb)",
+            opts.max_pixels
+        )));
+    }
+    if pixels == 0 {
+        return Err(fail(format!("the image is {w}x{h}")));
+    }
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(img)
+}
+
+/// RGB at `size`x`size` (bilinear with antialiasing, as PIL's resize).
+pub fn to_rgb_resized(img: &DynamicImage, size: u32) -> RgbImage {
+    let rgb = img.to_rgb8();
+    if rgb.width() == size && rgb.height() == size {
+        return rgb;
+    }
+    image::imageops::resize(&rgb, size, size, image::imageops::FilterType::Triangle)
+}
+
+/// Interleaved RGB to planar CHW bytes.
+pub fn rgb_to_chw(img: &RgbImage) -> Vec<u8> {
+    let plane = (img.width() * img.height()) as usize;
+    let mut out = vec![0u8; 3 * plane];
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        out[i] = px[0];
+        out[plane + i] = px[1];
+        out[2 * plane + i] = px[2];
+    }
+    out
+}
+
+/// CHW bytes to normalised CHW floats: `(x / 255 - mean[c]) / std[c]`.
+pub fn normalize_chw(chw: &[u8], out: &mut [f32]) {
+    assert_eq!(chw.len(), out.len());
+    assert_eq!(chw.len() % 3, 0);
+    let plane = chw.len() / 3;
+    for c in 0..3 {
+        let (mean, std) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
+        let src = &chw[c * plane..(c + 1) * plane];
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s as f32 / 255.0 - mean) / std;
+        }
+    }
+}
+
+/// Decode, resize and normalise one image file: the tutorial's preprocessing end to end.
+/// Returns CHW floats of length `3 * size * size` and the original (oriented) width and height.
+pub fn load_normalized(path: &Path, size: u32, opts: &DecodeOptions) -> Result<(Vec<f32>, u32, u32), DataError> {
+    let img = decode_file(path, opts)?;
+    let (w, h) = (img.width(), img.height());
+    let chw = rgb_to_chw(&to_rgb_resized(&img, size));
+    let mut out = vec![0f32; chw.len()];
+    normalize_chw(&chw, &mut out);
+    Ok((out, w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chw_and_normalisation() {
+        let img = RgbImage::from_fn(2, 1, |x, _| if x == 0 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 255, 0]) });
+        let chw = rgb_to_chw(&img);
+        assert_eq!(chw, vec![255, 0, 0, 255, 0, 0]);
+        let mut out = vec![0.0; 6];
+        normalize_chw(&chw, &mut out);
+        assert!((out[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((out[2] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_bytes_name_the_file() {
+        let p = Path::new("broken.jpg");
+        let e = decode_bytes(b"", p, &DecodeOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg") && e.contains("empty"), "{e}");
+        let e = decode_bytes(b"definitely not an image", p, &DecodeOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg"), "{e}");
+    }
+
+    #[test]
+    fn pixel_limit_refuses_large_images() {
+        let img = RgbImage::new(100, 100);
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        let e = decode_bytes(&bytes, Path::new("big.png"), &DecodeOptions { max_pixels: 5000 }).unwrap_err();
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        assert!(decode_bytes(&bytes, Path::new("ok.png"), &DecodeOptions::default()).is_ok());
+    }
+}

@@ -1,0 +1,16 @@
+//! gaze: "Show, Attend and Tell" image captioning in Rust.
+//!
+//! The library is organised by job:
+//! - [`model`]: encoder backbones, soft attention, the LSTM decoder, beam search, model files.
+//! - [`data`]: Karpathy split JSON, word maps, the tutorial's HDF5/JSON files, image preprocessing.
+//! - [`metrics`]: BLEU, CIDEr-D, ROUGE-L and METEOR as the reference scorers compute them.
+//! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
+//! - [`store`]: the SQLite store (migrations, queries).
+//! - [`daemon`]: the folder-watching captioning pipeline.
+//! - [`viz`]: attention pictures.
+
+pub mod data;
+pub mod device;
+pub mod metrics;
+pub mod model;
+pub mod viz;

@@ -1,0 +1,1 @@
+//! Caption metrics, computed the way the reference scorers compute them (see docs in each file).

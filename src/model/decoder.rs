@@ -1,0 +1,197 @@
+//! The LSTM decoder with attention (the tutorial's `DecoderWithAttention`), with its parameter
+//! names: `embedding`, `attention.*`, `decode_step` (an `LSTMCell`: `weight_ih`, `weight_hh`,
+//! `bias_ih`, `bias_hh`, gates i, f, g, o), `init_h`, `init_c`, `f_beta`, `fc`.
+
+use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
+
+use super::attention::Attention;
+use super::config::ModelConfig;
+use super::encoder::layers::Linear;
+use super::weights::WeightsView;
+
+/// PyTorch's `nn.LSTMCell`.
+#[derive(Debug, Clone)]
+pub struct LstmCell {
+    pub weight_ih: Tensor,
+    pub weight_hh: Tensor,
+    pub bias_ih: Tensor,
+    pub bias_hh: Tensor,
+}
+
+impl LstmCell {
+    pub fn load(w: &WeightsView, input: usize, hidden: usize) -> Self {
+        LstmCell {
+            weight_ih: w.get("weight_ih", &[4 * hidden, input]),
+            weight_hh: w.get("weight_hh", &[4 * hidden, hidden]),
+            bias_ih: w.get("bias_ih", &[4 * hidden]),
+            bias_hh: w.get("bias_hh", &[4 * hidden]),
+        }
+    }
+
+    /// One step on `(R, input)` inputs and `(R, hidden)` states.
+    pub fn forward(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let gates = x
+            .matmul(&self.weight_ih.t()?)?
+            .broadcast_add(&self.bias_ih)?
+            .add(&h.matmul(&self.weight_hh.t()?)?.broadcast_add(&self.bias_hh)?)?;
+        let chunks = gates.chunk(4, 1)?;
+        let i = candle_nn::ops::sigmoid(&chunks[0])?;
+        let f = candle_nn::ops::sigmoid(&chunks[1])?;
+        let g = chunks[2].tanh()?;
+        let o = candle_nn::ops::sigmoid(&chunks[3])?;
+        let c_next = ((f * c)? + (i * g)?)?;
+        let h_next = (o * c_next.tanh()?)?;
+        Ok((h_next, c_next))
+    }
+}
+
+/// Output of one decoding step for `Q` states per image.
+pub struct StepOutput {
+    /// `(B, Q, V)` scores before softmax.
+    pub logits: Tensor,
+    pub h: Tensor,
+    pub c: Tensor,
+    /// `(B, Q, P)` attention weights used in this step.
+    pub alpha: Tensor,
+}
+
+/// Output of the teacher-forced pass.
+pub struct TeacherForced {
+    /// `(B, T, V)` scores, zero beyond each caption's decode length (batch sorted by length).
+    pub predictions: Tensor,
+    /// `(B, T, P)` attention weights, zero beyond each decode length.
+    pub alphas: Tensor,
+    /// Decode length of each row (caption length - 1), in sorted order.
+    pub decode_lengths: Vec<usize>,
+    /// `sort_ind`: row i of the outputs is input row `sort_ind[i]`.
+    pub sort_ind: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub embedding: Tensor,
+    pub attention: Attention,
+    pub decode_step: LstmCell,
+    pub init_h: Linear,
+    pub init_c: Linear,
+    pub f_beta: Linear,
+    pub fc: Linear,
+    pub dropout: f32,
+    pub vocab_size: usize,
+}
+
+impl Decoder {
+    pub fn load(w: &WeightsView, cfg: &ModelConfig) -> Self {
+        let (e, d, a, m, v) = (cfg.encoder_dim(), cfg.decoder_dim, cfg.attention_dim, cfg.embed_dim, cfg.vocab_size);
+        Decoder {
+            embedding: w.pp("embedding").get("weight", &[v, m]),
+            attention: Attention::load(&w.pp("attention"), e, d, a),
+            decode_step: LstmCell::load(&w.pp("decode_step"), m + e, d),
+            init_h: Linear::load(&w.pp("init_h"), e, d),
+            init_c: Linear::load(&w.pp("init_c"), e, d),
+            f_beta: Linear::load(&w.pp("f_beta"), d, e),
+            fc: Linear::load(&w.pp("fc"), d, v),
+            dropout: cfg.dropout,
+            vocab_size: v,
+        }
+    }
+
+    /// `(h, c)`, each `(B, D)`, from the mean of the `(B, P, E)` encoder output.
+    pub fn init_hidden_state(&self, encoder_out: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mean = encoder_out.mean(1)?;
+        Ok((self.init_h.forward(&mean)?, self.init_c.forward(&mean)?))
+    }
+
+    /// Embeddings of `(B, Q)` word ids: `(B, Q, M)`.
+    pub fn embed(&self, words: &Tensor) -> Result<Tensor> {
+        let (b, q) = words.dims2()?;
+        let flat = self.embedding.index_select(&words.flatten_all()?, 0)?;
+        flat.reshape((b, q, ()))
+    }
+
+    /// One decoding step for `Q` states per image. `prev_words` is `(B, Q)` (u32), `h` and `c`
+    /// are `(B, Q, D)`, `encoder_out` is `(B, P, E)` and `encoder_proj` its projection.
+    pub fn step(
+        &self,
+        encoder_out: &Tensor,
+        encoder_proj: &Tensor,
+        prev_words: &Tensor,
+        h: &Tensor,
+        c: &Tensor,
+        train: bool,
+    ) -> Result<StepOutput> {
+        let (b, q, d) = h.dims3()?;
+        let emb = self.embed(prev_words)?;
+        let (awe, alpha) = self.attention.forward(encoder_out, encoder_proj, h)?;
+        let gate = candle_nn::ops::sigmoid(&self.f_beta.forward(h)?)?;
+        let awe = (gate * awe)?;
+        let input = Tensor::cat(&[&emb, &awe], D::Minus1)?;
+        let rows = b * q;
+        let (h, c) = self.decode_step.forward(
+            &input.reshape((rows, ()))?,
+            &h.reshape((rows, d))?,
+            &c.reshape((rows, d))?,
+        )?;
+        let out = if train && self.dropout > 0.0 { candle_nn::ops::dropout(&h, self.dropout)? } else { h.clone() };
+        let logits = self.fc.forward(&out)?.reshape((b, q, self.vocab_size))?;
+        Ok(StepOutput { logits, h: h.reshape((b, q, d))?, c: c.reshape((b, q, d))?, alpha })
+    }
+
+    /// The tutorial's teacher-forced `forward`: sorts the batch by caption length (descending),
+    /// then at step t runs only the rows whose decode length exceeds t.
+    ///
+    /// `encoder_out` is `(B, S, S, E)` or `(B, P, E)`; `captions` `(B, L)` u32 ids; `lengths`
+    /// the caption lengths including `<start>` and `<end>`.
+    pub fn forward_teacher(
+        &self,
+        encoder_out: &Tensor,
+        captions: &Tensor,
+        lengths: &[usize],
+        train: bool,
+    ) -> Result<TeacherForced> {
+        let b = encoder_out.dim(0)?;
+        let e = *encoder_out.dims().last().expect("rank >= 3");
+        let encoder_out = encoder_out.reshape((b, (), e))?;
+        let p = encoder_out.dim(1)?;
+        // A stable sort by descending length (torch.sort is not guaranteed stable; ties are
+        // only a row permutation of equal-length captions).
+        let mut sort_ind: Vec<usize> = (0..b).collect();
+        sort_ind.sort_by(|&x, &y| lengths[y].cmp(&lengths[x]));
+        let idx = Tensor::from_vec(sort_ind.iter().map(|&i| i as u32).collect::<Vec<_>>(), b, encoder_out.device())?;
+        let encoder_out = encoder_out.index_select(&idx, 0)?;
+        let captions = captions.index_select(&idx, 0)?;
+        let decode_lengths: Vec<usize> = sort_ind.iter().map(|&i| lengths[i].saturating_sub(1)).collect();
+        let max_t = decode_lengths.iter().copied().max().unwrap_or(0);
+
+        let encoder_proj = self.attention.project_encoder(&encoder_out)?;
+        let (h0, c0) = self.init_hidden_state(&encoder_out)?;
+        let (mut h, mut c) = (h0.unsqueeze(1)?, c0.unsqueeze(1)?);
+        let mut preds = Vec::with_capacity(max_t);
+        let mut alphas = Vec::with_capacity(max_t);
+        for t in 0..max_t {
+            let bt = decode_lengths.iter().filter(|&&l| l > t).count();
+            let out = self.step(
+                &encoder_out.narrow(0, 0, bt)?,
+                &encoder_proj.narrow(0, 0, bt)?,
+                &captions.i((..bt, t..t + 1))?,
+                &h.narrow(0, 0, bt)?,
+                &c.narrow(0, 0, bt)?,
+                train,
+            )?;
+            h = out.h;
+            c = out.c;
+            preds.push(out.logits.squeeze(1)?.pad_with_zeros(0, 0, b - bt)?);
+            alphas.push(out.alpha.squeeze(1)?.pad_with_zeros(0, 0, b - bt)?);
+        }
+        let dev = encoder_out.device();
+        let (predictions, alphas) = if max_t == 0 {
+            (
+                Tensor::zeros((b, 0, self.vocab_size), DType::F32, dev)?,
+                Tensor::zeros((b, 0, p), DType::F32, dev)?,
+            )
+        } else {
+            (Tensor::stack(&preds, 1)?, Tensor::stack(&alphas, 1)?)
+        };
+        Ok(TeacherForced { predictions, alphas, decode_lengths, sort_ind })
+    }
+}
