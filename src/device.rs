@@ -6,7 +6,9 @@ use candle_core::Device;
 pub enum DeviceError {
     #[error("unknown device {0:?}: expected cpu, cuda or cuda:N")]
     Unknown(String),
-    #[error("device {0} asked for, but this gaze was built without CUDA (rebuild with --features cuda)")]
+    #[error(
+        "device {0} asked for, but this gaze was built without CUDA (rebuild with --features cuda)"
+    )]
     NoCudaBuild(String),
     #[error("cannot open CUDA device {index}: {reason}")]
     Cuda { index: usize, reason: String },
@@ -28,7 +30,10 @@ pub fn open_device(spec: &str) -> Result<Device, DeviceError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(DeviceError::NoCudaBuild(spec));
     }
-    Device::new_cuda(index).map_err(|e| DeviceError::Cuda { index, reason: e.to_string() })
+    Device::new_cuda(index).map_err(|e| DeviceError::Cuda {
+        index,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -39,7 +44,10 @@ mod tests {
     fn parses_devices() {
         assert!(matches!(open_device("cpu"), Ok(Device::Cpu)));
         assert!(matches!(open_device("tpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(open_device("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            open_device("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
         if !candle_core::utils::cuda_is_available() {
             let e = open_device("cuda:0").unwrap_err().to_string();
             assert!(e.contains("without CUDA"), "{e}");

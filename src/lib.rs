@@ -13,4 +13,5 @@ pub mod data;
 pub mod device;
 pub mod metrics;
 pub mod model;
+pub mod rng;
 pub mod viz;

@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gaze", version, about = "Show, Attend and Tell image captioning", propagate_version = true)]
+#[command(
+    name = "gaze",
+    version,
+    about = "Show, Attend and Tell image captioning",
+    propagate_version = true
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); GAZE_LOG overrides.
     #[arg(long, global = true, default_value = "info")]

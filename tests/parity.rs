@@ -9,7 +9,9 @@ use gaze::model::weights::Weights;
 use gaze::model::{BeamOptions, BlockKind, CaptionModel, EncoderConfig, LoadOptions, ModelConfig};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(name)
 }
 
 fn expected() -> HashMap<String, Tensor> {
@@ -21,15 +23,30 @@ fn meta() -> serde_json::Value {
 }
 
 fn load_model() -> CaptionModel {
-    let opts = LoadOptions { word_map: Some(fixture("WORDMAP_parity.json")), encoded_image_size: Some(5) };
+    let opts = LoadOptions {
+        word_map: Some(fixture("WORDMAP_parity.json")),
+        encoded_image_size: Some(5),
+    };
     CaptionModel::load(&fixture("weights.safetensors"), &opts, &Device::Cpu).unwrap()
 }
 
 /// Elementwise `|a - b| <= 1e-4 * |b| + 1e-5`.
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
-    let g: Vec<f32> = got.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
-    let w: Vec<f32> = want.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = got
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let w: Vec<f32> = want
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut worst = 0f32;
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let tol = 1e-4 * b.abs() + 1e-5;
@@ -50,9 +67,15 @@ fn encoder_output_matches_pytorch() {
 #[test]
 fn bottleneck_encoder_matches_pytorch() {
     let exp = expected();
-    let tensors = candle_core::safetensors::load(fixture("bottleneck_encoder.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixture("bottleneck_encoder.safetensors"), &Device::Cpu)
+            .unwrap();
     let cfg = ModelConfig {
-        encoder: EncoderConfig::Resnet { block: BlockKind::Bottleneck, layers: [1, 2, 1, 1], width: 4 },
+        encoder: EncoderConfig::Resnet {
+            block: BlockKind::Bottleneck,
+            layers: [1, 2, 1, 1],
+            width: 4,
+        },
         encoded_image_size: 3,
         attention_dim: 1,
         embed_dim: 1,
@@ -62,9 +85,15 @@ fn bottleneck_encoder_matches_pytorch() {
     };
     let weights = Weights::new(tensors, &Device::Cpu);
     let encoder = gaze::model::Encoder::load(&weights.pp("encoder"), &cfg);
-    weights.check(Path::new("bottleneck_encoder.safetensors")).unwrap();
+    weights
+        .check(Path::new("bottleneck_encoder.safetensors"))
+        .unwrap();
     let out = encoder.forward(&exp["images"]).unwrap();
-    assert_close("bottleneck_encoder_out", &out, &exp["bottleneck_encoder_out"]);
+    assert_close(
+        "bottleneck_encoder_out",
+        &out,
+        &exp["bottleneck_encoder_out"],
+    );
 }
 
 #[test]
@@ -74,9 +103,13 @@ fn teacher_forced_pass_matches_pytorch() {
     let meta = meta();
     let lengths: Vec<usize> = serde_json::from_value(meta["lengths"].clone()).unwrap();
     let captions = exp["tf_captions"].to_dtype(DType::U32).unwrap();
-    let tf = model.decoder.forward_teacher(&exp["encoder_out"], &captions, &lengths, false).unwrap();
+    let tf = model
+        .decoder
+        .forward_teacher(&exp["encoder_out"], &captions, &lengths, false)
+        .unwrap();
     let sort_ind: Vec<usize> = serde_json::from_value(meta["tf_sort_ind"].clone()).unwrap();
-    let decode_lengths: Vec<usize> = serde_json::from_value(meta["tf_decode_lengths"].clone()).unwrap();
+    let decode_lengths: Vec<usize> =
+        serde_json::from_value(meta["tf_decode_lengths"].clone()).unwrap();
     assert_eq!(tf.sort_ind, sort_ind);
     assert_eq!(tf.decode_lengths, decode_lengths);
     assert_close("tf_predictions", &tf.predictions, &exp["tf_predictions"]);
@@ -90,7 +123,10 @@ fn beam_search_matches_the_tutorial() {
     let meta = meta();
     let images = &exp["images"];
     for k in [1usize, 3, 5] {
-        let opts = BeamOptions { beam_size: k, ..Default::default() };
+        let opts = BeamOptions {
+            beam_size: k,
+            ..Default::default()
+        };
         // All images in one batched search.
         let captions = model.caption_images(images, &opts).unwrap();
         for (i, cap) in captions.iter().enumerate() {
@@ -98,10 +134,18 @@ fn beam_search_matches_the_tutorial() {
             let tokens: Vec<u32> = serde_json::from_value(want["tokens"].clone()).unwrap();
             let score = want["score"].as_f64().unwrap() as f32;
             assert_eq!(cap.tokens, tokens, "beam {k}, image {i}: token sequence");
-            assert!((cap.score - score).abs() <= 1e-4 * score.abs().max(1.0), "beam {k}, image {i}: score {} vs {score}", cap.score);
+            assert!(
+                (cap.score - score).abs() <= 1e-4 * score.abs().max(1.0),
+                "beam {k}, image {i}: score {} vs {score}",
+                cap.score
+            );
             assert!(cap.finished);
             let alphas = Tensor::new(cap.alphas.clone(), &Device::Cpu).unwrap();
-            assert_close(&format!("beam{k}_image{i}_alphas"), &alphas, &exp[&format!("beam{k}_image{i}_alphas")]);
+            assert_close(
+                &format!("beam{k}_image{i}_alphas"),
+                &alphas,
+                &exp[&format!("beam{k}_image{i}_alphas")],
+            );
         }
     }
 }
@@ -111,10 +155,16 @@ fn batched_search_equals_one_image_at_a_time() {
     let model = load_model();
     let images = &expected()["images"];
     for k in [1usize, 3, 5] {
-        let opts = BeamOptions { beam_size: k, ..Default::default() };
+        let opts = BeamOptions {
+            beam_size: k,
+            ..Default::default()
+        };
         let batched = model.caption_images(images, &opts).unwrap();
         for (i, b) in batched.iter().enumerate() {
-            let single = model.caption_images(&images.i(i..i + 1).unwrap(), &opts).unwrap().remove(0);
+            let single = model
+                .caption_images(&images.i(i..i + 1).unwrap(), &opts)
+                .unwrap()
+                .remove(0);
             assert_eq!(single.tokens, b.tokens, "beam {k}, image {i}");
             assert!((single.score - b.score).abs() <= 1e-5 * b.score.abs().max(1.0));
         }
@@ -125,17 +175,37 @@ fn batched_search_equals_one_image_at_a_time() {
 fn unfinished_search_returns_the_best_sequence() {
     // With <end> made impossible no beam finishes: the tutorial crashes here; gaze returns the
     // best unfinished sequence after its 51 steps.
-    let mut tensors = candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
     let wm = gaze::data::WordMap::load(&fixture("WORDMAP_parity.json")).unwrap();
     let bias: Vec<f32> = tensors["decoder.fc.bias"].to_vec1().unwrap();
     let mut bias = bias;
     bias[wm.end as usize] = -1e4;
-    tensors.insert("decoder.fc.bias".into(), Tensor::new(bias, &Device::Cpu).unwrap());
+    tensors.insert(
+        "decoder.fc.bias".into(),
+        Tensor::new(bias, &Device::Cpu).unwrap(),
+    );
     let cfg = gaze::model::file::infer_config(&tensors, wm.len(), Some(5), Path::new("x")).unwrap();
-    let model = CaptionModel::from_parts(tensors, cfg, wm, serde_json::json!({}), &Device::Cpu, Path::new("x")).unwrap();
+    let model = CaptionModel::from_parts(
+        tensors,
+        cfg,
+        wm,
+        serde_json::json!({}),
+        &Device::Cpu,
+        Path::new("x"),
+    )
+    .unwrap();
     let images = &expected()["images"];
     for k in [1usize, 3] {
-        let caps = model.caption_images(images, &BeamOptions { beam_size: k, ..Default::default() }).unwrap();
+        let caps = model
+            .caption_images(
+                images,
+                &BeamOptions {
+                    beam_size: k,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         for cap in caps {
             assert!(!cap.finished);
             assert_eq!(cap.tokens.len(), 52, "<start> plus 51 words");
@@ -147,37 +217,65 @@ fn unfinished_search_returns_the_best_sequence() {
 
 #[test]
 fn missing_and_misshaped_tensors_are_all_reported() {
-    let mut tensors = candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
     tensors.remove("decoder.f_beta.weight");
-    tensors.insert("decoder.init_h.bias".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "decoder.init_h.bias".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
     tensors.remove("encoder.resnet.5.0.bn2.running_var");
     let wm = gaze::data::WordMap::load(&fixture("WORDMAP_parity.json")).unwrap();
     let cfg = gaze::model::file::infer_config(&tensors, wm.len(), Some(5), Path::new("x")).unwrap();
-    let err = CaptionModel::from_parts(tensors, cfg, wm, serde_json::json!({}), &Device::Cpu, Path::new("broken.safetensors"))
-        .err()
-        .expect("a broken model must not load")
-        .to_string();
+    let err = CaptionModel::from_parts(
+        tensors,
+        cfg,
+        wm,
+        serde_json::json!({}),
+        &Device::Cpu,
+        Path::new("broken.safetensors"),
+    )
+    .err()
+    .expect("a broken model must not load")
+    .to_string();
     assert!(err.contains("broken.safetensors"), "{err}");
-    assert!(err.contains("decoder.f_beta.weight: missing (expected shape [64, 20])"), "{err}");
-    assert!(err.contains("decoder.init_h.bias: expected shape [20], found [7]"), "{err}");
-    assert!(err.contains("encoder.resnet.5.0.bn2.running_var: missing"), "{err}");
+    assert!(
+        err.contains("decoder.f_beta.weight: missing (expected shape [64, 20])"),
+        "{err}"
+    );
+    assert!(
+        err.contains("decoder.init_h.bias: expected shape [20], found [7]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("encoder.resnet.5.0.bn2.running_var: missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn model_file_round_trip_keeps_captions() {
     let model = load_model();
-    let tensors = candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
     let mut named: Vec<(String, Tensor)> = tensors.into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let prov = serde_json::json!({"data_name": "parity", "epoch": 3});
-    gaze::model::file::write_model_file(&path, &named, &model.config, &model.word_map, &prov).unwrap();
+    gaze::model::file::write_model_file(&path, &named, &model.config, &model.word_map, &prov)
+        .unwrap();
     let again = CaptionModel::load(&path, &LoadOptions::default(), &Device::Cpu).unwrap();
     assert_eq!(again.config, model.config);
     assert_eq!(again.word_map, model.word_map);
     assert_eq!(again.provenance, prov);
     let images = &expected()["images"];
-    let opts = BeamOptions { beam_size: 3, ..Default::default() };
-    assert_eq!(model.caption_images(images, &opts).unwrap(), again.caption_images(images, &opts).unwrap());
+    let opts = BeamOptions {
+        beam_size: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        model.caption_images(images, &opts).unwrap(),
+        again.caption_images(images, &opts).unwrap()
+    );
 }

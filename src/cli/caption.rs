@@ -68,7 +68,11 @@ fn decode(path: &Path) -> Result<Decoded, gaze::data::DataError> {
     let chw = img::rgb_to_chw(&img::to_rgb_resized(&image, TUTORIAL_SIZE));
     let mut pixels = vec![0f32; chw.len()];
     img::normalize_chw(&chw, &mut pixels);
-    Ok(Decoded { path: path.to_path_buf(), pixels, image })
+    Ok(Decoded {
+        path: path.to_path_buf(),
+        pixels,
+        image,
+    })
 }
 
 pub fn run(args: CaptionArgs) -> Result<ExitCode> {
@@ -94,7 +98,10 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
         if good.is_empty() {
             continue;
         }
-        let pixels: Vec<Vec<f32>> = good.iter_mut().map(|d| std::mem::take(&mut d.pixels)).collect();
+        let pixels: Vec<Vec<f32>> = good
+            .iter_mut()
+            .map(|d| std::mem::take(&mut d.pixels))
+            .collect();
         let batch = images_to_tensor(&pixels, TUTORIAL_SIZE as usize, &model.device)?;
         let captions = model.caption_images(&batch, &opts)?;
         let mut out = stdout.lock();
@@ -114,10 +121,17 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
             }
             if let Some(dir) = &args.attention_dir {
                 let picture = gaze::viz::attention_picture(&d.image, cap, &model.word_map);
-                let stem = d.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+                let stem = d
+                    .path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into());
                 let target = dir.join(format!("{stem}.attention.png"));
                 if let Err(e) = picture.save(&target) {
-                    eprintln!("error: {}: cannot write attention picture: {e}", target.display());
+                    eprintln!(
+                        "error: {}: cannot write attention picture: {e}",
+                        target.display()
+                    );
                     failed += 1;
                 }
             }

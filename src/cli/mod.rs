@@ -42,10 +42,15 @@ impl ModelSource {
     pub fn load(&self) -> Result<CaptionModel> {
         let path = match (&self.model, &self.weights) {
             (Some(p), _) | (None, Some(p)) => p,
-            (None, None) => bail!("give a model with --model FILE, or --weights FILE --word-map WORDMAP.json"),
+            (None, None) => {
+                bail!("give a model with --model FILE, or --weights FILE --word-map WORDMAP.json")
+            }
         };
         let device = gaze::device::open_device(&self.device)?;
-        let opts = LoadOptions { word_map: self.word_map.clone(), encoded_image_size: self.encoded_image_size };
+        let opts = LoadOptions {
+            word_map: self.word_map.clone(),
+            encoded_image_size: self.encoded_image_size,
+        };
         // Model errors name the file themselves.
         Ok(CaptionModel::load(path, &opts, &device)?)
     }

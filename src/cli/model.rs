@@ -24,8 +24,15 @@ pub enum ModelCommand {
 
 pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
     match cmd {
-        ModelCommand::Info { file: path, word_map, json } => {
-            let opts = LoadOptions { word_map, encoded_image_size: None };
+        ModelCommand::Info {
+            file: path,
+            word_map,
+            json,
+        } => {
+            let opts = LoadOptions {
+                word_map,
+                encoded_image_size: None,
+            };
             let mf = file::read_model_file(&path, &opts, &candle_core::Device::Cpu)?;
             let params: usize = mf.tensors.values().map(|t| t.elem_count()).sum();
             let cfg = &mf.config;
@@ -44,7 +51,14 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("file:               {}", path.display());
-                println!("format:             {}", if mf.has_metadata { "gaze model" } else { "plain state dicts (architecture inferred)" });
+                println!(
+                    "format:             {}",
+                    if mf.has_metadata {
+                        "gaze model"
+                    } else {
+                        "plain state dicts (architecture inferred)"
+                    }
+                );
                 println!("encoder:            {}", cfg.encoder.display_name());
                 println!("encoder_dim:        {}", cfg.encoder_dim());
                 println!("encoded_image_size: {}", cfg.encoded_image_size);
@@ -53,9 +67,15 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
                 println!("decoder_dim:        {}", cfg.decoder_dim);
                 println!("dropout:            {}", cfg.dropout);
                 println!("vocab_size:         {}", mf.word_map.len());
-                println!("tensors:            {} ({params} parameters)", mf.tensors.len());
+                println!(
+                    "tensors:            {} ({params} parameters)",
+                    mf.tensors.len()
+                );
                 if mf.provenance.as_object().is_some_and(|o| !o.is_empty()) {
-                    println!("provenance:         {}", serde_json::to_string_pretty(&mf.provenance)?);
+                    println!(
+                        "provenance:         {}",
+                        serde_json::to_string_pretty(&mf.provenance)?
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

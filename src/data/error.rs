@@ -25,9 +25,15 @@ pub enum DataError {
 
 impl DataError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        DataError::Format { path: path.into(), reason: reason.into() }
+        DataError::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -28,7 +28,9 @@ pub struct DecodeOptions {
 impl Default for DecodeOptions {
     fn default() -> Self {
         // 120 megapixels: larger than any camera image, smaller than a bomb.
-        DecodeOptions { max_pixels: 120_000_000 }
+        DecodeOptions {
+            max_pixels: 120_000_000,
+        }
     }
 }
 
@@ -39,8 +41,15 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<DynamicImage, Da
 }
 
 /// Decodes an image held in memory; `path` is only used to name the image in errors.
-pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<DynamicImage, DataError> {
-    let fail = |reason: String| DataError::Image { path: path.to_path_buf(), reason };
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    opts: &DecodeOptions,
+) -> Result<DynamicImage, DataError> {
+    let fail = |reason: String| DataError::Image {
+        path: path.to_path_buf(),
+        reason,
+    };
     if bytes.is_empty() {
         return Err(fail("the file is empty (0 bytes)".into()));
     }
@@ -108,7 +117,11 @@ pub fn normalize_chw(chw: &[u8], out: &mut [f32]) {
 
 /// Decode, resize and normalise one image file: the tutorial's preprocessing end to end.
 /// Returns CHW floats of length `3 * size * size` and the original (oriented) width and height.
-pub fn load_normalized(path: &Path, size: u32, opts: &DecodeOptions) -> Result<(Vec<f32>, u32, u32), DataError> {
+pub fn load_normalized(
+    path: &Path,
+    size: u32,
+    opts: &DecodeOptions,
+) -> Result<(Vec<f32>, u32, u32), DataError> {
     let img = decode_file(path, opts)?;
     let (w, h) = (img.width(), img.height());
     let chw = rgb_to_chw(&to_rgb_resized(&img, size));
@@ -123,7 +136,13 @@ mod tests {
 
     #[test]
     fn chw_and_normalisation() {
-        let img = RgbImage::from_fn(2, 1, |x, _| if x == 0 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 255, 0]) });
+        let img = RgbImage::from_fn(2, 1, |x, _| {
+            if x == 0 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 255, 0])
+            }
+        });
         let chw = rgb_to_chw(&img);
         assert_eq!(chw, vec![255, 0, 0, 255, 0, 0]);
         let mut out = vec![0.0; 6];
@@ -135,9 +154,13 @@ mod tests {
     #[test]
     fn bad_bytes_name_the_file() {
         let p = Path::new("broken.jpg");
-        let e = decode_bytes(b"", p, &DecodeOptions::default()).unwrap_err().to_string();
+        let e = decode_bytes(b"", p, &DecodeOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("broken.jpg") && e.contains("empty"), "{e}");
-        let e = decode_bytes(b"definitely not an image", p, &DecodeOptions::default()).unwrap_err().to_string();
+        let e = decode_bytes(b"definitely not an image", p, &DecodeOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("broken.jpg"), "{e}");
     }
 
@@ -145,8 +168,15 @@ mod tests {
     fn pixel_limit_refuses_large_images() {
         let img = RgbImage::new(100, 100);
         let mut bytes = Vec::new();
-        DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
-        let e = decode_bytes(&bytes, Path::new("big.png"), &DecodeOptions { max_pixels: 5000 }).unwrap_err();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        let e = decode_bytes(
+            &bytes,
+            Path::new("big.png"),
+            &DecodeOptions { max_pixels: 5000 },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("decompression bomb"), "{e}");
         assert!(decode_bytes(&bytes, Path::new("ok.png"), &DecodeOptions::default()).is_ok());
     }

@@ -81,7 +81,9 @@ impl std::str::FromStr for Split {
             "train" => Ok(Split::Train),
             "val" => Ok(Split::Val),
             "test" => Ok(Split::Test),
-            other => Err(format!("unknown split {other:?} (expected train, val or test)")),
+            other => Err(format!(
+                "unknown split {other:?} (expected train, val or test)"
+            )),
         }
     }
 }
@@ -95,7 +97,10 @@ impl std::fmt::Display for Split {
 impl KarpathyDataset {
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: path.to_path_buf(), source })
+        serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -123,8 +128,14 @@ mod tests {
         ], "dataset": "coco"}"#;
         let d: KarpathyDataset = serde_json::from_str(json).unwrap();
         assert_eq!(d.images.len(), 2);
-        assert_eq!(d.images[0].path_in(Path::new("/x")), PathBuf::from("/x/val2014/a.jpg"));
-        assert_eq!(d.images[1].path_in(Path::new("/x")), PathBuf::from("/x/b.jpg"));
+        assert_eq!(
+            d.images[0].path_in(Path::new("/x")),
+            PathBuf::from("/x/val2014/a.jpg")
+        );
+        assert_eq!(
+            d.images[1].path_in(Path::new("/x")),
+            PathBuf::from("/x/b.jpg")
+        );
         assert_eq!(Split::from_karpathy(&d.images[0].split), Some(Split::Train));
         assert_eq!(d.images[0].cocoid, Some(42));
     }

@@ -19,7 +19,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(w: &WeightsView, encoder_dim: usize, decoder_dim: usize, attention_dim: usize) -> Self {
+    pub fn load(
+        w: &WeightsView,
+        encoder_dim: usize,
+        decoder_dim: usize,
+        attention_dim: usize,
+    ) -> Self {
         Attention {
             encoder_att: Linear::load(&w.pp("encoder_att"), encoder_dim, attention_dim),
             decoder_att: Linear::load(&w.pp("decoder_att"), decoder_dim, attention_dim),
@@ -36,13 +41,24 @@ impl Attention {
     ///
     /// `encoder_out` is `(B, P, E)`, `encoder_proj` its projection `(B, P, A)`, `h` is
     /// `(B, Q, D)`. Returns the weighted encoding `(B, Q, E)` and the weights `(B, Q, P)`.
-    pub fn forward(&self, encoder_out: &Tensor, encoder_proj: &Tensor, h: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        encoder_out: &Tensor,
+        encoder_proj: &Tensor,
+        h: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, p, a) = encoder_proj.dims3()?;
         let q = h.dim(1)?;
         let att2 = self.decoder_att.forward(h)?; // (B, Q, A)
-        let sum = encoder_proj.unsqueeze(1)?.broadcast_add(&att2.unsqueeze(2)?)?.relu()?; // (B, Q, P, A)
+        let sum = encoder_proj
+            .unsqueeze(1)?
+            .broadcast_add(&att2.unsqueeze(2)?)?
+            .relu()?; // (B, Q, P, A)
         let w = self.full_att.weight.reshape((a, 1))?;
-        let scores = sum.reshape((b * q * p, a))?.matmul(&w)?.reshape((b, q, p))?;
+        let scores = sum
+            .reshape((b * q * p, a))?
+            .matmul(&w)?
+            .reshape((b, q, p))?;
         let scores = scores.broadcast_add(&self.full_att.bias.reshape((1, 1, 1))?)?;
         let alpha = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let awe = alpha.matmul(encoder_out)?; // (B, Q, P) x (B, P, E)

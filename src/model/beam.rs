@@ -136,7 +136,10 @@ impl Eq for Candidate {}
 impl Ord for Candidate {
     // Reversed so that BinaryHeap (a max-heap) keeps the worst candidate on top.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.score.total_cmp(&self.score).then(self.index.cmp(&other.index))
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.index.cmp(&other.index))
     }
 }
 
@@ -148,7 +151,12 @@ impl PartialOrd for Candidate {
 
 /// The `k` best `(score, flat index)` of `rows` rows of `vocab` scores, best first, found with
 /// a size-`k` heap instead of a full sort. `score_of(row, word)` gives a candidate's score.
-fn top_k(rows: usize, vocab: usize, k: usize, mut score_of: impl FnMut(usize, usize) -> f32) -> Vec<(f32, usize)> {
+fn top_k(
+    rows: usize,
+    vocab: usize,
+    k: usize,
+    mut score_of: impl FnMut(usize, usize) -> f32,
+) -> Vec<(f32, usize)> {
     let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
     for r in 0..rows {
         for v in 0..vocab {
@@ -156,7 +164,10 @@ fn top_k(rows: usize, vocab: usize, k: usize, mut score_of: impl FnMut(usize, us
             if score.is_nan() {
                 score = f32::NEG_INFINITY;
             }
-            let cand = Candidate { score, index: r * vocab + v };
+            let cand = Candidate {
+                score,
+                index: r * vocab + v,
+            };
             if heap.len() < k {
                 heap.push(cand);
             } else if let Some(worst) = heap.peek() {
@@ -179,7 +190,10 @@ fn trigram_blocked(seq: &[u32]) -> Vec<u32> {
         return Vec::new();
     }
     let (a, b) = (seq[n - 2], seq[n - 1]);
-    (0..n - 2).filter(|&i| seq[i] == a && seq[i + 1] == b).map(|i| seq[i + 2]).collect()
+    (0..n - 2)
+        .filter(|&i| seq[i] == a && seq[i + 1] == b)
+        .map(|i| seq[i + 2])
+        .collect()
 }
 
 fn u32_tensor(v: Vec<u32>, shape: (usize, usize), device: &Device) -> Result<Tensor> {
@@ -187,7 +201,11 @@ fn u32_tensor(v: Vec<u32>, shape: (usize, usize), device: &Device) -> Result<Ten
 }
 
 fn index_tensor(v: &[usize], device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(v.iter().map(|&i| i as u32).collect::<Vec<u32>>(), v.len(), device)
+    Tensor::from_vec(
+        v.iter().map(|&i| i as u32).collect::<Vec<u32>>(),
+        v.len(),
+        device,
+    )
 }
 
 /// Runs beam search for every image of `encoder_out` (`(B, S, S, E)` or `(B, P, E)`).
@@ -201,7 +219,9 @@ pub fn beam_search(
     let b_total = encoder_out.dim(0)?;
     let e = *encoder_out.dims().last().expect("rank >= 3");
     let device = encoder_out.device().clone();
-    let mut enc = encoder_out.reshape((b_total, (), e))?.to_dtype(DType::F32)?;
+    let mut enc = encoder_out
+        .reshape((b_total, (), e))?
+        .to_dtype(DType::F32)?;
     let p = enc.dim(1)?;
     let vocab = decoder.vocab_size;
     let mut proj = decoder.attention.project_encoder(&enc)?;
@@ -210,7 +230,12 @@ pub fn beam_search(
         .map(|_| ImageBeams {
             live: vec![(0.0, ROOT); k],
             complete: Vec::new(),
-            arena: Arena { parent: Vec::new(), token: Vec::new(), alpha: Vec::new(), pixels: p },
+            arena: Arena {
+                parent: Vec::new(),
+                token: Vec::new(),
+                alpha: Vec::new(),
+                pixels: p,
+            },
             done: false,
         })
         .collect();
@@ -287,7 +312,13 @@ pub fn beam_search(
                 // Dead slots repeat the first live beam; their scores are never read.
                 let src = next_prev.get(slot).copied().unwrap_or(next_prev[0]);
                 gather.push(base + src);
-                next_words.push(beams.live.get(slot).map(|&(_, n)| beams.arena.token[n as usize]).unwrap_or(special.end));
+                next_words.push(
+                    beams
+                        .live
+                        .get(slot)
+                        .map(|&(_, n)| beams.arena.token[n as usize])
+                        .unwrap_or(special.end),
+                );
             }
         }
         if still_active.is_empty() {
@@ -300,14 +331,25 @@ pub fn beam_search(
         }
         let n = still_active.len();
         let g = index_tensor(&gather, &device)?;
-        h = out.h.reshape((ba * k, d))?.index_select(&g, 0)?.reshape((n, k, d))?;
-        c = out.c.reshape((ba * k, d))?.index_select(&g, 0)?.reshape((n, k, d))?;
+        h = out
+            .h
+            .reshape((ba * k, d))?
+            .index_select(&g, 0)?
+            .reshape((n, k, d))?;
+        c = out
+            .c
+            .reshape((ba * k, d))?
+            .index_select(&g, 0)?
+            .reshape((n, k, d))?;
         prev = u32_tensor(next_words, (n, k), &device)?;
         active = still_active;
         step += 1;
     }
 
-    Ok(images.into_iter().map(|beams| finish(beams, special, opts)).collect())
+    Ok(images
+        .into_iter()
+        .map(|beams| finish(beams, special, opts))
+        .collect())
 }
 
 /// The best complete sequence, or the best unfinished one when none completed.
@@ -341,7 +383,12 @@ fn finish(beams: ImageBeams, special: SpecialTokens, opts: &BeamOptions) -> Beam
     let mut tokens = Vec::with_capacity(words.len() + 1);
     tokens.push(special.start);
     tokens.extend(words);
-    BeamResult { tokens, score, alphas, finished }
+    BeamResult {
+        tokens,
+        score,
+        alphas,
+        finished,
+    }
 }
 
 #[cfg(test)]

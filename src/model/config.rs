@@ -30,7 +30,11 @@ impl BlockKind {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EncoderConfig {
     /// A torchvision-style ResNet. `width` is the stem's channel count (64 in torchvision).
-    Resnet { block: BlockKind, layers: [usize; 4], width: usize },
+    Resnet {
+        block: BlockKind,
+        layers: [usize; 4],
+        width: usize,
+    },
 }
 
 impl EncoderConfig {
@@ -44,7 +48,11 @@ impl EncoderConfig {
             "resnet152" => (BlockKind::Bottleneck, [3, 8, 36, 3]),
             _ => return None,
         };
-        Some(EncoderConfig::Resnet { block, layers, width: 64 })
+        Some(EncoderConfig::Resnet {
+            block,
+            layers,
+            width: 64,
+        })
     }
 
     /// Channels of the encoder's output (the decoder's `encoder_dim`).
@@ -57,7 +65,11 @@ impl EncoderConfig {
     /// A short human name ("resnet101", or a description of a custom shape).
     pub fn display_name(&self) -> String {
         match self {
-            EncoderConfig::Resnet { block, layers, width } => {
+            EncoderConfig::Resnet {
+                block,
+                layers,
+                width,
+            } => {
                 for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] {
                     if EncoderConfig::named(name).as_ref() == Some(self) {
                         return name.to_string();

@@ -33,7 +33,10 @@ impl LstmCell {
         let gates = x
             .matmul(&self.weight_ih.t()?)?
             .broadcast_add(&self.bias_ih)?
-            .add(&h.matmul(&self.weight_hh.t()?)?.broadcast_add(&self.bias_hh)?)?;
+            .add(
+                &h.matmul(&self.weight_hh.t()?)?
+                    .broadcast_add(&self.bias_hh)?,
+            )?;
         let chunks = gates.chunk(4, 1)?;
         let i = candle_nn::ops::sigmoid(&chunks[0])?;
         let f = candle_nn::ops::sigmoid(&chunks[1])?;
@@ -82,7 +85,13 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn load(w: &WeightsView, cfg: &ModelConfig) -> Self {
-        let (e, d, a, m, v) = (cfg.encoder_dim(), cfg.decoder_dim, cfg.attention_dim, cfg.embed_dim, cfg.vocab_size);
+        let (e, d, a, m, v) = (
+            cfg.encoder_dim(),
+            cfg.decoder_dim,
+            cfg.attention_dim,
+            cfg.embed_dim,
+            cfg.vocab_size,
+        );
         Decoder {
             embedding: w.pp("embedding").get("weight", &[v, m]),
             attention: Attention::load(&w.pp("attention"), e, d, a),
@@ -132,9 +141,18 @@ impl Decoder {
             &h.reshape((rows, d))?,
             &c.reshape((rows, d))?,
         )?;
-        let out = if train && self.dropout > 0.0 { candle_nn::ops::dropout(&h, self.dropout)? } else { h.clone() };
+        let out = if train && self.dropout > 0.0 {
+            candle_nn::ops::dropout(&h, self.dropout)?
+        } else {
+            h.clone()
+        };
         let logits = self.fc.forward(&out)?.reshape((b, q, self.vocab_size))?;
-        Ok(StepOutput { logits, h: h.reshape((b, q, d))?, c: c.reshape((b, q, d))?, alpha })
+        Ok(StepOutput {
+            logits,
+            h: h.reshape((b, q, d))?,
+            c: c.reshape((b, q, d))?,
+            alpha,
+        })
     }
 
     /// The tutorial's teacher-forced `forward`: sorts the batch by caption length (descending),
@@ -157,10 +175,17 @@ impl Decoder {
         // only a row permutation of equal-length captions).
         let mut sort_ind: Vec<usize> = (0..b).collect();
         sort_ind.sort_by(|&x, &y| lengths[y].cmp(&lengths[x]));
-        let idx = Tensor::from_vec(sort_ind.iter().map(|&i| i as u32).collect::<Vec<_>>(), b, encoder_out.device())?;
+        let idx = Tensor::from_vec(
+            sort_ind.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            b,
+            encoder_out.device(),
+        )?;
         let encoder_out = encoder_out.index_select(&idx, 0)?;
         let captions = captions.index_select(&idx, 0)?;
-        let decode_lengths: Vec<usize> = sort_ind.iter().map(|&i| lengths[i].saturating_sub(1)).collect();
+        let decode_lengths: Vec<usize> = sort_ind
+            .iter()
+            .map(|&i| lengths[i].saturating_sub(1))
+            .collect();
         let max_t = decode_lengths.iter().copied().max().unwrap_or(0);
 
         let encoder_proj = self.attention.project_encoder(&encoder_out)?;
@@ -192,6 +217,11 @@ impl Decoder {
         } else {
             (Tensor::stack(&preds, 1)?, Tensor::stack(&alphas, 1)?)
         };
-        Ok(TeacherForced { predictions, alphas, decode_lengths, sort_ind })
+        Ok(TeacherForced {
+            predictions,
+            alphas,
+            decode_lengths,
+            sort_ind,
+        })
     }
 }

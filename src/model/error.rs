@@ -14,7 +14,10 @@ pub enum ModelError {
     #[error("{path}: bad model metadata: {reason}")]
     Metadata { path: PathBuf, reason: String },
     #[error("{path}: {} tensor problem(s):\n  {}", problems.len(), problems.join("\n  "))]
-    Tensors { path: PathBuf, problems: Vec<String> },
+    Tensors {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("{path}: cannot work out the architecture: {reason}")]
     Architecture { path: PathBuf, reason: String },
     #[error(transparent)]

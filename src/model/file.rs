@@ -18,10 +18,15 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::config::{BlockKind, EncoderConfig, ModelConfig, DEFAULT_DROPOUT, DEFAULT_ENCODED_IMAGE_SIZE};
+use super::config::{
+    BlockKind, EncoderConfig, ModelConfig, DEFAULT_DROPOUT, DEFAULT_ENCODED_IMAGE_SIZE,
+};
 use super::encoder::resnet::{torchvision_to_tutorial, FIRST_LAYER_INDEX};
 use super::error::{ModelError, Result};
 use crate::data::WordMap;
+
+/// The string map a safetensors header carries as `__metadata__`.
+pub type SafetensorsMetadata = HashMap<String, String>;
 
 pub const FORMAT_NAME: &str = "gaze-model";
 pub const FORMAT_VERSION: &str = "1";
@@ -71,18 +76,26 @@ pub fn tensors_from_safetensors(
     bytes: &[u8],
     path: &Path,
     device: &Device,
-) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>)> {
-    let bad = |reason: String| ModelError::Safetensors { path: path.to_path_buf(), reason };
+) -> Result<(HashMap<String, Tensor>, Option<SafetensorsMetadata>)> {
+    let bad = |reason: String| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         use safetensors::Dtype as S;
         if !matches!(view.dtype(), S::F32 | S::F16 | S::BF16 | S::F64) {
             continue;
         }
-        let Some(canon) = canonical_name(&name) else { continue };
-        let t = view.load(device).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let Some(canon) = canonical_name(&name) else {
+            continue;
+        };
+        let t = view
+            .load(device)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
         out.insert(canon, t.to_dtype(DType::F32)?);
     }
     Ok((out, meta.metadata().clone()))
@@ -90,10 +103,16 @@ pub fn tensors_from_safetensors(
 
 /// Reads a model file (or a plain state-dict safetensors with `opts.word_map`).
 pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Result<ModelFile> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let (tensors, meta) = tensors_from_safetensors(&bytes, path, device)?;
     let meta = meta.unwrap_or_default();
-    let meta_err = |reason: String| ModelError::Metadata { path: path.to_path_buf(), reason };
+    let meta_err = |reason: String| ModelError::Metadata {
+        path: path.to_path_buf(),
+        reason,
+    };
 
     let stored_word_map = match meta.get("word_map") {
         Some(s) => Some(WordMap::from_json_bytes(s.as_bytes(), path)?),
@@ -110,7 +129,10 @@ pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Resu
     };
     let has_metadata = meta.get("format").map(String::as_str) == Some(FORMAT_NAME);
     if has_metadata {
-        let version = meta.get("format_version").map(String::as_str).unwrap_or("?");
+        let version = meta
+            .get("format_version")
+            .map(String::as_str)
+            .unwrap_or("?");
         if version != FORMAT_VERSION {
             return Err(meta_err(format!(
                 "format version {version} is not supported (this gaze reads version {FORMAT_VERSION})"
@@ -140,14 +162,27 @@ pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Resu
         Some(s) => serde_json::from_str(s).map_err(|e| meta_err(format!("provenance: {e}")))?,
         None => Value::Object(Default::default()),
     };
-    Ok(ModelFile { config, word_map, provenance, tensors, has_metadata })
+    Ok(ModelFile {
+        config,
+        word_map,
+        provenance,
+        tensors,
+        has_metadata,
+    })
 }
 
-fn shape_of<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, path: &Path) -> Result<&'a [usize]> {
-    tensors.get(name).map(|t| t.dims()).ok_or_else(|| ModelError::Architecture {
-        path: path.to_path_buf(),
-        reason: format!("tensor {name} is missing"),
-    })
+fn shape_of<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    name: &str,
+    path: &Path,
+) -> Result<&'a [usize]> {
+    tensors
+        .get(name)
+        .map(|t| t.dims())
+        .ok_or_else(|| ModelError::Architecture {
+            path: path.to_path_buf(),
+            reason: format!("tensor {name} is missing"),
+        })
 }
 
 /// Works out the architecture from tensor shapes (for files without metadata).
@@ -157,20 +192,31 @@ pub fn infer_config(
     encoded_image_size: Option<usize>,
     path: &Path,
 ) -> Result<ModelConfig> {
-    let arch = |reason: String| ModelError::Architecture { path: path.to_path_buf(), reason };
+    let arch = |reason: String| ModelError::Architecture {
+        path: path.to_path_buf(),
+        reason,
+    };
     let conv1 = shape_of(tensors, "encoder.resnet.0.weight", path)?;
     if conv1.len() != 4 {
-        return Err(arch(format!("encoder.resnet.0.weight has shape {conv1:?}, expected a 4-d convolution")));
+        return Err(arch(format!(
+            "encoder.resnet.0.weight has shape {conv1:?}, expected a 4-d convolution"
+        )));
     }
     let width = conv1[0];
-    let block = if tensors.contains_key(&format!("encoder.resnet.{FIRST_LAYER_INDEX}.0.conv3.weight")) {
+    let block = if tensors.contains_key(&format!(
+        "encoder.resnet.{FIRST_LAYER_INDEX}.0.conv3.weight"
+    )) {
         BlockKind::Bottleneck
     } else {
         BlockKind::Basic
     };
     let mut layers = [0usize; 4];
     for (stage, count) in layers.iter_mut().enumerate() {
-        while tensors.contains_key(&format!("encoder.resnet.{}.{}.conv1.weight", FIRST_LAYER_INDEX + stage, *count)) {
+        while tensors.contains_key(&format!(
+            "encoder.resnet.{}.{}.conv1.weight",
+            FIRST_LAYER_INDEX + stage,
+            *count
+        )) {
             *count += 1;
         }
         if *count == 0 {
@@ -194,7 +240,11 @@ pub fn infer_config(
         )));
     }
     Ok(ModelConfig {
-        encoder: EncoderConfig::Resnet { block, layers, width },
+        encoder: EncoderConfig::Resnet {
+            block,
+            layers,
+            width,
+        },
         encoded_image_size: encoded_image_size.unwrap_or(DEFAULT_ENCODED_IMAGE_SIZE),
         attention_dim: encoder_att[0],
         embed_dim: embedding[1],
@@ -215,27 +265,50 @@ pub fn write_model_file(
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT_NAME.to_string());
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-    meta.insert("config".to_string(), serde_json::to_string(config).expect("config serialises"));
+    meta.insert(
+        "config".to_string(),
+        serde_json::to_string(config).expect("config serialises"),
+    );
     meta.insert("word_map".to_string(), word_map.to_json_string());
     meta.insert("provenance".to_string(), provenance.to_string());
     write_safetensors(path, tensors, Some(meta))
 }
 
 /// Writes tensors (made contiguous f32 on the CPU) to a safetensors file atomically.
-pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], meta: Option<HashMap<String, String>>) -> Result<()> {
-    let io = |source: std::io::Error| ModelError::Io { path: path.to_path_buf(), source };
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let io = |source: std::io::Error| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut cpu = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        cpu.push((name.clone(), t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?));
+        cpu.push((
+            name.clone(),
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .contiguous()?,
+        ));
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".safetensors")
         .tempfile_in(dir)
         .map_err(io)?;
-    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), meta)
-        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let bytes =
+        safetensors::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), meta).map_err(|e| {
+            ModelError::Safetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
     std::fs::write(tmp.path(), &bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
@@ -248,10 +321,22 @@ mod tests {
 
     #[test]
     fn canonical_names() {
-        assert_eq!(canonical_name("module.encoder.resnet.4.0.conv1.weight").unwrap(), "encoder.resnet.4.0.conv1.weight");
-        assert_eq!(canonical_name("encoder.layer1.0.conv1.weight").unwrap(), "encoder.resnet.4.0.conv1.weight");
-        assert_eq!(canonical_name("encoder.conv1.weight").unwrap(), "encoder.resnet.0.weight");
+        assert_eq!(
+            canonical_name("module.encoder.resnet.4.0.conv1.weight").unwrap(),
+            "encoder.resnet.4.0.conv1.weight"
+        );
+        assert_eq!(
+            canonical_name("encoder.layer1.0.conv1.weight").unwrap(),
+            "encoder.resnet.4.0.conv1.weight"
+        );
+        assert_eq!(
+            canonical_name("encoder.conv1.weight").unwrap(),
+            "encoder.resnet.0.weight"
+        );
         assert_eq!(canonical_name("encoder.fc.weight"), None);
-        assert_eq!(canonical_name("decoder.module.fc.bias").unwrap(), "decoder.fc.bias");
+        assert_eq!(
+            canonical_name("decoder.module.fc.bias").unwrap(),
+            "decoder.fc.bias"
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod error;
 pub mod file;
+pub mod init;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -61,7 +62,14 @@ impl CaptionModel {
     /// Loads a model file, or a plain tutorial state dict with `opts.word_map`.
     pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let file = file::read_model_file(path, opts, device)?;
-        Self::from_parts(file.tensors, file.config, file.word_map, file.provenance, device, path)
+        Self::from_parts(
+            file.tensors,
+            file.config,
+            file.word_map,
+            file.provenance,
+            device,
+            path,
+        )
     }
 
     /// Builds the model from canonical tensors, reporting every missing or mis-shaped tensor.
@@ -79,7 +87,13 @@ impl CaptionModel {
     }
 
     /// Builds from a [`Weights`] set (which may hold trainable `Var` tensors).
-    pub fn build(weights: &Weights, config: ModelConfig, word_map: WordMap, provenance: Value, origin: &Path) -> Result<Self> {
+    pub fn build(
+        weights: &Weights,
+        config: ModelConfig,
+        word_map: WordMap,
+        provenance: Value,
+        origin: &Path,
+    ) -> Result<Self> {
         if config.vocab_size != word_map.len() {
             return Err(ModelError::Config(format!(
                 "{}: vocabulary size {} does not match the word map's {} words",
@@ -103,7 +117,11 @@ impl CaptionModel {
     }
 
     pub fn special_tokens(&self) -> SpecialTokens {
-        SpecialTokens { start: self.word_map.start, end: self.word_map.end, unk: self.word_map.unk }
+        SpecialTokens {
+            start: self.word_map.start,
+            end: self.word_map.end,
+            unk: self.word_map.unk,
+        }
     }
 
     /// Captions a batch of normalised images `(N, 3, H, W)`.
@@ -116,7 +134,10 @@ impl CaptionModel {
     pub fn caption_features(&self, features: &Tensor, opts: &BeamOptions) -> Result<Vec<Caption>> {
         let grid = features.dim(1)?;
         let results = beam::beam_search(&self.decoder, features, self.special_tokens(), opts)?;
-        Ok(results.into_iter().map(|r| self.to_caption(r, grid)).collect())
+        Ok(results
+            .into_iter()
+            .map(|r| self.to_caption(r, grid))
+            .collect())
     }
 
     fn to_caption(&self, r: BeamResult, grid: usize) -> Caption {

@@ -5,7 +5,7 @@
 //! that one load reports every problem at once, by name, with expected and found shapes.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -17,12 +17,18 @@ pub struct Weights {
     tensors: HashMap<String, Tensor>,
     device: Device,
     problems: RefCell<Vec<String>>,
-    used: RefCell<BTreeSet<String>>,
+    /// Every name a module asked for, with the shape it expected.
+    requested: RefCell<BTreeMap<String, Vec<usize>>>,
 }
 
 impl Weights {
     pub fn new(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
-        Weights { tensors, device: device.clone(), problems: RefCell::default(), used: RefCell::default() }
+        Weights {
+            tensors,
+            device: device.clone(),
+            problems: RefCell::default(),
+            requested: RefCell::default(),
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -43,19 +49,27 @@ impl Weights {
 
     /// A view whose names are relative to `prefix`.
     pub fn pp(&self, prefix: &str) -> WeightsView<'_> {
-        WeightsView { weights: self, prefix: prefix.to_string() }
+        WeightsView {
+            weights: self,
+            prefix: prefix.to_string(),
+        }
     }
 
     /// The tensor `name`, checked against `shape`. Problems are recorded, not returned.
     pub fn get(&self, name: &str, shape: &[usize]) -> Tensor {
-        self.used.borrow_mut().insert(name.to_string());
+        self.requested
+            .borrow_mut()
+            .insert(name.to_string(), shape.to_vec());
         match self.tensors.get(name) {
             Some(t) if t.dims() == shape => return t.clone(),
-            Some(t) => self
+            Some(t) => self.problems.borrow_mut().push(format!(
+                "{name}: expected shape {shape:?}, found {:?}",
+                t.dims()
+            )),
+            None => self
                 .problems
                 .borrow_mut()
-                .push(format!("{name}: expected shape {shape:?}, found {:?}", t.dims())),
-            None => self.problems.borrow_mut().push(format!("{name}: missing (expected shape {shape:?})")),
+                .push(format!("{name}: missing (expected shape {shape:?})")),
         }
         Tensor::zeros(shape, DType::F32, &self.device).expect("allocating a placeholder")
     }
@@ -76,16 +90,33 @@ impl Weights {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ModelError::Tensors { path: path.to_path_buf(), problems: problems.clone() })
+            Err(ModelError::Tensors {
+                path: path.to_path_buf(),
+                problems: problems.clone(),
+            })
         }
     }
 
     /// Names that no module asked for (for example a classifier head that captioning drops).
     pub fn unused(&self) -> Vec<String> {
-        let used = self.used.borrow();
-        let mut out: Vec<String> = self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
+        let requested = self.requested.borrow();
+        let mut out: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !requested.contains_key(*k))
+            .cloned()
+            .collect();
         out.sort();
         out
+    }
+
+    /// Every (name, shape) that modules asked for, sorted by name.
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.requested
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Replaces each tensor whose name passes `select` by a trainable `Var` and returns them,
@@ -112,7 +143,10 @@ pub struct WeightsView<'a> {
 
 impl<'a> WeightsView<'a> {
     pub fn pp(&self, name: impl std::fmt::Display) -> WeightsView<'a> {
-        WeightsView { weights: self.weights, prefix: self.name(&name.to_string()) }
+        WeightsView {
+            weights: self.weights,
+            prefix: self.name(&name.to_string()),
+        }
     }
 
     pub fn name(&self, name: &str) -> String {

@@ -14,9 +14,20 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn load(w: &WeightsView, c_in: usize, c_out: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+    pub fn load(
+        w: &WeightsView,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         let weight = w.get("weight", &[c_out, c_in, kernel, kernel]);
-        Conv { weight, stride, padding }
+        Conv {
+            weight,
+            stride,
+            padding,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -50,7 +61,10 @@ impl BatchNorm {
 
     /// Per-channel `(scale, shift)` such that inference is `x * scale + shift`.
     pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let (weight, bias) = self.inner.weight_and_bias().expect("built with weight and bias");
+        let (weight, bias) = self
+            .inner
+            .weight_and_bias()
+            .expect("built with weight and bias");
         let scale = (weight / (self.inner.running_var().detach() + self.inner.eps())?.sqrt()?)?;
         let shift = (bias - (self.inner.running_mean().detach() * &scale)?)?;
         Ok((scale, shift))
@@ -62,7 +76,8 @@ impl BatchNorm {
         }
         let (scale, shift) = self.scale_shift()?;
         let c = scale.dim(0)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
     }
 
     pub fn running_mean(&self) -> &Tensor {
@@ -74,7 +89,9 @@ impl BatchNorm {
     }
 
     pub fn weight_and_bias(&self) -> (&Tensor, &Tensor) {
-        self.inner.weight_and_bias().expect("built with weight and bias")
+        self.inner
+            .weight_and_bias()
+            .expect("built with weight and bias")
     }
 
     pub fn eps(&self) -> f64 {
@@ -91,7 +108,10 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(w: &WeightsView, d_in: usize, d_out: usize) -> Self {
-        Linear { weight: w.get("weight", &[d_out, d_in]), bias: w.get("bias", &[d_out]) }
+        Linear {
+            weight: w.get("weight", &[d_out, d_in]),
+            bias: w.get("bias", &[d_out]),
+        }
     }
 
     pub fn out_dim(&self) -> usize {

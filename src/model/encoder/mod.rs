@@ -37,11 +37,16 @@ impl Encoder {
     /// Builds the encoder from tensors named as in the tutorial, relative to `w`.
     pub fn load(w: &WeightsView, cfg: &ModelConfig) -> Self {
         let backbone: Box<dyn Backbone> = match &cfg.encoder {
-            EncoderConfig::Resnet { block, layers, width } => {
-                Box::new(resnet::ResNet::load(w, *block, *layers, *width))
-            }
+            EncoderConfig::Resnet {
+                block,
+                layers,
+                width,
+            } => Box::new(resnet::ResNet::load(w, *block, *layers, *width)),
         };
-        Encoder { backbone, encoded_size: cfg.encoded_image_size }
+        Encoder {
+            backbone,
+            encoded_size: cfg.encoded_image_size,
+        }
     }
 
     pub fn out_channels(&self) -> usize {
@@ -125,10 +130,32 @@ mod tests {
         let m = adaptive_pool_matrix(8, 14);
         assert_eq!(&m[0..8], &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(&m[8..16], &[0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(&m[13 * 8..14 * 8], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            &m[13 * 8..14 * 8],
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        );
         // 5 -> 3: [0,2), [1,4), [3,5)
         let m = adaptive_pool_matrix(5, 3);
-        assert_eq!(m, vec![0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]);
+        assert_eq!(
+            m,
+            vec![
+                0.5,
+                0.5,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0 / 3.0,
+                1.0 / 3.0,
+                1.0 / 3.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.5,
+                0.5
+            ]
+        );
     }
 
     #[test]

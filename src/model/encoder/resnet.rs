@@ -41,10 +41,16 @@ impl Block {
     fn load(w: &WeightsView, kind: BlockKind, c_in: usize, planes: usize, stride: usize) -> Self {
         let c_out = planes * kind.expansion();
         let conv_bn = |i: usize, ci: usize, co: usize, k: usize, s: usize, p: usize| {
-            (Conv::load(&w.pp(format!("conv{i}")), ci, co, k, s, p), BatchNorm::load(&w.pp(format!("bn{i}")), co))
+            (
+                Conv::load(&w.pp(format!("conv{i}")), ci, co, k, s, p),
+                BatchNorm::load(&w.pp(format!("bn{i}")), co),
+            )
         };
         let convs = match kind {
-            BlockKind::Basic => vec![conv_bn(1, c_in, planes, 3, stride, 1), conv_bn(2, planes, planes, 3, 1, 1)],
+            BlockKind::Basic => vec![
+                conv_bn(1, c_in, planes, 3, stride, 1),
+                conv_bn(2, planes, planes, 3, 1, 1),
+            ],
             BlockKind::Bottleneck => vec![
                 conv_bn(1, c_in, planes, 1, 1, 0),
                 conv_bn(2, planes, planes, 3, stride, 1),
@@ -53,7 +59,10 @@ impl Block {
         };
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = w.pp("downsample");
-            (Conv::load(&d.pp("0"), c_in, c_out, 1, stride, 0), BatchNorm::load(&d.pp("1"), c_out))
+            (
+                Conv::load(&d.pp("0"), c_in, c_out, 1, stride, 0),
+                BatchNorm::load(&d.pp("1"), c_out),
+            )
         });
         Block { convs, downsample }
     }
@@ -106,7 +115,12 @@ impl ResNet {
             })
             .collect();
         let layers: [Vec<Block>; 4] = stages.try_into().expect("four stages");
-        ResNet { conv1, bn1, layers, out_channels: c_in }
+        ResNet {
+            conv1,
+            bn1,
+            layers,
+            out_channels: c_in,
+        }
     }
 
     pub fn out_channels(&self) -> usize {
@@ -140,8 +154,14 @@ mod tests {
 
     #[test]
     fn maps_torchvision_names() {
-        assert_eq!(torchvision_to_tutorial("conv1.weight").as_deref(), Some("resnet.0.weight"));
-        assert_eq!(torchvision_to_tutorial("bn1.running_var").as_deref(), Some("resnet.1.running_var"));
+        assert_eq!(
+            torchvision_to_tutorial("conv1.weight").as_deref(),
+            Some("resnet.0.weight")
+        );
+        assert_eq!(
+            torchvision_to_tutorial("bn1.running_var").as_deref(),
+            Some("resnet.1.running_var")
+        );
         assert_eq!(
             torchvision_to_tutorial("layer3.22.downsample.1.bias").as_deref(),
             Some("resnet.6.22.downsample.1.bias")
