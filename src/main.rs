@@ -30,6 +30,9 @@ enum Command {
     /// Inspect model files.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! Subcommands. Each file holds one subcommand's arguments and its `run`.
 
+pub mod bench;
 pub mod caption;
 pub mod model;
 

@@ -1,0 +1,166 @@
+//! `gaze bench`: throughput measurements (speed lives in benchmarks, not in tests).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use gaze::data::WordMap;
+use gaze::model::{init, BeamOptions, CaptionModel, EncoderConfig, ModelConfig};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Caption throughput (images/s) of a randomly initialised model, per beam and batch size.
+    Caption(CaptionBench),
+    /// Encoder forward throughput (images/s) per batch size.
+    Encoder(EncoderBench),
+}
+
+#[derive(Args, Debug)]
+pub struct CommonBench {
+    /// Encoder backbone: resnet18, resnet34, resnet50, resnet101, resnet152.
+    #[arg(long, default_value = "resnet101")]
+    pub encoder: String,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 256)]
+    pub image_size: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
+    /// Images per measurement (rounded up to whole batches).
+    #[arg(long, default_value_t = 32)]
+    pub images: usize,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CaptionBench {
+    #[command(flatten)]
+    pub common: CommonBench,
+    /// Beam sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    pub beam_sizes: Vec<usize>,
+    /// Vocabulary size (COCO's tutorial word map has 9490 entries).
+    #[arg(long, default_value_t = 9490)]
+    pub vocab: usize,
+    /// Decoding steps per caption: random weights rarely emit <end>, so each search runs to this limit.
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EncoderBench {
+    #[command(flatten)]
+    pub common: CommonBench,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Caption(b) => caption(b),
+        BenchCommand::Encoder(b) => encoder(b),
+    }
+}
+
+fn build(common: &CommonBench, vocab: usize) -> Result<CaptionModel> {
+    let Some(encoder) = EncoderConfig::named(&common.encoder) else {
+        bail!("unknown encoder {:?}", common.encoder);
+    };
+    let mut cfg = ModelConfig::tutorial(vocab);
+    cfg.encoder = encoder;
+    let words: Vec<String> = (0..vocab.saturating_sub(4))
+        .map(|i| format!("w{i}"))
+        .collect();
+    let word_map = WordMap::from_counts(words.iter().map(|w| (w.as_str(), 10)), 5);
+    let device = gaze::device::open_device(&common.device)?;
+    Ok(init::random_model(&cfg, word_map, 1, &device)?)
+}
+
+fn random_images(n: usize, size: usize, model: &CaptionModel) -> Result<candle_core::Tensor> {
+    Ok(candle_core::Tensor::randn(
+        0f32,
+        1.0,
+        (n, 3, size, size),
+        &model.device,
+    )?)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {} threads", rayon::current_num_threads())
+}
+
+fn encoder(b: EncoderBench) -> Result<ExitCode> {
+    let c = &b.common;
+    let model = build(c, 100)?;
+    println!(
+        "encoder {} at {}x{}, {} ({})",
+        c.encoder,
+        c.image_size,
+        c.image_size,
+        c.device,
+        machine()
+    );
+    println!("{:>6} {:>10} {:>10}", "batch", "images/s", "s/image");
+    for &bs in &c.batch_sizes {
+        let x = random_images(bs, c.image_size, &model)?;
+        model.encoder.forward(&x)?; // warm-up
+        let rounds = c.images.div_ceil(bs).max(1);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            let y = model.encoder.forward(&x)?;
+            y.device().synchronize()?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let n = (rounds * bs) as f64;
+        println!("{bs:>6} {:>10.2} {:>10.4}", n / secs, secs / n);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn caption(b: CaptionBench) -> Result<ExitCode> {
+    let c = &b.common;
+    let model = build(c, b.vocab)?;
+    println!(
+        "caption: {} at {}x{}, vocabulary {}, {} steps per caption, {} ({})",
+        c.encoder,
+        c.image_size,
+        c.image_size,
+        b.vocab,
+        b.max_steps + 1,
+        c.device,
+        machine()
+    );
+    println!(
+        "{:>5} {:>6} {:>10} {:>10}",
+        "beam", "batch", "images/s", "s/image"
+    );
+    for &beam in &b.beam_sizes {
+        for &bs in &c.batch_sizes {
+            let opts = BeamOptions {
+                beam_size: beam,
+                max_steps: b.max_steps,
+                ..Default::default()
+            };
+            let x = random_images(bs, c.image_size, &model)?;
+            model.caption_images(&x, &opts)?; // warm-up
+            let rounds = c.images.div_ceil(bs).max(1);
+            let t = Instant::now();
+            for _ in 0..rounds {
+                model.caption_images(&x, &opts)?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let n = (rounds * bs) as f64;
+            println!("{beam:>5} {bs:>6} {:>10.2} {:>10.4}", n / secs, secs / n);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
