@@ -105,7 +105,7 @@ fn teacher_forced_pass_matches_pytorch() {
     let captions = exp["tf_captions"].to_dtype(DType::U32).unwrap();
     let tf = model
         .decoder
-        .forward_teacher(&exp["encoder_out"], &captions, &lengths, false)
+        .forward_teacher(&exp["encoder_out"], &captions, &lengths)
         .unwrap();
     let sort_ind: Vec<usize> = serde_json::from_value(meta["tf_sort_ind"].clone()).unwrap();
     let decode_lengths: Vec<usize> =

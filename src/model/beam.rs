@@ -251,7 +251,7 @@ pub fn beam_search(
     let mut step = 1usize;
     while !active.is_empty() {
         let ba = active.len();
-        let out = decoder.step(&enc, &proj, &prev, &h, &c, false)?;
+        let out = decoder.step(&enc, &proj, &prev, &h, &c, None)?;
         let logp = candle_nn::ops::log_softmax(&out.logits, D::Minus1)?;
         let logp: Vec<f32> = logp.flatten_all()?.to_vec1()?;
         let alpha: Vec<f32> = out.alpha.flatten_all()?.to_vec1()?;

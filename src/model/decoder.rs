@@ -8,6 +8,7 @@ use super::attention::Attention;
 use super::config::ModelConfig;
 use super::encoder::layers::Linear;
 use super::weights::WeightsView;
+use crate::rng::SplitMix64;
 
 /// PyTorch's `nn.LSTMCell`.
 #[derive(Debug, Clone)]
@@ -120,6 +121,8 @@ impl Decoder {
 
     /// One decoding step for `Q` states per image. `prev_words` is `(B, Q)` (u32), `h` and `c`
     /// are `(B, Q, D)`, `encoder_out` is `(B, P, E)` and `encoder_proj` its projection.
+    /// `dropout_mask`, when training, is a `(B*Q, D)` mask already scaled by `1 / (1 - p)`,
+    /// applied to the hidden state before `fc` (the tutorial's `fc(dropout(h))`).
     pub fn step(
         &self,
         encoder_out: &Tensor,
@@ -127,7 +130,7 @@ impl Decoder {
         prev_words: &Tensor,
         h: &Tensor,
         c: &Tensor,
-        train: bool,
+        dropout_mask: Option<&Tensor>,
     ) -> Result<StepOutput> {
         let (b, q, d) = h.dims3()?;
         let emb = self.embed(prev_words)?;
@@ -141,10 +144,9 @@ impl Decoder {
             &h.reshape((rows, d))?,
             &c.reshape((rows, d))?,
         )?;
-        let out = if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(&h, self.dropout)?
-        } else {
-            h.clone()
+        let out = match dropout_mask {
+            Some(mask) => (&h * mask)?,
+            None => h.clone(),
         };
         let logits = self.fc.forward(&out)?.reshape((b, q, self.vocab_size))?;
         Ok(StepOutput {
@@ -155,22 +157,24 @@ impl Decoder {
         })
     }
 
-    /// The tutorial's teacher-forced `forward`: sorts the batch by caption length (descending),
-    /// then at step t runs only the rows whose decode length exceeds t.
+    /// The tutorial's teacher-forced loop: sorts the batch by caption length (descending), then
+    /// at step t runs only the first `bt` rows, those whose decode length exceeds t, and hands
+    /// each step's `(bt, V)` scores and `(bt, P)` attention weights to `on_step`.
     ///
     /// `encoder_out` is `(B, S, S, E)` or `(B, P, E)`; `captions` `(B, L)` u32 ids; `lengths`
     /// the caption lengths including `<start>` and `<end>`.
-    pub fn forward_teacher(
+    pub fn teacher_forced_steps(
         &self,
         encoder_out: &Tensor,
         captions: &Tensor,
         lengths: &[usize],
-        train: bool,
-    ) -> Result<TeacherForced> {
+        opts: &mut TeacherOptions,
+        mut on_step: impl FnMut(&TeacherStep) -> Result<()>,
+    ) -> Result<SortedBatch> {
         let b = encoder_out.dim(0)?;
         let e = *encoder_out.dims().last().expect("rank >= 3");
+        let device = encoder_out.device().clone();
         let encoder_out = encoder_out.reshape((b, (), e))?;
-        let p = encoder_out.dim(1)?;
         // A stable sort by descending length (torch.sort is not guaranteed stable; ties are
         // only a row permutation of equal-length captions).
         let mut sort_ind: Vec<usize> = (0..b).collect();
@@ -178,7 +182,7 @@ impl Decoder {
         let idx = Tensor::from_vec(
             sort_ind.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             b,
-            encoder_out.device(),
+            &device,
         )?;
         let encoder_out = encoder_out.index_select(&idx, 0)?;
         let captions = captions.index_select(&idx, 0)?;
@@ -187,29 +191,85 @@ impl Decoder {
             .map(|&i| lengths[i].saturating_sub(1))
             .collect();
         let max_t = decode_lengths.iter().copied().max().unwrap_or(0);
+        let d = self.decode_step.weight_hh.dim(1)?;
 
         let encoder_proj = self.attention.project_encoder(&encoder_out)?;
         let (h0, c0) = self.init_hidden_state(&encoder_out)?;
         let (mut h, mut c) = (h0.unsqueeze(1)?, c0.unsqueeze(1)?);
-        let mut preds = Vec::with_capacity(max_t);
-        let mut alphas = Vec::with_capacity(max_t);
+        let mut previous_logits: Option<Tensor> = None;
         for t in 0..max_t {
             let bt = decode_lengths.iter().filter(|&&l| l > t).count();
+            let mut words = captions.i((..bt, t..t + 1))?;
+            if let (Some(prev), Some(rng)) = (&previous_logits, opts.rng.as_deref_mut()) {
+                if opts.sampling_prob > 0.0 {
+                    // Scheduled sampling: some rows read the model's own previous word.
+                    let own = prev.narrow(0, 0, bt)?.argmax(D::Minus1)?.unsqueeze(1)?;
+                    let take: Vec<u8> = (0..bt)
+                        .map(|_| u8::from(rng.next_f64() < opts.sampling_prob as f64))
+                        .collect();
+                    let take = Tensor::from_vec(take, (bt, 1), &device)?;
+                    words = take.where_cond(&own, &words)?;
+                }
+            }
+            let mask = match (opts.dropout, opts.rng.as_deref_mut()) {
+                (true, Some(rng)) if self.dropout > 0.0 => {
+                    Some(dropout_mask(rng, bt, d, self.dropout, &device)?)
+                }
+                _ => None,
+            };
             let out = self.step(
                 &encoder_out.narrow(0, 0, bt)?,
                 &encoder_proj.narrow(0, 0, bt)?,
-                &captions.i((..bt, t..t + 1))?,
+                &words,
                 &h.narrow(0, 0, bt)?,
                 &c.narrow(0, 0, bt)?,
-                train,
+                mask.as_ref(),
             )?;
             h = out.h;
             c = out.c;
-            preds.push(out.logits.squeeze(1)?.pad_with_zeros(0, 0, b - bt)?);
-            alphas.push(out.alpha.squeeze(1)?.pad_with_zeros(0, 0, b - bt)?);
+            let logits = out.logits.squeeze(1)?;
+            let targets = captions.i((..bt, t + 1))?;
+            on_step(&TeacherStep {
+                t,
+                bt,
+                logits: &logits,
+                alpha: &out.alpha.squeeze(1)?,
+                targets: &targets,
+            })?;
+            previous_logits = Some(logits);
         }
+        Ok(SortedBatch {
+            decode_lengths,
+            sort_ind,
+        })
+    }
+
+    /// The tutorial's teacher-forced `forward` without dropout: predictions and attention
+    /// weights for every step, zero-padded beyond each caption's decode length.
+    pub fn forward_teacher(
+        &self,
+        encoder_out: &Tensor,
+        captions: &Tensor,
+        lengths: &[usize],
+    ) -> Result<TeacherForced> {
+        let b = encoder_out.dim(0)?;
+        let mut preds = Vec::new();
+        let mut alphas = Vec::new();
+        let sorted = self.teacher_forced_steps(
+            encoder_out,
+            captions,
+            lengths,
+            &mut TeacherOptions::default(),
+            |s| {
+                preds.push(s.logits.pad_with_zeros(0, 0, b - s.bt)?);
+                alphas.push(s.alpha.pad_with_zeros(0, 0, b - s.bt)?);
+                Ok(())
+            },
+        )?;
         let dev = encoder_out.device();
-        let (predictions, alphas) = if max_t == 0 {
+        let p =
+            encoder_out.elem_count() / (b.max(1) * *encoder_out.dims().last().expect("rank >= 3"));
+        let (predictions, alphas) = if preds.is_empty() {
             (
                 Tensor::zeros((b, 0, self.vocab_size), DType::F32, dev)?,
                 Tensor::zeros((b, 0, p), DType::F32, dev)?,
@@ -220,8 +280,54 @@ impl Decoder {
         Ok(TeacherForced {
             predictions,
             alphas,
-            decode_lengths,
-            sort_ind,
+            decode_lengths: sorted.decode_lengths,
+            sort_ind: sorted.sort_ind,
         })
     }
+}
+
+/// Options of the teacher-forced loop used in training.
+#[derive(Default)]
+pub struct TeacherOptions<'a> {
+    /// Source of dropout masks and scheduled-sampling draws (deterministic, resumable).
+    pub rng: Option<&'a mut SplitMix64>,
+    /// Apply dropout before `fc` (training).
+    pub dropout: bool,
+    /// Probability that a row reads its own previous prediction instead of the ground truth.
+    pub sampling_prob: f32,
+}
+
+/// One step of the teacher-forced loop (rows sorted by decreasing length).
+pub struct TeacherStep<'a> {
+    pub t: usize,
+    pub bt: usize,
+    /// `(bt, V)` scores.
+    pub logits: &'a Tensor,
+    /// `(bt, P)` attention weights.
+    pub alpha: &'a Tensor,
+    /// `(bt,)` the words to predict.
+    pub targets: &'a Tensor,
+}
+
+/// How the teacher-forced loop ordered the batch.
+pub struct SortedBatch {
+    /// Decode length of each row (caption length - 1), in sorted order.
+    pub decode_lengths: Vec<usize>,
+    /// Row i of the sorted batch is input row `sort_ind[i]`.
+    pub sort_ind: Vec<usize>,
+}
+
+/// An inverted-dropout mask `(rows, d)`: 0 with probability `p`, else `1 / (1 - p)`.
+pub fn dropout_mask(
+    rng: &mut SplitMix64,
+    rows: usize,
+    d: usize,
+    p: f32,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - p);
+    let values: Vec<f32> = (0..rows * d)
+        .map(|_| if rng.next_f64() < p as f64 { 0.0 } else { keep })
+        .collect();
+    Tensor::from_vec(values, (rows, d), device)
 }

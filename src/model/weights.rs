@@ -165,6 +165,11 @@ impl<'a> WeightsView<'a> {
         self.weights.contains(&self.name(name))
     }
 
+    /// The full name of this view (e.g. `encoder.resnet.1`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn weights(&self) -> &'a Weights {
         self.weights
     }

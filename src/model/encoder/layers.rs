@@ -40,6 +40,8 @@ impl Conv {
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
+    /// Full tensor-name prefix (e.g. `encoder.resnet.1`), to save the running statistics.
+    name: String,
 }
 
 pub const BN_EPS: f64 = 1e-5;
@@ -56,7 +58,10 @@ impl BatchNorm {
         let var = w.get("running_var", &[channels]);
         let inner = candle_nn::BatchNorm::new(channels, mean, var, weight, bias, eps)
             .expect("shapes were checked by Weights::get");
-        BatchNorm { inner }
+        BatchNorm {
+            inner,
+            name: w.prefix().to_string(),
+        }
     }
 
     /// Per-channel `(scale, shift)` such that inference is `x * scale + shift`.
@@ -96,6 +101,20 @@ impl BatchNorm {
 
     pub fn eps(&self) -> f64 {
         self.inner.eps()
+    }
+
+    /// The running statistics under their tensor names (they change in training mode).
+    pub fn buffers(&self) -> [(String, Tensor); 2] {
+        [
+            (
+                format!("{}.running_mean", self.name),
+                self.running_mean().clone(),
+            ),
+            (
+                format!("{}.running_var", self.name),
+                self.running_var().clone(),
+            ),
+        ]
     }
 }
 

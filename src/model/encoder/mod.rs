@@ -16,6 +16,11 @@ pub trait Backbone: Send + Sync {
     fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor>;
     /// Channels of the feature map.
     fn out_channels(&self) -> usize;
+    /// Non-trainable state that training mode changes (BatchNorm running statistics), by
+    /// full tensor name.
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
 }
 
 impl Backbone for resnet::ResNet {
@@ -24,6 +29,12 @@ impl Backbone for resnet::ResNet {
     }
     fn out_channels(&self) -> usize {
         resnet::ResNet::out_channels(self)
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.batch_norms()
+            .into_iter()
+            .flat_map(|bn| bn.buffers())
+            .collect()
     }
 }
 
@@ -51,6 +62,11 @@ impl Encoder {
 
     pub fn out_channels(&self) -> usize {
         self.backbone.out_channels()
+    }
+
+    /// BatchNorm running statistics by full tensor name (`encoder.resnet.1.running_mean`, ...).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.backbone.buffers()
     }
 
     pub fn encoded_size(&self) -> usize {

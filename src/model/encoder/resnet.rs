@@ -127,6 +127,16 @@ impl ResNet {
         self.out_channels
     }
 
+    /// Every BatchNorm, stem first.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        let mut out = vec![&self.bn1];
+        for block in self.layers.iter().flatten() {
+            out.extend(block.convs.iter().map(|(_, bn)| bn));
+            out.extend(block.downsample.iter().map(|(_, bn)| bn));
+        }
+        out
+    }
+
     /// NCHW images to the NCHW feature map of `layer4` (stride 32).
     ///
     /// With `train`, layer2..layer4 use batch statistics in BatchNorm (the tutorial fine-tunes
