@@ -14,4 +14,5 @@ pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod rng;
+pub mod train;
 pub mod viz;

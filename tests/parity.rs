@@ -279,3 +279,99 @@ fn model_file_round_trip_keeps_captions() {
         again.caption_images(images, &opts).unwrap()
     );
 }
+
+#[test]
+fn training_loss_gradients_and_adam_step_match_the_tutorial() {
+    use gaze::model::decoder::TeacherOptions;
+    use gaze::train::{adam::Adam, loss::batch_loss};
+    let exp = expected();
+    let meta = meta();
+    let tensors =
+        candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
+    let wm = gaze::data::WordMap::load(&fixture("WORDMAP_parity.json")).unwrap();
+    let cfg = gaze::model::file::infer_config(&tensors, wm.len(), Some(5), Path::new("x")).unwrap();
+    let mut weights = Weights::new(tensors, &Device::Cpu);
+    let vars = weights
+        .make_trainable(|n| n.starts_with("decoder."))
+        .unwrap();
+    let model =
+        CaptionModel::build(&weights, cfg, wm, serde_json::json!({}), Path::new("x")).unwrap();
+    let lengths: Vec<usize> = serde_json::from_value(meta["lengths"].clone()).unwrap();
+    let captions = exp["tf_captions"].to_dtype(DType::U32).unwrap();
+    let features = model.encoder.forward(&exp["tf_images"]).unwrap();
+    let loss = batch_loss(
+        &model.decoder,
+        &features,
+        &captions,
+        &lengths,
+        1.0,
+        &mut TeacherOptions::default(),
+    )
+    .unwrap();
+    let want = &meta["train"];
+    let close = |a: f32, b: f64| (a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0);
+    assert!(
+        close(loss.value(), want["loss"].as_f64().unwrap()),
+        "loss {}",
+        loss.value()
+    );
+    assert!(close(
+        loss.cross_entropy,
+        want["cross_entropy"].as_f64().unwrap()
+    ));
+    assert!(close(
+        loss.attention_reg,
+        want["attention_reg"].as_f64().unwrap()
+    ));
+    assert_eq!(loss.words as u64, want["words"].as_u64().unwrap());
+    assert_eq!(
+        loss.top5_correct as u64,
+        want["top5_correct"].as_u64().unwrap()
+    );
+    let grads = loss.loss.backward().unwrap();
+    let graded = [
+        "fc.weight",
+        "decode_step.weight_ih",
+        "attention.full_att.weight",
+        "embedding.weight",
+        "init_h.bias",
+    ];
+    for name in graded {
+        let full = format!("decoder.{name}");
+        let var = &vars.iter().find(|(n, _)| *n == full).unwrap().1;
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {full}"));
+        assert_close(&format!("grad {full}"), g, &exp[&format!("grad.{full}")]);
+    }
+    let mut adam = Adam::new(vars.clone(), 4e-4).unwrap();
+    adam.step(&grads, Some(5.0)).unwrap();
+    for name in graded {
+        let full = format!("decoder.{name}");
+        let var = &vars.iter().find(|(n, _)| *n == full).unwrap().1;
+        assert_close(
+            &format!("adam {full}"),
+            var.as_tensor(),
+            &exp[&format!("adam1.{full}")],
+        );
+    }
+}
+
+#[test]
+fn fine_tuning_forward_uses_batch_statistics_in_layer2_to_4() {
+    let exp = expected();
+    let model = load_model();
+    let out = model.encoder.forward_t(&exp["tf_images"], true).unwrap();
+    assert_close("finetune_encoder_out", &out, &exp["finetune_encoder_out"]);
+    let buffers: HashMap<String, Tensor> = model.encoder.buffers().into_iter().collect();
+    assert_close(
+        "running_mean",
+        &buffers["encoder.resnet.6.0.bn1.running_mean"],
+        &exp["finetune.running_mean"],
+    );
+    assert_close(
+        "running_var",
+        &buffers["encoder.resnet.6.0.bn1.running_var"],
+        &exp["finetune.running_var"],
+    );
+}

@@ -228,7 +228,7 @@ impl Decoder {
             h = out.h;
             c = out.c;
             let logits = out.logits.squeeze(1)?;
-            let targets = captions.i((..bt, t + 1))?;
+            let targets = captions.i((..bt, t + 1))?.contiguous()?;
             on_step(&TeacherStep {
                 t,
                 bt,
