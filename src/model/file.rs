@@ -40,6 +40,8 @@ pub struct ModelFile {
     pub tensors: HashMap<String, Tensor>,
     /// Whether the file carried gaze metadata (false for plain state dicts).
     pub has_metadata: bool,
+    /// The raw safetensors metadata (training checkpoints keep their state here too).
+    pub metadata: SafetensorsMetadata,
 }
 
 /// How to read a file that may lack metadata.
@@ -108,7 +110,7 @@ pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Resu
         source,
     })?;
     let (tensors, meta) = tensors_from_safetensors(&bytes, path, device)?;
-    let meta = meta.unwrap_or_default();
+    let meta: SafetensorsMetadata = meta.unwrap_or_default();
     let meta_err = |reason: String| ModelError::Metadata {
         path: path.to_path_buf(),
         reason,
@@ -168,6 +170,7 @@ pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Resu
         provenance,
         tensors,
         has_metadata,
+        metadata: meta,
     })
 }
 
@@ -262,7 +265,26 @@ pub fn write_model_file(
     word_map: &WordMap,
     provenance: &Value,
 ) -> Result<()> {
-    let mut meta = HashMap::new();
+    write_model_file_with(
+        path,
+        tensors,
+        config,
+        word_map,
+        provenance,
+        SafetensorsMetadata::new(),
+    )
+}
+
+/// [`write_model_file`] with extra metadata entries (e.g. a training checkpoint's state).
+pub fn write_model_file_with(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    config: &ModelConfig,
+    word_map: &WordMap,
+    provenance: &Value,
+    extra: SafetensorsMetadata,
+) -> Result<()> {
+    let mut meta = extra;
     meta.insert("format".to_string(), FORMAT_NAME.to_string());
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     meta.insert(

@@ -130,9 +130,12 @@ impl CaptionModel {
         self.caption_features(&features, opts)
     }
 
-    /// Captions encoder outputs `(N, S, S, E)`.
+    /// Captions encoder outputs `(N, S, S, E)` (or `(N, S*S, E)`).
     pub fn caption_features(&self, features: &Tensor, opts: &BeamOptions) -> Result<Vec<Caption>> {
-        let grid = features.dim(1)?;
+        let grid = match features.rank() {
+            4 => features.dim(1)?,
+            _ => (features.dim(1)? as f64).sqrt().round() as usize,
+        };
         let results = beam::beam_search(&self.decoder, features, self.special_tokens(), opts)?;
         Ok(results
             .into_iter()

@@ -3,5 +3,14 @@
 //! generated captions, cached encoder features, exact resume and progress reporting.
 
 pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod features;
 pub mod glove;
 pub mod loss;
+pub mod trainer;
+pub mod validate;
+
+pub use config::TrainConfig;
+pub use trainer::{train, StopReason, TrainError, TrainOptions, TrainOutcome};

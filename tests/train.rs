@@ -1,0 +1,257 @@
+//! Training on tiny in-memory data: the loss falls, resume follows the uninterrupted run,
+//! fine-tuning runs, and bad data is refused before training starts.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use gaze::data::{DataError, WordMap};
+use gaze::train::data::{ImageStore, SplitData, TrainData};
+use gaze::train::features::CacheMode;
+use gaze::train::{train, StopReason, TrainConfig, TrainOptions};
+
+const SIDE: usize = 32;
+const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 200, 40]),
+    ("blue", [30, 40, 220]),
+    ("yellow", [230, 220, 30]),
+];
+
+/// Images of one coloured square on grey, left or right.
+struct Squares(Vec<Vec<u8>>);
+
+impl ImageStore for Squares {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn side(&self) -> usize {
+        SIDE
+    }
+    fn read_chw(&self, index: usize, out: &mut [u8]) -> Result<(), DataError> {
+        out.copy_from_slice(&self.0[index]);
+        Ok(())
+    }
+}
+
+fn split(n: usize, word_map: &WordMap, offset: usize) -> SplitData {
+    let mut images = Vec::new();
+    let mut captions = Vec::new();
+    let mut lengths = Vec::new();
+    for i in 0..n {
+        let k = i + offset;
+        let (name, rgb) = COLOURS[k % 4];
+        let side_word = if (k / 4) % 2 == 0 { "left" } else { "right" };
+        let mut img = vec![120u8; 3 * SIDE * SIDE];
+        let x0 = if side_word == "left" { 2 } else { SIDE / 2 + 2 };
+        for c in 0..3 {
+            for y in 8..24 {
+                for x in x0..x0 + 12 {
+                    img[c * SIDE * SIDE + y * SIDE + x] = rgb[c];
+                }
+            }
+        }
+        images.push(img);
+        for words in [
+            vec!["a", name, "square", "on", "the", side_word],
+            vec![name, "square", side_word],
+        ] {
+            let mut cap = vec![word_map.start];
+            cap.extend(words.iter().map(|w| word_map.id(w).unwrap()));
+            cap.push(word_map.end);
+            lengths.push(cap.len());
+            cap.resize(10, word_map.pad);
+            captions.push(cap);
+        }
+    }
+    SplitData {
+        images: Arc::new(Squares(images)),
+        captions,
+        lengths,
+        captions_per_image: 2,
+    }
+}
+
+fn data() -> TrainData {
+    let words = [
+        "a", "red", "green", "blue", "yellow", "square", "on", "the", "left", "right",
+    ];
+    let word_map = WordMap::from_counts(words.iter().map(|w| (*w, 10)), 5);
+    TrainData {
+        train: split(16, &word_map, 0),
+        val: split(8, &word_map, 3),
+        word_map,
+        data_name: "squares".into(),
+    }
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        emb_dim: 16,
+        attention_dim: 16,
+        decoder_dim: 24,
+        encoded_image_size: 2,
+        encoder: "resnet18".into(),
+        batch_size: 8,
+        epochs: 3,
+        seed: 7,
+        decoder_lr: 4e-3,
+        feature_cache: CacheMode::Memory,
+        ..Default::default()
+    }
+}
+
+fn options(dir: &Path) -> TrainOptions {
+    TrainOptions {
+        out_dir: dir.to_path_buf(),
+        checkpoint: None,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+    }
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    for (name, x) in &ta {
+        let y = &tb[name];
+        let diff = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn loss_falls_and_the_best_model_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data();
+    let out = train(&config(), &data, &options(dir.path())).unwrap();
+    assert_eq!(out.stop, StopReason::Epochs);
+    assert_eq!(out.history.len(), 3);
+    let first = out.history[0].train_loss;
+    let last = out.history[2].train_loss;
+    assert!(last < first * 0.9, "loss {first} -> {last}");
+    let best = out.best.expect("a best model is written");
+    let model = gaze::model::CaptionModel::load(&best, &Default::default(), &Device::Cpu).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3);
+    assert_eq!(model.word_map.len(), data.word_map.len());
+}
+
+#[test]
+fn resume_follows_the_uninterrupted_run() {
+    let data = data();
+    let straight = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..config()
+    };
+    train(&cfg, &data, &options(straight.path())).unwrap();
+
+    // Stop after the first batch (as Ctrl-C does), then resume twice: mid-epoch and at an epoch boundary.
+    let split_run = tempfile::tempdir().unwrap();
+    let opts = options(split_run.path());
+    opts.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = train(&cfg, &data, &opts).unwrap();
+    assert_eq!(out.stop, StopReason::Interrupted);
+    assert_eq!((out.state.epoch, out.state.batch), (0, 1));
+    let first = TrainConfig {
+        epochs: 1,
+        ..cfg.clone()
+    };
+    let mut opts = options(split_run.path());
+    opts.checkpoint = Some(out.checkpoint.clone());
+    let out = train(&first, &data, &opts).unwrap();
+    assert_eq!((out.state.epoch, out.state.batch), (1, 0));
+    opts.checkpoint = Some(out.checkpoint.clone());
+    train(&cfg, &data, &opts).unwrap();
+    assert_same_tensors(
+        &straight.path().join("checkpoint_squares.safetensors"),
+        &split_run.path().join("checkpoint_squares.safetensors"),
+    );
+}
+
+#[test]
+fn fine_tuning_trains_layer2_to_4_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data();
+    let cfg = TrainConfig {
+        epochs: 1,
+        fine_tune_encoder: true,
+        ..config()
+    };
+    let before = gaze::model::init::random_tensors(
+        &gaze::model::ModelConfig {
+            encoder: gaze::model::EncoderConfig::named("resnet18").unwrap(),
+            encoded_image_size: 2,
+            attention_dim: 16,
+            embed_dim: 16,
+            decoder_dim: 24,
+            vocab_size: data.word_map.len(),
+            dropout: 0.5,
+        },
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let out = train(&cfg, &data, &options(dir.path())).unwrap();
+    let after = tensors(&out.checkpoint);
+    let changed = |name: &str| {
+        let d = (&before[name] - &after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        d.to_scalar::<f32>().unwrap() > 0.0
+    };
+    assert!(!changed("encoder.resnet.0.weight"), "the stem is frozen");
+    assert!(
+        !changed("encoder.resnet.4.0.conv1.weight"),
+        "layer1 is frozen"
+    );
+    assert!(changed("encoder.resnet.5.0.conv1.weight"), "layer2 trains");
+    assert!(
+        changed("encoder.resnet.7.1.bn2.running_mean"),
+        "layer4 BatchNorm statistics update"
+    );
+    assert!(after.contains_key("optim.encoder.exp_avg.encoder.resnet.7.1.conv2.weight"));
+}
+
+#[test]
+fn mismatched_data_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = data();
+    data.train.captions.pop();
+    let e = train(&config(), &data, &options(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("training split") && e.contains("31 captions for 16 images"),
+        "{e}"
+    );
+    let mut data = self::data();
+    data.val.captions[0][1] = 99;
+    let e = train(&config(), &data, &options(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("word id 99"), "{e}");
+}
