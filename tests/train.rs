@@ -43,7 +43,11 @@ fn split(n: usize, word_map: &WordMap, offset: usize) -> SplitData {
     for i in 0..n {
         let k = i + offset;
         let (name, rgb) = COLOURS[k % 4];
-        let side_word = if (k / 4).is_multiple_of(2) { "left" } else { "right" };
+        let side_word = if (k / 4).is_multiple_of(2) {
+            "left"
+        } else {
+            "right"
+        };
         let mut img = vec![120u8; 3 * SIDE * SIDE];
         let x0 = if side_word == "left" { 2 } else { SIDE / 2 + 2 };
         for c in 0..3 {

@@ -35,12 +35,18 @@ pub enum EncoderConfig {
         layers: [usize; 4],
         width: usize,
     },
+    /// EfficientNet-Lite0 (ImageNet weights ship with gaze).
+    EfficientnetLite0,
 }
 
 impl EncoderConfig {
     /// A torchvision ResNet by name: resnet18, resnet34, resnet50, resnet101, resnet152.
     pub fn named(name: &str) -> Option<Self> {
-        let (block, layers) = match name.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+        let key = name.to_ascii_lowercase().replace(['-', '_'], "");
+        if key == "efficientnetlite0" {
+            return Some(EncoderConfig::EfficientnetLite0);
+        }
+        let (block, layers) = match key.as_str() {
             "resnet18" => (BlockKind::Basic, [2, 2, 2, 2]),
             "resnet34" => (BlockKind::Basic, [3, 4, 6, 3]),
             "resnet50" => (BlockKind::Bottleneck, [3, 4, 6, 3]),
@@ -59,6 +65,7 @@ impl EncoderConfig {
     pub fn out_channels(&self) -> usize {
         match self {
             EncoderConfig::Resnet { block, width, .. } => width * 8 * block.expansion(),
+            EncoderConfig::EfficientnetLite0 => super::encoder::efficientnet::OUT_CHANNELS,
         }
     }
 
@@ -76,6 +83,42 @@ impl EncoderConfig {
                     }
                 }
                 format!("resnet({block:?}, layers {layers:?}, width {width})").to_lowercase()
+            }
+            EncoderConfig::EfficientnetLite0 => "efficientnet-lite0".to_string(),
+        }
+    }
+
+    /// Whether fine-tuning trains the encoder tensor `name` (a full name such as
+    /// `encoder.resnet.5.0.conv1.weight`): ResNet's layer2..layer4 (the tutorial's
+    /// `children()[5:]`), EfficientNet's blocks from the third stage on and its head.
+    /// BatchNorm running statistics are never trained.
+    pub fn fine_tunes(&self, name: &str) -> bool {
+        if name.ends_with(".running_mean") || name.ends_with(".running_var") {
+            return false;
+        }
+        match self {
+            EncoderConfig::Resnet { .. } => [
+                "encoder.resnet.5.",
+                "encoder.resnet.6.",
+                "encoder.resnet.7.",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p)),
+            EncoderConfig::EfficientnetLite0 => {
+                use super::encoder::efficientnet::{FIRST_FINE_TUNED_BLOCK, PREFIX};
+                let Some(rest) = name
+                    .strip_prefix("encoder.")
+                    .and_then(|r| r.strip_prefix(PREFIX))
+                else {
+                    return false;
+                };
+                if rest.starts_with("._conv_head.") || rest.starts_with("._bn1.") {
+                    return true;
+                }
+                rest.strip_prefix("._blocks.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i >= FIRST_FINE_TUNED_BLOCK)
             }
         }
     }

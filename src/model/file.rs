@@ -65,8 +65,15 @@ pub fn canonical_name(name: &str) -> Option<String> {
         if let Some(mapped) = torchvision_to_tutorial(rest) {
             return Some(format!("encoder.{mapped}"));
         }
-        if rest.starts_with("fc.") {
+        if rest.starts_with("fc.") || rest.starts_with("_fc.") {
             return None;
+        }
+        if rest.starts_with('_') {
+            // lukemelas EfficientNet names (`_conv_stem.weight`, `_blocks.0...`).
+            return Some(format!(
+                "encoder.{}.{rest}",
+                super::encoder::efficientnet::PREFIX
+            ));
         }
     }
     Some(name)
@@ -199,6 +206,40 @@ pub fn infer_config(
         path: path.to_path_buf(),
         reason,
     };
+    let encoder = if tensors.contains_key("encoder.efficientnet._conv_stem.weight") {
+        EncoderConfig::EfficientnetLite0
+    } else {
+        infer_resnet(tensors, path)?
+    };
+    let embedding = shape_of(tensors, "decoder.embedding.weight", path)?;
+    let weight_hh = shape_of(tensors, "decoder.decode_step.weight_hh", path)?;
+    let encoder_att = shape_of(tensors, "decoder.attention.encoder_att.weight", path)?;
+    if embedding.len() != 2 || weight_hh.len() != 2 || encoder_att.len() != 2 {
+        return Err(arch("decoder tensors are not matrices".into()));
+    }
+    let vocab_size = embedding[0];
+    if vocab_size != word_map_len {
+        return Err(arch(format!(
+            "decoder.embedding.weight has {vocab_size} rows but the word map has {word_map_len} words: wrong word map?"
+        )));
+    }
+    Ok(ModelConfig {
+        encoder,
+        encoded_image_size: encoded_image_size.unwrap_or(DEFAULT_ENCODED_IMAGE_SIZE),
+        attention_dim: encoder_att[0],
+        embed_dim: embedding[1],
+        decoder_dim: weight_hh[1],
+        vocab_size,
+        dropout: DEFAULT_DROPOUT,
+    })
+}
+
+/// A ResNet's block type, stage depths and width from its tensor shapes.
+fn infer_resnet(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<EncoderConfig> {
+    let arch = |reason: String| ModelError::Architecture {
+        path: path.to_path_buf(),
+        reason,
+    };
     let conv1 = shape_of(tensors, "encoder.resnet.0.weight", path)?;
     if conv1.len() != 4 {
         return Err(arch(format!(
@@ -230,30 +271,10 @@ pub fn infer_config(
             )));
         }
     }
-    let embedding = shape_of(tensors, "decoder.embedding.weight", path)?;
-    let weight_hh = shape_of(tensors, "decoder.decode_step.weight_hh", path)?;
-    let encoder_att = shape_of(tensors, "decoder.attention.encoder_att.weight", path)?;
-    if embedding.len() != 2 || weight_hh.len() != 2 || encoder_att.len() != 2 {
-        return Err(arch("decoder tensors are not matrices".into()));
-    }
-    let vocab_size = embedding[0];
-    if vocab_size != word_map_len {
-        return Err(arch(format!(
-            "decoder.embedding.weight has {vocab_size} rows but the word map has {word_map_len} words: wrong word map?"
-        )));
-    }
-    Ok(ModelConfig {
-        encoder: EncoderConfig::Resnet {
-            block,
-            layers,
-            width,
-        },
-        encoded_image_size: encoded_image_size.unwrap_or(DEFAULT_ENCODED_IMAGE_SIZE),
-        attention_dim: encoder_att[0],
-        embed_dim: embedding[1],
-        decoder_dim: weight_hh[1],
-        vocab_size,
-        dropout: DEFAULT_DROPOUT,
+    Ok(EncoderConfig::Resnet {
+        block,
+        layers,
+        width,
     })
 }
 

@@ -119,13 +119,6 @@ pub struct TrainOptions {
     pub progress: bool,
 }
 
-/// Prefixes of the layers fine-tuning trains (the tutorial's `children()[5:]`: layer2..layer4).
-const FINE_TUNED_PREFIXES: [&str; 3] = [
-    "encoder.resnet.5.",
-    "encoder.resnet.6.",
-    "encoder.resnet.7.",
-];
-
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut r = SplitMix64::new(
         seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
@@ -225,6 +218,10 @@ fn setup(
                 for (name, t) in load_encoder_weights(path, device)? {
                     tensors.insert(name, t);
                 }
+            } else if config.encoder == EncoderConfig::EfficientnetLite0 {
+                tensors.extend(crate::model::encoder::efficientnet::pretrained_tensors(
+                    device, false,
+                )?);
             } else {
                 tracing::warn!("no --encoder-weights: the encoder starts from random weights");
             }
@@ -306,10 +303,7 @@ pub fn train(
         if n.starts_with("decoder.") {
             return cfg.fine_tune_embeddings || n != "decoder.embedding.weight";
         }
-        fine_tune
-            && FINE_TUNED_PREFIXES.iter().any(|p| n.starts_with(p))
-            && !n.ends_with(".running_mean")
-            && !n.ends_with(".running_var")
+        fine_tune && config.encoder.fine_tunes(n)
     })?;
     let (enc_vars, dec_vars): (Vec<_>, Vec<_>) = trainable
         .into_iter()

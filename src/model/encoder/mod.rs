@@ -1,6 +1,8 @@
 //! The image encoder: a CNN backbone with spatial output, then adaptive average pooling to an
 //! `S x S` grid, laid out `(N, S, S, C)` as the tutorial's `Encoder.forward` returns it.
 
+pub mod depthwise;
+pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 
@@ -20,6 +22,21 @@ pub trait Backbone: Send + Sync {
     /// full tensor name.
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
+    }
+}
+
+impl Backbone for efficientnet::EfficientNetLite {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        efficientnet::EfficientNetLite::forward_t(self, images, train)
+    }
+    fn out_channels(&self) -> usize {
+        efficientnet::OUT_CHANNELS
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.batch_norms()
+            .into_iter()
+            .flat_map(|bn| bn.buffers())
+            .collect()
     }
 }
 
@@ -53,6 +70,10 @@ impl Encoder {
                 layers,
                 width,
             } => Box::new(resnet::ResNet::load(w, *block, *layers, *width)),
+            EncoderConfig::EfficientnetLite0 => Box::new(efficientnet::EfficientNetLite::load(
+                &w.pp(efficientnet::PREFIX),
+                false,
+            )),
         };
         Encoder {
             backbone,
