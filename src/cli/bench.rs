@@ -48,6 +48,9 @@ pub struct CaptionBench {
     /// Decoding steps per caption: random weights rarely emit <end>, so each search runs to this limit.
     #[arg(long, default_value_t = 20)]
     pub max_steps: usize,
+    /// Time the decoder alone (beam search on random encoder outputs).
+    #[arg(long)]
+    pub decoder_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -150,12 +153,30 @@ fn caption(b: CaptionBench) -> Result<ExitCode> {
                 max_steps: b.max_steps,
                 ..Default::default()
             };
-            let x = random_images(bs, c.image_size, &model)?;
-            model.caption_images(&x, &opts)?; // warm-up
+            let run = |x: &candle_core::Tensor| -> Result<()> {
+                if b.decoder_only {
+                    model.caption_features(x, &opts)?;
+                } else {
+                    model.caption_images(x, &opts)?;
+                }
+                Ok(())
+            };
+            let x = if b.decoder_only {
+                let s = model.config.encoded_image_size;
+                candle_core::Tensor::rand(
+                    0f32,
+                    1.0,
+                    (bs, s, s, model.config.encoder_dim()),
+                    &model.device,
+                )?
+            } else {
+                random_images(bs, c.image_size, &model)?
+            };
+            run(&x)?; // warm-up
             let rounds = c.images.div_ceil(bs).max(1);
             let t = Instant::now();
             for _ in 0..rounds {
-                model.caption_images(&x, &opts)?;
+                run(&x)?;
             }
             let secs = t.elapsed().as_secs_f64();
             let n = (rounds * bs) as f64;
