@@ -50,15 +50,25 @@ impl Attention {
         let (b, p, a) = encoder_proj.dims3()?;
         let q = h.dim(1)?;
         let att2 = self.decoder_att.forward(h)?; // (B, Q, A)
-        let sum = encoder_proj
-            .unsqueeze(1)?
-            .broadcast_add(&att2.unsqueeze(2)?)?
-            .relu()?; // (B, Q, P, A)
         let w = self.full_att.weight.reshape((a, 1))?;
-        let scores = sum
-            .reshape((b * q * p, a))?
-            .matmul(&w)?
-            .reshape((b, q, p))?;
+        // A detached projection marks inference (beam search detaches it): no gradient is
+        // wanted through the scores, so the fused kernel may serve.
+        let inference = !encoder_proj.track_op();
+        let scores = if inference
+            && encoder_proj.device().is_cpu()
+            && encoder_proj.dtype() == candle_core::DType::F32
+        {
+            // Inference on the CPU: one fused pass instead of three over (B, Q, P, A).
+            super::fused::attention_scores(encoder_proj, &att2, &w.flatten_all()?)?
+        } else {
+            let sum = encoder_proj
+                .unsqueeze(1)?
+                .broadcast_add(&att2.unsqueeze(2)?)?
+                .relu()?; // (B, Q, P, A)
+            sum.reshape((b * q * p, a))?
+                .matmul(&w)?
+                .reshape((b, q, p))?
+        };
         let scores = scores.broadcast_add(&self.full_att.bias.reshape((1, 1, 1))?)?;
         let alpha = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let awe = alpha.matmul(encoder_out)?; // (B, Q, P) x (B, P, E)

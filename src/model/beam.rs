@@ -224,7 +224,9 @@ pub fn beam_search(
         .to_dtype(DType::F32)?;
     let p = enc.dim(1)?;
     let vocab = decoder.vocab_size;
-    let mut proj = decoder.attention.project_encoder(&enc)?;
+    // Inference: no gradients through the search (this also selects fused kernels).
+    enc = enc.detach();
+    let mut proj = decoder.attention.project_encoder(&enc)?.detach();
 
     let mut images: Vec<ImageBeams> = (0..b_total)
         .map(|_| ImageBeams {
