@@ -1,6 +1,7 @@
 //! Subcommands. Each file holds one subcommand's arguments and its `run`.
 
 pub mod caption;
+pub mod import;
 pub mod model;
 
 use std::path::PathBuf;
