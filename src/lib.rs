@@ -2,6 +2,7 @@
 //!
 //! The library is organised by job:
 //! - [`model`]: encoder backbones, soft attention, the LSTM decoder, beam search, model files.
+//! - [`pth`]: reading PyTorch checkpoints (zip and legacy `torch.save` files) without Python.
 //! - [`data`]: Karpathy split JSON, word maps, the tutorial's HDF5/JSON files, image preprocessing.
 //! - [`metrics`]: BLEU, CIDEr-D, ROUGE-L and METEOR as the reference scorers compute them.
 //! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
@@ -13,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod metrics;
 pub mod model;
+pub mod pth;
 pub mod rng;
 pub mod train;
 pub mod viz;

@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Caption image files with a trained model.
     Caption(cli::caption::CaptionArgs),
+    /// Convert a PyTorch checkpoint (the tutorial's, or a state dict) into a gaze model file.
+    Import(cli::import::ImportArgs),
     /// Inspect model files.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     cli::init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
+        Command::Import(args) => cli::import::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
     };

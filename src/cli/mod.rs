@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod caption;
+pub mod import;
 pub mod model;
 
 use std::path::PathBuf;
