@@ -354,6 +354,11 @@ pub fn write_safetensors(
         })?;
     std::fs::write(tmp.path(), &bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
+    // Temporary files are created private; a model file is meant to be shared.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }

@@ -49,6 +49,8 @@ pub enum TrainError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Glove(#[from] GloveError),
+    #[error(transparent)]
+    Pth(#[from] crate::pth::PthError),
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]
@@ -126,11 +128,15 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
     r.next_u64()
 }
 
-/// Encoder weights from a file: safetensors with torchvision or tutorial names.
+/// Encoder weights from a file: torchvision's ImageNet `.pth` (either PyTorch format), or
+/// safetensors with torchvision or tutorial names.
 pub fn load_encoder_weights(
     path: &Path,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, TrainError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Ok(crate::pth::torchvision_resnet_encoder(path, device)?);
+    }
     let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
         path: path.into(),
         source,
