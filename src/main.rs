@@ -25,6 +25,8 @@ enum Command {
     /// Inspect model files.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Score COCO-format results against a Karpathy split (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D).
+    Score(cli::score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Score(args) => cli::score::run(args),
     };
     match result {
         Ok(code) => code,

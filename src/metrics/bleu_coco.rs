@@ -64,7 +64,10 @@ where
     R: AsRef<[S]>,
 {
     if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
     }
     let mut total = Comps::default();
     let mut per_image = Vec::with_capacity(hypotheses.len());
@@ -78,13 +81,16 @@ where
         let counts = NgramCounts::new(hyp, 4);
         let mut comps = Comps {
             test_len: hyp.len() as u64,
-            ref_len: closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len()) as u64,
+            ref_len: closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len())
+                as u64,
             ..Comps::default()
         };
         for (k, order) in counts.orders.iter().enumerate() {
             comps.guess[k] = (hyp.len() + 1).saturating_sub(k + 1) as u64;
-            comps.correct[k] =
-                order.iter().map(|&(g, c)| c.min(max_ref.get(g).copied().unwrap_or(0)) as u64).sum();
+            comps.correct[k] = order
+                .iter()
+                .map(|&(g, c)| c.min(max_ref.get(g).copied().unwrap_or(0)) as u64)
+                .sum();
         }
         per_image.push(bleu_from(&comps));
         total.test_len += comps.test_len;
@@ -94,7 +100,10 @@ where
             total.correct[k] += comps.correct[k];
         }
     }
-    Ok(CocoBleu { corpus: bleu_from(&total), per_image })
+    Ok(CocoBleu {
+        corpus: bleu_from(&total),
+        per_image,
+    })
 }
 
 #[cfg(test)]
@@ -108,10 +117,18 @@ mod tests {
     #[test]
     fn golden_corpus() {
         let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
-        let refs: Vec<Vec<Vec<&str>>> = refs.iter().map(|r| r.iter().map(|s| split(s)).collect()).collect();
+        let refs: Vec<Vec<Vec<&str>>> = refs
+            .iter()
+            .map(|r| r.iter().map(|s| split(s)).collect())
+            .collect();
         let hyps: Vec<Vec<&str>> = hyps.iter().map(|h| split(h)).collect();
         let out = corpus_bleu(&refs, &hyps).unwrap();
-        let expected = [0.5648413149417819, 0.5229414425509095, 0.4383931039074263, 0.3825449980293719];
+        let expected = [
+            0.5648413149417819,
+            0.5229414425509095,
+            0.4383931039074263,
+            0.3825449980293719,
+        ];
         for (got, want) in out.corpus.iter().zip(expected) {
             assert!((got - want).abs() <= 1e-15, "{got} vs {want}");
         }
@@ -121,12 +138,20 @@ mod tests {
     #[test]
     fn golden_edge_case() {
         let refs = vec![
-            vec![split("a cat sits on the mat"), split("there is a cat on a mat")],
+            vec![
+                split("a cat sits on the mat"),
+                split("there is a cat on a mat"),
+            ],
             vec![split("a dog runs in the park")],
         ];
         let hyps = vec![split("the cat on mat sits"), split("dog runs park")];
         let out = corpus_bleu(&refs, &hyps).unwrap();
-        let expected = [0.6065306595610012, 0.3501806395620099, 2.6492666771333864e-06, 8.665626141233947e-09];
+        let expected = [
+            0.6065306595610012,
+            0.3501806395620099,
+            2.6492666771333864e-06,
+            8.665626141233947e-09,
+        ];
         for (got, want) in out.corpus.iter().zip(expected) {
             assert!((got - want).abs() <= want * 1e-14, "{got} vs {want}");
         }
@@ -137,11 +162,27 @@ mod tests {
         let refs = vec![vec![split("a b c d e")]];
         let out = corpus_bleu(&refs, &[split("a b c d e")]).unwrap();
         // pycocoevalcap 1.2 on the same input.
-        assert_eq!(out.corpus, [0.9999999996000004, 0.9999999995750004, 0.9999999995388893, 0.9999999994791672]);
+        assert_eq!(
+            out.corpus,
+            [
+                0.9999999996000004,
+                0.9999999995750004,
+                0.9999999995388893,
+                0.9999999994791672
+            ]
+        );
         let refs2 = vec![vec![split("a b c d e")], vec![split("x y")]];
         let with_empty = corpus_bleu(&refs2, &[split("a b c d e"), vec![]]).unwrap();
         // The empty hypothesis changes only the reference length (7 vs 5).
-        assert_eq!(with_empty.corpus, [0.6703200457675116, 0.6703200457507535, 0.6703200457265476, 0.6703200456865146]);
+        assert_eq!(
+            with_empty.corpus,
+            [
+                0.6703200457675116,
+                0.6703200457507535,
+                0.6703200457265476,
+                0.6703200456865146
+            ]
+        );
         assert!(with_empty.per_image[1][0] < 1e-15);
     }
 }

@@ -70,14 +70,20 @@ pub struct NltkBleuCounts {
 /// NLTK's `corpus_bleu(references, hypotheses, weights)` for one or several weight tuples.
 ///
 /// `references[i]` holds the references of segment i, `hypotheses[i]` its hypothesis.
-pub fn corpus_bleu<T, S, R>(references: &[R], hypotheses: &[S], weights: &[&[f64]]) -> Result<NltkBleu, MetricsError>
+pub fn corpus_bleu<T, S, R>(
+    references: &[R],
+    hypotheses: &[S],
+    weights: &[&[f64]],
+) -> Result<NltkBleu, MetricsError>
 where
     T: Eq + Hash,
     S: AsRef<[T]>,
     R: AsRef<[S]>,
 {
     if weights.is_empty() || weights.iter().any(|w| w.is_empty()) {
-        return Err(MetricsError::BadWeights("every BLEU weight tuple needs at least one weight".into()));
+        return Err(MetricsError::BadWeights(
+            "every BLEU weight tuple needs at least one weight".into(),
+        ));
     }
     let max_order = weights.iter().map(|w| w.len()).max().unwrap_or(1);
     let counts = corpus_counts(references, hypotheses, max_order)?;
@@ -85,14 +91,21 @@ where
 }
 
 /// The integer statistics of `corpus_bleu` for orders 1..=max_order.
-pub fn corpus_counts<T, S, R>(references: &[R], hypotheses: &[S], max_order: usize) -> Result<NltkBleuCounts, MetricsError>
+pub fn corpus_counts<T, S, R>(
+    references: &[R],
+    hypotheses: &[S],
+    max_order: usize,
+) -> Result<NltkBleuCounts, MetricsError>
 where
     T: Eq + Hash,
     S: AsRef<[T]>,
     R: AsRef<[S]>,
 {
     if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
     }
     let mut counts = NltkBleuCounts {
         numerators: vec![0; max_order],
@@ -120,7 +133,8 @@ where
             counts.denominators[n] += total.max(1);
         }
         counts.hypothesis_length += hyp.len() as u64;
-        counts.reference_length += closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len()) as u64;
+        counts.reference_length +=
+            closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len()) as u64;
     }
     Ok(counts)
 }
@@ -140,7 +154,11 @@ pub fn brevity_penalty(reference_length: u64, hypothesis_length: u64) -> f64 {
 /// `counts.numerators.len()` are ignored, as `zip(weights, p_n)` does.
 pub fn score_from_counts(counts: &NltkBleuCounts, weights: &[&[f64]]) -> NltkBleu {
     if counts.numerators.first().copied().unwrap_or(0) == 0 {
-        return NltkBleu { scores: vec![0.0; weights.len()], integer_zero: true, zero_count_orders: Vec::new() };
+        return NltkBleu {
+            scores: vec![0.0; weights.len()],
+            integer_zero: true,
+            zero_count_orders: Vec::new(),
+        };
     }
     let bp = brevity_penalty(counts.reference_length, counts.hypothesis_length);
     let mut zero_count_orders = Vec::new();
@@ -161,9 +179,21 @@ pub fn score_from_counts(counts: &NltkBleuCounts, weights: &[&[f64]]) -> NltkBle
         .collect();
     let scores = weights
         .iter()
-        .map(|w| bp * fsum(w.iter().zip(&precisions).filter(|(_, &p)| p > 0.0).map(|(&wi, &p)| wi * p.ln())).exp())
+        .map(|w| {
+            bp * fsum(
+                w.iter()
+                    .zip(&precisions)
+                    .filter(|(_, &p)| p > 0.0)
+                    .map(|(&wi, &p)| wi * p.ln()),
+            )
+            .exp()
+        })
         .collect();
-    NltkBleu { scores, integer_zero: false, zero_count_orders }
+    NltkBleu {
+        scores,
+        integer_zero: false,
+        zero_count_orders,
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +208,9 @@ mod tests {
     pub(crate) fn gold() -> (Vec<Vec<Vec<&'static str>>>, Vec<Vec<&'static str>>) {
         let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
         (
-            refs.iter().map(|r| r.iter().map(|s| split(s)).collect()).collect(),
+            refs.iter()
+                .map(|r| r.iter().map(|s| split(s)).collect())
+                .collect(),
             hyps.iter().map(|h| split(h)).collect(),
         )
     }
@@ -187,7 +219,12 @@ mod tests {
     fn golden_bleu_1_to_4() {
         let (refs, hyps) = gold();
         let out = corpus_bleu(&refs, &hyps, &BLEU_1_TO_4_WEIGHTS).unwrap();
-        let expected = [0.564841315004542, 0.5052094307402111, 0.4161786392420379, 0.35723701439579875];
+        let expected = [
+            0.564841315004542,
+            0.5052094307402111,
+            0.4161786392420379,
+            0.35723701439579875,
+        ];
         for (got, want) in out.scores.iter().zip(expected) {
             assert!((got - want).abs() <= 1e-15, "{got} vs {want}");
         }
@@ -203,10 +240,24 @@ mod tests {
             let n = vocab.len() as u32;
             *vocab.entry(w.to_string()).or_insert(n)
         };
-        let id_refs: Vec<Vec<Vec<u32>>> =
-            refs.iter().map(|rs| rs.iter().map(|r| r.iter().map(|w| id(w)).collect()).collect()).collect();
-        let id_hyps: Vec<Vec<u32>> = hyps.iter().map(|h| h.iter().map(|w| id(w)).collect()).collect();
-        assert_eq!(corpus_bleu(&id_refs, &id_hyps, &BLEU_1_TO_4_WEIGHTS).unwrap().scores, out.scores);
+        let id_refs: Vec<Vec<Vec<u32>>> = refs
+            .iter()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| r.iter().map(|w| id(w)).collect())
+                    .collect()
+            })
+            .collect();
+        let id_hyps: Vec<Vec<u32>> = hyps
+            .iter()
+            .map(|h| h.iter().map(|w| id(w)).collect())
+            .collect();
+        assert_eq!(
+            corpus_bleu(&id_refs, &id_hyps, &BLEU_1_TO_4_WEIGHTS)
+                .unwrap()
+                .scores,
+            out.scores
+        );
     }
 
     #[test]
@@ -219,7 +270,10 @@ mod tests {
     #[test]
     fn golden_edge_case_is_tiny_with_two_warnings() {
         let refs = vec![
-            vec![split("a cat sits on the mat"), split("there is a cat on a mat")],
+            vec![
+                split("a cat sits on the mat"),
+                split("there is a cat on a mat"),
+            ],
             vec![split("a dog runs in the park")],
         ];
         let hyps = vec![split("the cat on mat sits"), split("dog runs park")];
@@ -254,7 +308,10 @@ mod tests {
             Err(MetricsError::LengthMismatch { .. })
         ));
         let none: Vec<Vec<Vec<&str>>> = vec![vec![]];
-        assert!(matches!(corpus_bleu(&none, &[split("a")], &BLEU_1_TO_4_WEIGHTS), Err(MetricsError::NoReferences { index: 0 })));
+        assert!(matches!(
+            corpus_bleu(&none, &[split("a")], &BLEU_1_TO_4_WEIGHTS),
+            Err(MetricsError::NoReferences { index: 0 })
+        ));
         assert!(corpus_bleu(&refs, &[split("a")], &[]).is_err());
     }
 }

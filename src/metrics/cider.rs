@@ -35,46 +35,119 @@ pub struct Cider {
     pub per_image: Vec<f64>,
 }
 
-/// One sentence as TF-IDF vectors per order, its norms and its bigram "length".
-struct Vector<'a, T> {
-    weights: Vec<Vec<(&'a [T], f64)>>,
-    lookup: FastMap<&'a [T], f64>,
+/// An n-gram that appears in no reference of the corpus (df = 0, so it never matches).
+const ABSENT: u32 = u32::MAX;
+
+/// One sentence as TF-IDF vectors per order (n-gram ids in first-appearance order), its
+/// norms and its bigram "length".
+struct Vector {
+    weights: [Vec<(u32, f64)>; ORDERS],
     norms: [f64; ORDERS],
     length: i64,
 }
 
-fn to_vector<'a, T: Eq + Hash>(counts: &NgramCounts<'a, T>, df: &FastMap<&'a [T], (u32, usize)>, log_n: f64) -> Vector<'a, T> {
-    let mut weights = Vec::with_capacity(ORDERS);
-    let mut lookup = FastMap::default();
-    let mut norms = [0.0; ORDERS];
-    let mut length = 0i64;
-    for (n, order) in counts.orders.iter().enumerate() {
-        let mut list = Vec::with_capacity(order.len());
-        for &(gram, tf) in order {
-            let doc_freq = df.get(gram).map(|&(d, _)| d).unwrap_or(0) as f64;
-            let w = tf as f64 * (log_n - doc_freq.max(1.0).ln());
-            norms[n] += w * w;
-            if n == 1 {
-                length += tf as i64;
-            }
-            list.push((gram, w));
-            lookup.insert(gram, w);
-        }
-        weights.push(list);
-    }
-    for norm in &mut norms {
-        *norm = norm.sqrt();
-    }
-    Vector { weights, lookup, norms, length }
+/// The corpus-wide n-gram table. An n-gram's id is looked up by (id of its first n-1
+/// tokens, id of its last token) packed in a `u64`, so the large table is keyed by integers
+/// and lookups do not chase pointers into token storage.
+struct IdfTable<'a, T> {
+    tokens: FastMap<&'a T, u32>,
+    grams: FastMap<u64, u32>,
+    /// `ln(max(1, df))` per id (filled once df is known).
+    log_df: Vec<f64>,
 }
 
-fn similarity<T: Eq + Hash>(hyp: &Vector<'_, T>, reference: &Vector<'_, T>) -> [f64; ORDERS] {
+fn gram_key(prefix: u32, token: u32) -> u64 {
+    ((prefix as u64) << 32) | token as u64
+}
+
+/// One sentence's n-grams as (id, tf) per order, in first-appearance order.
+type IdCounts = [Vec<(u32, u32)>; ORDERS];
+
+impl<'a, T: Eq + Hash> IdfTable<'a, T> {
+    /// Ids of a sentence's n-grams; with `insert`, unseen n-grams get new ids, otherwise they
+    /// are [`ABSENT`].
+    fn ids(&mut self, counts: &NgramCounts<'a, T>, insert: bool) -> IdCounts {
+        let mut out: IdCounts = Default::default();
+        let mut local: FastMap<&'a [T], u32> = FastMap::default();
+        for (n, order) in counts.orders.iter().enumerate() {
+            out[n].reserve(order.len());
+            for &(gram, tf) in order {
+                let prefix = if n == 0 {
+                    ABSENT
+                } else {
+                    local.get(&gram[..n]).copied().unwrap_or(ABSENT)
+                };
+                let last = &gram[n];
+                let id = if insert {
+                    let next = self.tokens.len() as u32;
+                    let token = *self.tokens.entry(last).or_insert(next);
+                    let next = self.grams.len() as u32;
+                    *self.grams.entry(gram_key(prefix, token)).or_insert(next)
+                } else if n > 0 && prefix == ABSENT {
+                    ABSENT
+                } else {
+                    match self.tokens.get(last) {
+                        Some(&token) => self
+                            .grams
+                            .get(&gram_key(prefix, token))
+                            .copied()
+                            .unwrap_or(ABSENT),
+                        None => ABSENT,
+                    }
+                };
+                local.insert(gram, id);
+                out[n].push((id, tf));
+            }
+        }
+        out
+    }
+
+    fn vector(&self, counts: &IdCounts, log_n: f64) -> Vector {
+        let mut weights: [Vec<(u32, f64)>; ORDERS] = Default::default();
+        let mut norms = [0.0; ORDERS];
+        let mut length = 0i64;
+        for (n, order) in counts.iter().enumerate() {
+            weights[n].reserve(order.len());
+            for &(id, tf) in order {
+                let log_df = if id == ABSENT {
+                    0.0
+                } else {
+                    self.log_df[id as usize]
+                };
+                let w = tf as f64 * (log_n - log_df);
+                norms[n] += w * w;
+                if n == 1 {
+                    length += tf as i64;
+                }
+                weights[n].push((id, w));
+            }
+        }
+        for norm in &mut norms {
+            *norm = norm.sqrt();
+        }
+        Vector {
+            weights,
+            norms,
+            length,
+        }
+    }
+}
+
+fn similarity(hyp: &Vector, reference: &Vector) -> [f64; ORDERS] {
     let delta = (hyp.length - reference.length) as f64;
     let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
     let mut val = [0.0; ORDERS];
     for n in 0..ORDERS {
-        for &(gram, w_h) in &hyp.weights[n] {
-            let w_r = reference.lookup.get(gram).copied().unwrap_or(0.0);
+        for &(id, w_h) in &hyp.weights[n] {
+            // Sentences are short: a scan beats a map here.
+            let w_r = if id == ABSENT {
+                0.0
+            } else {
+                reference.weights[n]
+                    .iter()
+                    .find(|&&(r, _)| r == id)
+                    .map_or(0.0, |&(_, w)| w)
+            };
             val[n] += w_h.min(w_r) * w_r;
         }
         if hyp.norms[n] != 0.0 && reference.norms[n] != 0.0 {
@@ -93,38 +166,55 @@ where
     R: AsRef<[S]>,
 {
     if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
     }
-    let ref_counts: Vec<Vec<NgramCounts<'_, T>>> = references
-        .iter()
-        .map(|refs| refs.as_ref().iter().map(|r| NgramCounts::new(r.as_ref(), ORDERS)).collect())
-        .collect();
-    // df(g): images whose references contain g. The second field remembers the last image
-    // counted, so an n-gram shared by several references of one image counts once.
-    let mut df: FastMap<&[T], (u32, usize)> = FastMap::default();
-    for (image, refs) in ref_counts.iter().enumerate() {
+    // df(g): images whose references contain g; `last_image` makes an n-gram shared by
+    // several references of one image count once.
+    let mut table = IdfTable {
+        tokens: FastMap::default(),
+        grams: FastMap::default(),
+        log_df: Vec::new(),
+    };
+    let mut df: Vec<u32> = Vec::new();
+    let mut last_image: Vec<usize> = Vec::new();
+    let mut ref_ids: Vec<Vec<IdCounts>> = Vec::with_capacity(references.len());
+    for (image, refs) in references.iter().enumerate() {
+        let refs = refs.as_ref();
         if refs.is_empty() {
             return Err(MetricsError::NoReferences { index: image });
         }
-        for counts in refs {
-            for order in &counts.orders {
-                for &(gram, _) in order {
-                    let entry = df.entry(gram).or_insert((0, usize::MAX));
-                    if entry.1 != image {
-                        entry.0 += 1;
-                        entry.1 = image;
+        let mut image_ids = Vec::with_capacity(refs.len());
+        for r in refs {
+            let ids = table.ids(&NgramCounts::new(r.as_ref(), ORDERS), true);
+            for order in &ids {
+                for &(id, _) in order {
+                    let id = id as usize;
+                    if id >= df.len() {
+                        df.resize(id + 1, 0);
+                        last_image.resize(id + 1, usize::MAX);
+                    }
+                    if last_image[id] != image {
+                        df[id] += 1;
+                        last_image[id] = image;
                     }
                 }
             }
+            image_ids.push(ids);
         }
+        ref_ids.push(image_ids);
     }
+    table.log_df = df.iter().map(|&d| (d as f64).max(1.0).ln()).collect();
     let log_n = (references.len() as f64).ln();
     let mut per_image = Vec::with_capacity(hypotheses.len());
-    for (hyp, refs) in hypotheses.iter().zip(&ref_counts) {
-        let hyp_vec = to_vector(&NgramCounts::new(hyp.as_ref(), ORDERS), &df, log_n);
+    for (hyp, refs) in hypotheses.iter().zip(&ref_ids) {
+        let hyp_ids = table.ids(&NgramCounts::new(hyp.as_ref(), ORDERS), false);
+        let hyp_vec = table.vector(&hyp_ids, log_n);
         let mut score = [0.0; ORDERS];
-        for counts in refs {
-            let sim = similarity(&hyp_vec, &to_vector(counts, &df, log_n));
+        for ids in refs {
+            let sim = similarity(&hyp_vec, &table.vector(ids, log_n));
             for n in 0..ORDERS {
                 score[n] += sim[n];
             }
@@ -135,7 +225,11 @@ where
         avg *= 10.0;
         per_image.push(avg);
     }
-    let corpus = if per_image.is_empty() { 0.0 } else { numpy_mean(&per_image) };
+    let corpus = if per_image.is_empty() {
+        0.0
+    } else {
+        numpy_mean(&per_image)
+    };
     Ok(Cider { corpus, per_image })
 }
 
@@ -150,11 +244,23 @@ mod tests {
     #[test]
     fn golden_corpus() {
         let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
-        let refs: Vec<Vec<Vec<&str>>> = refs.iter().map(|r| r.iter().map(|s| split(s)).collect()).collect();
+        let refs: Vec<Vec<Vec<&str>>> = refs
+            .iter()
+            .map(|r| r.iter().map(|s| split(s)).collect())
+            .collect();
         let hyps: Vec<Vec<&str>> = hyps.iter().map(|h| split(h)).collect();
         let out = cider_d(&refs, &hyps).unwrap();
-        assert!((out.corpus - 1.5092759066992405).abs() < 1e-12, "{}", out.corpus);
-        let expected = [3.325054345428058, 0.46985054102700197, 1.5036985005405903, 0.7385002398013121];
+        assert!(
+            (out.corpus - 1.5092759066992405).abs() < 1e-12,
+            "{}",
+            out.corpus
+        );
+        let expected = [
+            3.325054345428058,
+            0.46985054102700197,
+            1.5036985005405903,
+            0.7385002398013121,
+        ];
         for (got, want) in out.per_image.iter().zip(expected) {
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }

@@ -71,11 +71,20 @@ mod tests {
     fn matches_python_fsum_on_known_cases() {
         // Values checked with Python's math.fsum.
         assert_eq!(fsum([0.1; 10]), 1.0);
-        assert_eq!(fsum([1e100, 1.0, -1e100, 1e-100, 1e50, -1.0, -1e50]), 1e-100);
-        assert_eq!(fsum([2.0f64.powi(53), -0.5, -2.0f64.powi(-54)]), 2.0f64.powi(53) - 1.0);
+        assert_eq!(
+            fsum([1e100, 1.0, -1e100, 1e-100, 1e50, -1.0, -1e50]),
+            1e-100
+        );
+        assert_eq!(
+            fsum([2.0f64.powi(53), -0.5, -2.0f64.powi(-54)]),
+            2.0f64.powi(53) - 1.0
+        );
         assert_eq!(fsum([1.0, 1e-16, 1e-16]), 1.0000000000000002);
         assert_eq!(fsum(std::iter::empty()), 0.0);
-        assert_eq!(fsum([-0.25 * 708.3964185322641, -0.25 * 1.2]), -0.25 * 708.3964185322641 - 0.3);
+        assert_eq!(
+            fsum([-0.25 * 708.3964185322641, -0.25 * 1.2]),
+            -0.25 * 708.3964185322641 - 0.3
+        );
     }
 }
 

@@ -27,6 +27,8 @@ mod ngram;
 pub mod ptb;
 pub mod rouge;
 
+#[cfg(test)]
+mod golden_tests;
 
 use serde::Serialize;
 
@@ -36,7 +38,10 @@ pub use fsum::{fsum, numpy_mean};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
     #[error("corpus has {references} reference lists but {hypotheses} hypotheses; they must pair up one to one")]
-    LengthMismatch { references: usize, hypotheses: usize },
+    LengthMismatch {
+        references: usize,
+        hypotheses: usize,
+    },
     #[error("image {index} (0-based, in corpus order) has no reference captions")]
     NoReferences { index: usize },
     #[error("bad BLEU weights: {0}")]
@@ -106,7 +111,11 @@ impl CorpusScores {
             ("BLEU-2 (coco)", "bleu_2_coco", c.bleu_2_coco),
             ("BLEU-3 (coco)", "bleu_3_coco", c.bleu_3_coco),
             ("BLEU-4 (coco)", "bleu_4_coco", c.bleu_4_coco),
-            ("METEOR (exact+stem)", "meteor_exact_stem", c.meteor_exact_stem),
+            (
+                "METEOR (exact+stem)",
+                "meteor_exact_stem",
+                c.meteor_exact_stem,
+            ),
             ("ROUGE-L", "rouge_l", c.rouge_l),
             ("CIDEr-D", "cider_d", c.cider_d),
         ]
@@ -123,17 +132,29 @@ impl CorpusScores {
 ///
 /// The tutorial's own BLEU (over word ids with `<unk>` merged) is not this NLTK BLEU over
 /// words; compute it with [`bleu_nltk::corpus_bleu`] on ids.
-pub fn score_corpus(references: &[Vec<String>], hypotheses: &[String]) -> Result<CorpusScores, MetricsError> {
-    let references: Vec<Vec<String>> = references.iter().map(|refs| ptb::tokenize_all(refs)).collect();
+pub fn score_corpus(
+    references: &[Vec<String>],
+    hypotheses: &[String],
+) -> Result<CorpusScores, MetricsError> {
+    let references: Vec<Vec<String>> = references
+        .iter()
+        .map(|refs| ptb::tokenize_all(refs))
+        .collect();
     let hypotheses = ptb::tokenize_all(hypotheses);
     score_tokenized(&references, &hypotheses)
 }
 
 /// [`score_corpus`] for text that is already PTB-tokenised (tokens joined by single spaces):
 /// no tokenisation is applied.
-pub fn score_tokenized(references: &[Vec<String>], hypotheses: &[String]) -> Result<CorpusScores, MetricsError> {
+pub fn score_tokenized(
+    references: &[Vec<String>],
+    hypotheses: &[String],
+) -> Result<CorpusScores, MetricsError> {
     if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
     }
     if let Some(index) = references.iter().position(|r| r.is_empty()) {
         return Err(MetricsError::NoReferences { index });
@@ -148,23 +169,39 @@ pub fn score_tokenized(references: &[Vec<String>], hypotheses: &[String]) -> Res
             })
             .collect()
     }
-    let ref_ids: Vec<Vec<Vec<u32>>> =
-        references.iter().map(|refs| refs.iter().map(|r| intern(&mut vocabulary, r)).collect()).collect();
-    let hyp_ids: Vec<Vec<u32>> = hypotheses.iter().map(|h| intern(&mut vocabulary, h)).collect();
+    let ref_ids: Vec<Vec<Vec<u32>>> = references
+        .iter()
+        .map(|refs| refs.iter().map(|r| intern(&mut vocabulary, r)).collect())
+        .collect();
+    let hyp_ids: Vec<Vec<u32>> = hypotheses
+        .iter()
+        .map(|h| intern(&mut vocabulary, h))
+        .collect();
 
     let (((nltk, coco), cider), (rouge, meteor)) = rayon::join(
         || {
             rayon::join(
                 || {
                     rayon::join(
-                        || bleu_nltk::corpus_bleu(&ref_ids, &hyp_ids, &bleu_nltk::BLEU_1_TO_4_WEIGHTS),
+                        || {
+                            bleu_nltk::corpus_bleu(
+                                &ref_ids,
+                                &hyp_ids,
+                                &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
+                            )
+                        },
                         || bleu_coco::corpus_bleu(&ref_ids, &hyp_ids),
                     )
                 },
                 || cider::cider_d(&ref_ids, &hyp_ids),
             )
         },
-        || rayon::join(|| rouge::rouge_l(references, hypotheses), || meteor_parallel(references, hypotheses)),
+        || {
+            rayon::join(
+                || rouge::rouge_l(references, hypotheses),
+                || meteor_parallel(references, hypotheses),
+            )
+        },
     );
     let (nltk, coco, cider, rouge, meteor) = (nltk?, coco?, cider?, rouge?, meteor);
 
@@ -206,8 +243,11 @@ pub fn score_tokenized(references: &[Vec<String>], hypotheses: &[String]) -> Res
 fn meteor_parallel(references: &[Vec<String>], hypotheses: &[String]) -> meteor::MeteorScores {
     use rayon::prelude::*;
     let scorer = meteor::Meteor::new();
-    let stats: Vec<meteor::MeteorStats> =
-        references.par_iter().zip(hypotheses).map(|(refs, hyp)| scorer.segment_stats(hyp, refs)).collect();
+    let stats: Vec<meteor::MeteorStats> = references
+        .par_iter()
+        .zip(hypotheses)
+        .map(|(refs, hyp)| scorer.segment_stats(hyp, refs))
+        .collect();
     meteor::scores_from_stats(&stats)
 }
 
@@ -245,7 +285,12 @@ pub(crate) mod tests_support {
                 "red bus on the street",
             ],
         ];
-        let hyps = vec!["a man riding a horse on the beach", "two dogs dogs dogs dogs", "a plate of rice", "bus"];
+        let hyps = vec![
+            "a man riding a horse on the beach",
+            "two dogs dogs dogs dogs",
+            "a plate of rice",
+            "bus",
+        ];
         (refs, hyps)
     }
 }

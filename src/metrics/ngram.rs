@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-/// A small, fast, non-cryptographic hasher (the "Fx" multiply-rotate scheme) for n-gram keys.
+/// A small, fast, non-cryptographic hasher for n-gram keys: the "Fx" multiply-rotate scheme
+/// with a MurmurHash3 finaliser.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct FxHasher {
     hash: u64,
@@ -48,9 +49,16 @@ impl Hasher for FxHasher {
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }
+    /// The Fx state mixes poorly into its low bits, which hashbrown uses to pick buckets;
+    /// MurmurHash3's 64-bit finaliser spreads every input bit over the whole result.
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -107,7 +115,10 @@ pub(crate) fn max_reference_counts<'a, T: Eq + Hash, R: AsRef<[T]>>(
 
 /// The reference length closest to `hyp_len`; a tie goes to the shorter reference (the key
 /// `(|len - hyp_len|, len)` used by both NLTK and coco-caption).
-pub(crate) fn closest_reference_length(reference_lengths: impl IntoIterator<Item = usize>, hyp_len: usize) -> usize {
+pub(crate) fn closest_reference_length(
+    reference_lengths: impl IntoIterator<Item = usize>,
+    hyp_len: usize,
+) -> usize {
     reference_lengths
         .into_iter()
         .min_by_key(|&len| (len.abs_diff(hyp_len), len))
@@ -122,7 +133,10 @@ mod tests {
     fn counts_keep_first_appearance_order() {
         let words = ["a", "b", "a", "b", "c"];
         let c = NgramCounts::new(&words, 3);
-        assert_eq!(c.orders[0], vec![(&words[0..1], 2), (&words[1..2], 2), (&words[4..5], 1)]);
+        assert_eq!(
+            c.orders[0],
+            vec![(&words[0..1], 2), (&words[1..2], 2), (&words[4..5], 1)]
+        );
         assert_eq!(c.orders[1].len(), 3); // ab (2), ba, bc
         assert_eq!(c.orders[1][0].1, 2);
         assert_eq!(c.orders[2].len(), 3);

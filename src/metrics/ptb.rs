@@ -34,14 +34,16 @@
 
 /// Tokens coco-caption removes after PTB tokenisation (upper-case bracket names never occur
 /// after `-lowerCase`, so they are listed only for completeness).
-pub const DROPPED_TOKENS: [&str; 17] =
-    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
+pub const DROPPED_TOKENS: [&str; 17] = [
+    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+    "...", ";",
+];
 
 /// Words ending in `.` that the jar keeps whole (checked one by one, mid-caption and final).
 pub const KEPT_ABBREVIATIONS: [&str; 33] = [
-    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "inc", "co", "ltd", "corp", "ave", "mt", "ft", "vs", "etc",
-    "jan", "feb", "sept", "gen", "gov", "sen", "rep", "capt", "lt", "col", "sgt", "rev", "bros", "dept", "univ",
-    "est",
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "inc", "co", "ltd", "corp", "ave", "mt",
+    "ft", "vs", "etc", "jan", "feb", "sept", "gen", "gov", "sen", "rep", "capt", "lt", "col",
+    "sgt", "rev", "bros", "dept", "univ", "est",
 ];
 
 const CLITICS: [&str; 6] = ["'s", "'re", "'ve", "'ll", "'d", "'m"];
@@ -82,7 +84,10 @@ fn bracket_name(c: char) -> Option<&'static str> {
 /// Splits one whitespace-separated, lowercased token into PTB tokens (punctuation included;
 /// the caller drops the listed punctuation).
 fn split_token(token: &str, out: &mut Vec<String>) {
-    let chars: Vec<char> = token.chars().map(|c| if c == '\u{2019}' { '\'' } else { c }).collect();
+    let chars: Vec<char> = token
+        .chars()
+        .map(|c| if c == '\u{2019}' { '\'' } else { c })
+        .collect();
     let mut word = String::new();
     let mut i = 0;
     let digit_at = |j: usize| chars.get(j).is_some_and(|c| c.is_ascii_digit());
@@ -99,7 +104,12 @@ fn split_token(token: &str, out: &mut Vec<String>) {
             flush(&mut word, false, out);
             out.push(c.to_string());
             i += 1;
-        } else if (c == ',' || c == ':') && i > 0 && digit_at(i - 1) && digit_at(i + 1) && !word.is_empty() {
+        } else if (c == ',' || c == ':')
+            && i > 0
+            && digit_at(i - 1)
+            && digit_at(i + 1)
+            && !word.is_empty()
+        {
             word.push(c);
             i += 1;
         } else if matches!(c, ',' | ':' | ';') {
@@ -142,7 +152,10 @@ fn split_token(token: &str, out: &mut Vec<String>) {
             // A quote at the start of a word opens a quotation unless a clitic follows
             // ('s, 're, ...); elsewhere the apostrophe belongs to the word for now.
             if word.is_empty() {
-                let rest: String = chars[i..].iter().take_while(|c| c.is_alphanumeric() || **c == '\'').collect();
+                let rest: String = chars[i..]
+                    .iter()
+                    .take_while(|c| c.is_alphanumeric() || **c == '\'')
+                    .collect();
                 if CLITICS.contains(&rest.as_str()) {
                     out.push(rest.clone());
                     i += rest.chars().count();
@@ -188,9 +201,11 @@ fn flush(word: &mut String, dotted: bool, out: &mut Vec<String>) {
     if let Some(stem) = w.strip_suffix("n't").filter(|s| !s.is_empty()) {
         pieces.push(stem.to_string());
         pieces.push("n't".to_string());
-    } else if let Some((stem, clitic)) =
-        CLITICS.iter().find_map(|c| w.strip_suffix(c).filter(|s| !s.is_empty()).map(|s| (s.to_string(), *c)))
-    {
+    } else if let Some((stem, clitic)) = CLITICS.iter().find_map(|c| {
+        w.strip_suffix(c)
+            .filter(|s| !s.is_empty())
+            .map(|s| (s.to_string(), *c))
+    }) {
         pieces.push(stem);
         pieces.push(clitic.to_string());
     } else {
@@ -212,7 +227,10 @@ fn flush(word: &mut String, dotted: bool, out: &mut Vec<String>) {
 /// `u.s`, `e.g`, `a.m`: single letters joined by dots (the final dot not included).
 fn is_letter_dotted(w: &str) -> bool {
     let parts: Vec<&str> = w.split('.').collect();
-    parts.len() >= 2 && parts.iter().all(|p| p.chars().count() == 1 && p.chars().all(char::is_alphabetic))
+    parts.len() >= 2
+        && parts
+            .iter()
+            .all(|p| p.chars().count() == 1 && p.chars().all(char::is_alphabetic))
 }
 
 #[cfg(test)]
@@ -221,21 +239,45 @@ mod tests {
 
     #[test]
     fn vocabulary_words_change_only_by_the_six_splits() {
-        assert_eq!(tokenize("a man riding a horse on the beach"), "a man riding a horse on the beach");
-        assert_eq!(tokenize("cannot gonna gotta wanna lemme gimme"), "can not gon na got ta wan na lem me gim me");
+        assert_eq!(
+            tokenize("a man riding a horse on the beach"),
+            "a man riding a horse on the beach"
+        );
+        assert_eq!(
+            tokenize("cannot gonna gotta wanna lemme gimme"),
+            "can not gon na got ta wan na lem me gim me"
+        );
         assert_eq!(tokenize("a <unk> near a <unk>"), "a <unk> near a <unk>");
         assert_eq!(tokenize(""), "");
     }
 
     #[test]
     fn common_caption_punctuation() {
-        assert_eq!(tokenize("A man riding a horse on the beach."), "a man riding a horse on the beach");
-        assert_eq!(tokenize("He doesn't know, they can't see."), "he does n't know they ca n't see");
-        assert_eq!(tokenize("A man's hat (brown)."), "a man 's hat -lrb- brown -rrb-");
-        assert_eq!(tokenize("a t-shirt costs $5 at 3:30, 1,000 dogs"), "a t-shirt costs $ 5 at 3:30 1,000 dogs");
-        assert_eq!(tokenize("the u.s. army. mr. smith"), "the u.s. army mr. smith");
+        assert_eq!(
+            tokenize("A man riding a horse on the beach."),
+            "a man riding a horse on the beach"
+        );
+        assert_eq!(
+            tokenize("He doesn't know, they can't see."),
+            "he does n't know they ca n't see"
+        );
+        assert_eq!(
+            tokenize("A man's hat (brown)."),
+            "a man 's hat -lrb- brown -rrb-"
+        );
+        assert_eq!(
+            tokenize("a t-shirt costs $5 at 3:30, 1,000 dogs"),
+            "a t-shirt costs $ 5 at 3:30 1,000 dogs"
+        );
+        assert_eq!(
+            tokenize("the u.s. army. mr. smith"),
+            "the u.s. army mr. smith"
+        );
         assert_eq!(tokenize("hello!!! what?!"), "hello !!! what ?!");
-        assert_eq!(tokenize("\"Quoted\" text and 'single' quotes."), "quoted text and single quotes");
+        assert_eq!(
+            tokenize("\"Quoted\" text and 'single' quotes."),
+            "quoted text and single quotes"
+        );
         assert_eq!(tokenize("a line\nbreak"), "a line break");
     }
 }

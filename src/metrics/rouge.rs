@@ -27,7 +27,11 @@ pub fn lcs_length<T: PartialEq>(a: &[T], b: &[T]) -> usize {
         let mut diagonal = 0;
         for (j, y) in short.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = if x == y { diagonal + 1 } else { above.max(row[j]) };
+            row[j + 1] = if x == y {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
             diagonal = above;
         }
     }
@@ -60,7 +64,10 @@ pub fn split_on_space(text: &str) -> Vec<&str> {
 /// pycocoevalcap's `Rouge().compute_score` over strings.
 pub fn rouge_l(references: &[Vec<String>], hypotheses: &[String]) -> Result<RougeL, MetricsError> {
     if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
     }
     let mut per_image = Vec::with_capacity(hypotheses.len());
     for (index, (refs, hyp)) in references.iter().zip(hypotheses).enumerate() {
@@ -70,7 +77,11 @@ pub fn rouge_l(references: &[Vec<String>], hypotheses: &[String]) -> Result<Roug
         let ref_tokens: Vec<Vec<&str>> = refs.iter().map(|r| split_on_space(r)).collect();
         per_image.push(sentence_rouge_l(&split_on_space(hyp), &ref_tokens));
     }
-    let corpus = if per_image.is_empty() { 0.0 } else { numpy_mean(&per_image) };
+    let corpus = if per_image.is_empty() {
+        0.0
+    } else {
+        numpy_mean(&per_image)
+    };
     Ok(RougeL { corpus, per_image })
 }
 
@@ -89,11 +100,23 @@ mod tests {
     #[test]
     fn golden_corpus() {
         let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
-        let refs: Vec<Vec<String>> = refs.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect();
+        let refs: Vec<Vec<String>> = refs
+            .iter()
+            .map(|r| r.iter().map(|s| s.to_string()).collect())
+            .collect();
         let hyps: Vec<String> = hyps.iter().map(|s| s.to_string()).collect();
         let out = rouge_l(&refs, &hyps).unwrap();
-        assert!((out.corpus - 0.5453330229926415).abs() < 1e-15, "{}", out.corpus);
-        let expected = [0.931297709923664, 0.32360742705570295, 0.6288659793814433, 0.2975609756097561];
+        assert!(
+            (out.corpus - 0.5453330229926415).abs() < 1e-15,
+            "{}",
+            out.corpus
+        );
+        let expected = [
+            0.931297709923664,
+            0.32360742705570295,
+            0.6288659793814433,
+            0.2975609756097561,
+        ];
         for (got, want) in out.per_image.iter().zip(expected) {
             assert!((got - want).abs() < 1e-15, "{got} vs {want}");
         }

@@ -107,9 +107,10 @@ impl MeteorStats {
 
     /// The METEOR score of these statistics (the jar's `computeMetrics`).
     pub fn score(&self) -> f64 {
-        let test_weighted_length =
-            (DELTA * (self.test_length - self.test_function_words)) + ((1.0 - DELTA) * self.test_function_words);
-        let reference_weighted_length = (DELTA * (self.reference_length - self.reference_function_words))
+        let test_weighted_length = (DELTA * (self.test_length - self.test_function_words))
+            + ((1.0 - DELTA) * self.test_function_words);
+        let reference_weighted_length = (DELTA
+            * (self.reference_length - self.reference_function_words))
             + ((1.0 - DELTA) * self.reference_function_words);
         let mut test_weighted = 0.0;
         let mut reference_weighted = 0.0;
@@ -123,7 +124,8 @@ impl MeteorStats {
             test_weighted += self.test_function_matches[m] * MODULE_WEIGHTS[m] * (1.0 - DELTA);
         }
         for m in 0..MODULES {
-            reference_weighted += self.reference_function_matches[m] * MODULE_WEIGHTS[m] * (1.0 - DELTA);
+            reference_weighted +=
+                self.reference_function_matches[m] * MODULE_WEIGHTS[m] * (1.0 - DELTA);
         }
         let precision = test_weighted / test_weighted_length;
         let recall = reference_weighted / reference_weighted_length;
@@ -151,7 +153,8 @@ pub struct MeteorScores {
 
 /// Java's `String.hashCode` (over UTF-16 code units).
 fn java_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
 }
 
 /// A normalised, lowercased sentence ready for alignment.
@@ -196,7 +199,11 @@ impl PartialAlignment {
     }
 
     fn rank_key(&self) -> (i32, i32, i32) {
-        (-(self.weighted1 + self.weighted2), self.chunks, self.distance)
+        (
+            -(self.weighted1 + self.weighted2),
+            self.chunks,
+            self.distance,
+        )
     }
 }
 
@@ -222,11 +229,24 @@ impl Meteor {
 
     fn prepare(&self, text: &str) -> Sentence {
         let normalized = normalize::normalize_line(text).to_lowercase();
-        let words: Vec<String> = normalize::java_tokens(&normalized).map(str::to_string).collect();
+        let words: Vec<String> = normalize::java_tokens(&normalized)
+            .map(str::to_string)
+            .collect();
         let keys = words.iter().map(|w| java_hash(w)).collect();
-        let stem_keys = words.iter().map(|w| java_hash(&self.stemmer.stem(w))).collect();
-        let function = words.iter().map(|w| self.function_words.contains(w.to_lowercase().as_str())).collect();
-        Sentence { words, keys, stem_keys, function }
+        let stem_keys = words
+            .iter()
+            .map(|w| java_hash(&self.stemmer.stem(w)))
+            .collect();
+        let function = words
+            .iter()
+            .map(|w| self.function_words.contains(w.to_lowercase().as_str()))
+            .collect();
+        Sentence {
+            words,
+            keys,
+            stem_keys,
+            function,
+        }
     }
 
     /// The statistics of the best-scoring reference for one hypothesis (the jar's `SCORE`
@@ -245,15 +265,25 @@ impl Meteor {
     }
 
     /// Corpus and per-image scores (the jar's `EVAL` over all images).
-    pub fn score_corpus<S: AsRef<str>>(&self, references: &[Vec<S>], hypotheses: &[S]) -> Result<MeteorScores, MetricsError> {
+    pub fn score_corpus<S: AsRef<str>>(
+        &self,
+        references: &[Vec<S>],
+        hypotheses: &[S],
+    ) -> Result<MeteorScores, MetricsError> {
         if references.len() != hypotheses.len() {
-            return Err(MetricsError::LengthMismatch { references: references.len(), hypotheses: hypotheses.len() });
+            return Err(MetricsError::LengthMismatch {
+                references: references.len(),
+                hypotheses: hypotheses.len(),
+            });
         }
         if let Some(index) = references.iter().position(|r| r.is_empty()) {
             return Err(MetricsError::NoReferences { index });
         }
-        let stats: Vec<MeteorStats> =
-            references.iter().zip(hypotheses).map(|(refs, hyp)| self.segment_stats(hyp.as_ref(), refs)).collect();
+        let stats: Vec<MeteorStats> = references
+            .iter()
+            .zip(hypotheses)
+            .map(|(refs, hyp)| self.segment_stats(hyp.as_ref(), refs))
+            .collect();
         Ok(scores_from_stats(&stats))
     }
 }
@@ -264,7 +294,10 @@ pub fn scores_from_stats(stats: &[MeteorStats]) -> MeteorScores {
     for s in stats {
         total.add(s);
     }
-    MeteorScores { corpus: total.score(), per_image: stats.iter().map(MeteorStats::score).collect() }
+    MeteorScores {
+        corpus: total.score(),
+        per_image: stats.iter().map(MeteorStats::score).collect(),
+    }
 }
 
 /// Aligns hypothesis `test` (the jar's line 1) with `reference` (line 2) and counts.
@@ -277,7 +310,11 @@ fn align_stats(test: &Sentence, reference: &Sentence) -> MeteorStats {
     for j in 0..n2 {
         for i in 0..n1 {
             if test.keys[i] == reference.keys[j] {
-                candidates[j].push(WordMatch { start: j, match_start: i, module: EXACT });
+                candidates[j].push(WordMatch {
+                    start: j,
+                    match_start: i,
+                    module: EXACT,
+                });
                 coverage1[i] += 1;
                 coverage2[j] += 1;
             }
@@ -288,8 +325,13 @@ fn align_stats(test: &Sentence, reference: &Sentence) -> MeteorStats {
     if !identical {
         for j in 0..n2 {
             for i in 0..n1 {
-                if test.stem_keys[i] == reference.stem_keys[j] && test.keys[i] != reference.keys[j] {
-                    candidates[j].push(WordMatch { start: j, match_start: i, module: STEM });
+                if test.stem_keys[i] == reference.stem_keys[j] && test.keys[i] != reference.keys[j]
+                {
+                    candidates[j].push(WordMatch {
+                        start: j,
+                        match_start: i,
+                        module: STEM,
+                    });
                     coverage1[i] += 1;
                     coverage2[j] += 1;
                 }
@@ -427,7 +469,10 @@ fn resolve(candidates: &[Vec<WordMatch>], start: PartialAlignment) -> PartialAli
                 extended.used1[m.match_start] = true;
                 extended.matches[current] = Some(*m);
                 extended.add_weighted(m);
-                if extended.last_match_end.is_some_and(|end| m.match_start != end) {
+                if extended
+                    .last_match_end
+                    .is_some_and(|end| m.match_start != end)
+                {
                     extended.chunks += 1;
                 }
                 extended.idx = m.start + 1;
@@ -452,7 +497,10 @@ fn resolve(candidates: &[Vec<WordMatch>], start: PartialAlignment) -> PartialAli
 }
 
 /// METEOR (exact+stem) of a corpus: `references[i]` are the references of hypothesis `i`.
-pub fn meteor_exact_stem<S: AsRef<str>>(references: &[Vec<S>], hypotheses: &[S]) -> Result<MeteorScores, MetricsError> {
+pub fn meteor_exact_stem<S: AsRef<str>>(
+    references: &[Vec<S>],
+    hypotheses: &[S],
+) -> Result<MeteorScores, MetricsError> {
     Meteor::new().score_corpus(references, hypotheses)
 }
 
@@ -483,7 +531,9 @@ mod tests {
     fn empty_hypothesis_scores_zero() {
         let m = Meteor::new();
         assert_eq!(m.segment_stats("", &["a dog"]).score(), 0.0);
-        let out = m.score_corpus(&[vec!["a dog"], vec!["a cat"]], &["", "a cat"]).unwrap();
+        let out = m
+            .score_corpus(&[vec!["a dog"], vec!["a cat"]], &["", "a cat"])
+            .unwrap();
         assert_eq!(out.per_image[0], 0.0);
         assert!(out.corpus > 0.0 && out.corpus < out.per_image[1]);
     }

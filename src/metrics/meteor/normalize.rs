@@ -96,18 +96,34 @@ fn java_trim(s: &str) -> &str {
 
 /// Java's `StringTokenizer` default delimiters.
 pub(crate) fn java_tokens(s: &str) -> impl Iterator<Item = &str> {
-    s.split([' ', '\t', '\n', '\r', '\u{c}']).filter(|t| !t.is_empty())
+    s.split([' ', '\t', '\n', '\r', '\u{c}'])
+        .filter(|t| !t.is_empty())
 }
 
 /// The jar's `Normalizer.normalizeLine(line, English, keepPunctuation = true)`.
 pub fn normalize_line(line: &str) -> String {
+    // Lowercase ASCII letters, digits and spaces pass every rule unchanged except the
+    // whitespace collapse (the `DOTMULTI` markers are upper case, so none can be forged).
+    if line
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b' ')
+    {
+        return line
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     let p = patterns();
     let mut s = format!(" {line} ");
     s = p.sep_other.replace_all(&s, " ${1} ").into_owned();
 
     s = p.multi_dot.replace_all(&s, " DOTMULTI${1}").into_owned();
     while s.contains("DOTMULTI.") {
-        s = p.multi_dot2.replace_all(&s, "DOTDOTMULTI ${1}").into_owned();
+        s = p
+            .multi_dot2
+            .replace_all(&s, "DOTDOTMULTI ${1}")
+            .into_owned();
         s = s.replace("DOTMULTI.", "DOTDOTMULTI");
     }
 
@@ -137,9 +153,13 @@ pub fn normalize_line(line: &str) -> String {
             let kind = p.nonbreaking.get(prefix).copied();
             if prefix.contains('.') && p.has_alpha.is_match(prefix) {
                 rebuilt.push_str(&word.replace('.', ""));
-            } else if kind == Some(false) || next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_lowercase())) {
+            } else if kind == Some(false)
+                || next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_lowercase()))
+            {
                 rebuilt.push_str(word);
-            } else if kind == Some(true) && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())) {
+            } else if kind == Some(true)
+                && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+            {
                 rebuilt.push_str(word);
             } else {
                 rebuilt.push_str(prefix);
@@ -173,7 +193,10 @@ mod tests {
             "A man 's t shirt < unk > costs $ 5 , 50 % & 3 : 30 us dr. o 'clock don 't"
         );
         assert_eq!(normalize_line(" a dog 's ball ."), "a dog ' s ball .");
-        assert_eq!(normalize_line("the 1990's were 1,000 dogs 3.5 years"), "the 1990 's were 1,000 dogs 3.5 years");
+        assert_eq!(
+            normalize_line("the 1990's were 1,000 dogs 3.5 years"),
+            "the 1990 's were 1,000 dogs 3.5 years"
+        );
         assert_eq!(normalize_line(""), "");
     }
 }
