@@ -42,9 +42,9 @@ struct Comps {
 fn bleu_from(comps: &Comps) -> [f64; 4] {
     let mut out = [0.0; 4];
     let mut prod = 1.0f64;
-    for k in 0..4 {
+    for (k, value) in out.iter_mut().enumerate() {
         prod *= (comps.correct[k] as f64 + TINY) / (comps.guess[k] as f64 + SMALL);
-        out[k] = prod.powf(1.0 / (k as f64 + 1.0));
+        *value = prod.powf(1.0 / (k as f64 + 1.0));
     }
     let ratio = (comps.test_len as f64 + TINY) / (comps.ref_len as f64 + SMALL);
     if ratio < 1.0 {

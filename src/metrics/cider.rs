@@ -137,6 +137,7 @@ fn similarity(hyp: &Vector, reference: &Vector) -> [f64; ORDERS] {
     let delta = (hyp.length - reference.length) as f64;
     let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
     let mut val = [0.0; ORDERS];
+    #[allow(clippy::needless_range_loop)] // n indexes four parallel arrays
     for n in 0..ORDERS {
         for &(id, w_h) in &hyp.weights[n] {
             // Sentences are short: a scan beats a map here.

@@ -105,7 +105,9 @@ impl MeteorStats {
         self.reference_word_matches += other.reference_word_matches;
     }
 
-    /// The METEOR score of these statistics (the jar's `computeMetrics`).
+    /// The METEOR score of these statistics (the jar's `computeMetrics`). The four loops
+    /// keep the jar's summation order.
+    #[allow(clippy::needless_range_loop)]
     pub fn score(&self) -> f64 {
         let test_weighted_length = (DELTA * (self.test_length - self.test_function_words))
             + ((1.0 - DELTA) * self.test_function_words);
@@ -301,6 +303,7 @@ pub fn scores_from_stats(stats: &[MeteorStats]) -> MeteorScores {
 }
 
 /// Aligns hypothesis `test` (the jar's line 1) with `reference` (line 2) and counts.
+#[allow(clippy::needless_range_loop)] // indices mirror the jar's matcher loops
 fn align_stats(test: &Sentence, reference: &Sentence) -> MeteorStats {
     let n1 = test.words.len();
     let n2 = reference.words.len();
@@ -428,6 +431,7 @@ fn count_chunks(matches: &[Option<WordMatch>]) -> u32 {
 
 /// The jar's beam search over the remaining (ambiguous) matches, left to right over the
 /// reference.
+#[allow(clippy::needless_range_loop)]
 fn resolve(candidates: &[Vec<WordMatch>], start: PartialAlignment) -> PartialAlignment {
     let n2 = candidates.len();
     let mut next_paths = vec![start];

@@ -155,11 +155,10 @@ pub fn normalize_line(line: &str) -> String {
                 rebuilt.push_str(&word.replace('.', ""));
             } else if kind == Some(false)
                 || next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_lowercase()))
+                || (kind == Some(true)
+                    && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())))
             {
-                rebuilt.push_str(word);
-            } else if kind == Some(true)
-                && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
-            {
+                // Non-breaking: always, before a lower-case word, or (numeric-only) before a number.
                 rebuilt.push_str(word);
             } else {
                 rebuilt.push_str(prefix);
