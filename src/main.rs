@@ -35,6 +35,8 @@ enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Score COCO-format results against a Karpathy split (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D).
+    Score(cli::score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Import(args) => cli::import::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Score(args) => cli::score::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod caption;
 pub mod import;
 pub mod model;
+pub mod score;
 
 use std::path::PathBuf;
 

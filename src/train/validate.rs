@@ -104,67 +104,11 @@ pub fn validate(
     Ok(Validation {
         loss: loss_sum / words.max(1) as f64,
         top5: 100.0 * top5 as f64 / words.max(1) as f64,
-        bleu4: corpus_bleu4(&references, &hypotheses),
+        bleu4: crate::metrics::bleu_nltk::corpus_bleu(&references, &hypotheses, &[&[0.25; 4]])
+            .map_err(|e| TrainError::Invalid(format!("validation BLEU-4: {e}")))?
+            .scores[0],
         beam_size: beam.beam_size,
         images: count,
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// NLTK's unsmoothed corpus BLEU-4 (interim, until the metrics module provides it).
-fn corpus_bleu4(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>]) -> f64 {
-    use std::collections::HashMap;
-    let (mut num, mut den) = ([0u64; 4], [0u64; 4]);
-    let (mut c, mut r) = (0usize, 0usize);
-    for (refs, hyp) in references.iter().zip(hypotheses) {
-        for n in 1..=4 {
-            fn count(s: &[u32], n: usize) -> HashMap<&[u32], u64> {
-                let mut m: HashMap<&[u32], u64> = HashMap::new();
-                for g in s.windows(n) {
-                    *m.entry(g).or_default() += 1;
-                }
-                m
-            }
-            let h = count(hyp, n);
-            let mut max_ref: HashMap<&[u32], u64> = HashMap::new();
-            for rf in refs {
-                for (g, k) in count(rf, n) {
-                    let e = max_ref.entry(g).or_default();
-                    *e = (*e).max(k);
-                }
-            }
-            num[n - 1] += h
-                .iter()
-                .map(|(g, &k)| k.min(*max_ref.get(g).unwrap_or(&0)))
-                .sum::<u64>();
-            den[n - 1] += (hyp.len() + 1).saturating_sub(n).max(1) as u64;
-        }
-        c += hyp.len();
-        r += refs
-            .iter()
-            .map(Vec::len)
-            .min_by_key(|&l| (l.abs_diff(hyp.len()), l))
-            .unwrap_or(0);
-    }
-    if num[0] == 0 {
-        return 0.0;
-    }
-    let bp = if c > r {
-        1.0
-    } else if c == 0 {
-        0.0
-    } else {
-        (1.0 - r as f64 / c as f64).exp()
-    };
-    let log_sum: f64 = (0..4)
-        .map(|i| {
-            let p = if num[i] == 0 {
-                f64::MIN_POSITIVE
-            } else {
-                num[i] as f64 / den[i] as f64
-            };
-            0.25 * p.ln()
-        })
-        .sum();
-    bp * log_sum.exp()
 }
