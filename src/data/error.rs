@@ -21,6 +21,8 @@ pub enum DataError {
     WordMap { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Hdf5(#[from] super::hdf5::Hdf5Error),
 }
 
 impl DataError {
