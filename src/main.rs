@@ -25,6 +25,8 @@ enum Command {
     /// Inspect model files.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Make the tutorial's training files (HDF5 images, JSON captions) from Karpathy's split JSON.
+    Prepare(cli::prepare::PrepareArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Prepare(args) => cli::prepare::run(args),
     };
     match result {
         Ok(code) => code,

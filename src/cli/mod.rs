@@ -2,6 +2,7 @@
 
 pub mod caption;
 pub mod model;
+pub mod prepare;
 
 use std::path::PathBuf;
 

@@ -6,7 +6,13 @@ pub mod error;
 pub mod hdf5;
 pub mod image;
 pub mod karpathy;
+pub mod loader;
+pub mod prepare;
+pub mod prepared;
+pub mod pyjson;
+pub mod pyrandom;
 pub mod wordmap;
 
 pub use error::DataError;
+pub use prepared::{PreparedFiles, PreparedSplit};
 pub use wordmap::WordMap;
