@@ -150,7 +150,8 @@ pub fn run(args: PrepareArgs) -> Result<ExitCode> {
         report.skipped.len()
     );
     for s in report.skipped.iter().take(20) {
-        eprintln!("  {} ({}): {}", s.path.display(), s.split, s.reason);
+        // The reason names the file.
+        eprintln!("  {} ({})", s.reason, s.split);
     }
     if report.skipped.len() > 20 {
         eprintln!("  ... and {} more", report.skipped.len() - 20);
