@@ -37,6 +37,8 @@ enum Command {
     Bench(cli::bench::BenchCommand),
     /// Score COCO-format results against a Karpathy split (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D).
     Score(cli::score::ScoreArgs),
+    /// Make the tutorial's training files (HDF5 images, JSON captions) from Karpathy's split JSON.
+    Prepare(cli::prepare::PrepareArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Score(args) => cli::score::run(args),
+        Command::Prepare(args) => cli::prepare::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ pub mod caption;
 pub mod import;
 pub mod model;
 pub mod score;
+pub mod prepare;
 
 use std::path::PathBuf;
 
