@@ -25,6 +25,8 @@ enum Command {
     /// Inspect model files.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Write a captioned synthetic dataset (Karpathy JSON and JPEG images).
+    Synth(cli::synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
+        Command::Synth(args) => cli::synth::run(args),
     };
     match result {
         Ok(code) => code,

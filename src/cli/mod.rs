@@ -2,6 +2,7 @@
 
 pub mod caption;
 pub mod model;
+pub mod synth;
 
 use std::path::PathBuf;
 

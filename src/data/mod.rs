@@ -4,6 +4,7 @@
 pub mod error;
 pub mod image;
 pub mod karpathy;
+pub mod synth;
 pub mod wordmap;
 
 pub use error::DataError;
