@@ -39,6 +39,10 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Make the tutorial's training files (HDF5 images, JSON captions) from Karpathy's split JSON.
     Prepare(cli::prepare::PrepareArgs),
+    /// Write a captioned synthetic dataset (Karpathy JSON and JPEG images).
+    Synth(cli::synth::SynthArgs),
+    /// Train a captioning model on prepared files (the tutorial's training, with real validation).
+    Train(cli::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Score(args) => cli::score::run(args),
         Command::Prepare(args) => cli::prepare::run(args),
+        Command::Synth(args) => cli::synth::run(args),
+        Command::Train(args) => cli::train::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,8 +4,10 @@ pub mod bench;
 pub mod caption;
 pub mod import;
 pub mod model;
-pub mod score;
 pub mod prepare;
+pub mod score;
+pub mod synth;
+pub mod train;
 
 use std::path::PathBuf;
 

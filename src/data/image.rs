@@ -60,7 +60,9 @@ pub fn decode_bytes(
         None => return Err(fail("not a recognised image format".into())),
         Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
             // The JPEG decoder pads missing data with grey instead of failing.
-            return Err(fail("the JPEG data is truncated (no end-of-image marker after the image data)".into()));
+            return Err(fail(
+                "the JPEG data is truncated (no end-of-image marker after the image data)".into(),
+            ));
         }
         Some(_) => {}
     }
@@ -200,14 +202,18 @@ mod tests {
             image::Rgb([n as u8, (x + n) as u8, (y * 3) as u8])
         });
         let mut bytes = Vec::new();
-        DynamicImage::ImageRgb8(img).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
         let opts = DecodeOptions::default();
         assert!(decode_bytes(&bytes, Path::new("whole.jpg"), &opts).is_ok());
         let mut trailing = bytes.clone();
         trailing.extend_from_slice(b"trailing bytes some writers leave");
         assert!(decode_bytes(&trailing, Path::new("trailing.jpg"), &opts).is_ok());
         for cut in [bytes.len() - 2, bytes.len() * 3 / 4] {
-            let e = decode_bytes(&bytes[..cut], Path::new("cut.jpg"), &opts).unwrap_err().to_string();
+            let e = decode_bytes(&bytes[..cut], Path::new("cut.jpg"), &opts)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("cut.jpg") && e.contains("truncated"), "{e}");
         }
     }

@@ -11,6 +11,7 @@ pub mod prepare;
 pub mod prepared;
 pub mod pyjson;
 pub mod pyrandom;
+pub mod synth;
 pub mod wordmap;
 
 pub use error::DataError;

@@ -217,6 +217,11 @@ impl PreparedSplit {
         &self.images
     }
 
+    /// Gives up the split, keeping its images file open.
+    pub fn into_images(self) -> ImagesFile {
+        self.images
+    }
+
     /// Number of images, N.
     pub fn image_count(&self) -> usize {
         self.images.len()

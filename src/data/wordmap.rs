@@ -33,7 +33,10 @@ impl WordMap {
         pairs: impl IntoIterator<Item = (String, u32)>,
         origin: &Path,
     ) -> Result<Self, DataError> {
-        let bad = |reason: String| DataError::WordMap { path: origin.to_path_buf(), reason };
+        let bad = |reason: String| DataError::WordMap {
+            path: origin.to_path_buf(),
+            reason,
+        };
         let pairs: Vec<(String, u32)> = pairs.into_iter().collect();
         let n = pairs.len();
         if n == 0 {
@@ -43,15 +46,22 @@ impl WordMap {
         let mut ids = HashMap::with_capacity(n);
         for (word, id) in pairs {
             let slot = words.get_mut(id as usize).ok_or_else(|| {
-                bad(format!("id {id} of {word:?} is outside 0..{n} (ids must be 0..number of words)"))
+                bad(format!(
+                    "id {id} of {word:?} is outside 0..{n} (ids must be 0..number of words)"
+                ))
             })?;
             if let Some(other) = slot {
-                return Err(bad(format!("id {id} is used by both {other:?} and {word:?}")));
+                return Err(bad(format!(
+                    "id {id} is used by both {other:?} and {word:?}"
+                )));
             }
             *slot = Some(word.clone());
             ids.insert(word, id);
         }
-        let words: Vec<String> = words.into_iter().map(|w| w.expect("every slot filled: n distinct ids in 0..n")).collect();
+        let words: Vec<String> = words
+            .into_iter()
+            .map(|w| w.expect("every slot filled: n distinct ids in 0..n"))
+            .collect();
         let need = |tok: &str| {
             ids.get(tok)
                 .copied()
@@ -61,7 +71,14 @@ impl WordMap {
         let end = need(END)?;
         let pad = need(PAD)?;
         let unk = ids.get(UNK).copied();
-        Ok(WordMap { words, ids, start, end, pad, unk })
+        Ok(WordMap {
+            words,
+            ids,
+            start,
+            end,
+            pad,
+            unk,
+        })
     }
 
     /// Reads a `WORDMAP_*.json` file.
@@ -71,13 +88,19 @@ impl WordMap {
     }
 
     pub fn from_json_bytes(bytes: &[u8], origin: &Path) -> Result<Self, DataError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|source| DataError::Json { path: origin.to_path_buf(), source })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|source| DataError::Json {
+                path: origin.to_path_buf(),
+                source,
+            })?;
         Self::from_json_value(&value, origin)
     }
 
     pub fn from_json_value(value: &serde_json::Value, origin: &Path) -> Result<Self, DataError> {
-        let bad = |reason: String| DataError::WordMap { path: origin.to_path_buf(), reason };
+        let bad = |reason: String| DataError::WordMap {
+            path: origin.to_path_buf(),
+            reason,
+        };
         let obj = value
             .as_object()
             .ok_or_else(|| bad("expected a JSON object mapping words to ids".into()))?;
@@ -86,7 +109,11 @@ impl WordMap {
             let id = id
                 .as_u64()
                 .filter(|&v| v <= u32::MAX as u64)
-                .ok_or_else(|| bad(format!("the id of {word:?} is {id}, not a non-negative integer")))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the id of {word:?} is {id}, not a non-negative integer"
+                    ))
+                })?;
             pairs.push((word.clone(), id as u32));
         }
         Self::from_pairs(pairs, origin)
@@ -98,7 +125,10 @@ impl WordMap {
     ///
     /// A token spelled like a special token (`<unk>`, ...) is left out: the tutorial would
     /// overwrite its id and produce a map with two words on one id.
-    pub fn from_counts<'a>(counts: impl IntoIterator<Item = (&'a str, usize)>, min_word_freq: usize) -> Self {
+    pub fn from_counts<'a>(
+        counts: impl IntoIterator<Item = (&'a str, usize)>,
+        min_word_freq: usize,
+    ) -> Self {
         let mut pairs: Vec<(String, u32)> = Vec::new();
         for (word, count) in counts {
             if count > min_word_freq && ![UNK, START, END, PAD].contains(&word) {
@@ -203,13 +233,17 @@ mod tests {
             wm.to_json_string(),
             r#"{"a": 1, "dog": 2, "<unk>": 3, "<start>": 4, "<end>": 5, "<pad>": 0}"#
         );
-        let back = WordMap::from_json_bytes(wm.to_json_string().as_bytes(), Path::new("x")).unwrap();
+        let back =
+            WordMap::from_json_bytes(wm.to_json_string().as_bytes(), Path::new("x")).unwrap();
         assert_eq!(back, wm);
         // json.dumps({"café": 1, ...}) escapes non-ASCII; special-looking tokens are left out.
         assert_eq!(wm.decode(&[4, 1, 2, 3, 5, 0]), vec!["a", "dog", "<unk>"]);
         let accented = WordMap::from_counts([("café", 2), ("<end>", 9)], 1);
         let json = accented.to_json_string();
-        assert_eq!(json, r#"{"caf\u00e9": 1, "<unk>": 2, "<start>": 3, "<end>": 4, "<pad>": 0}"#);
+        assert_eq!(
+            json,
+            r#"{"caf\u00e9": 1, "<unk>": 2, "<start>": 3, "<end>": 4, "<pad>": 0}"#
+        );
         let back = WordMap::from_json_bytes(json.as_bytes(), Path::new("x")).unwrap();
         assert_eq!(back.id("café"), Some(1));
     }
