@@ -2,6 +2,9 @@
 
 pub mod caption;
 pub mod model;
+pub mod query;
+pub mod status;
+pub mod watch;
 
 use std::path::PathBuf;
 
