@@ -4,6 +4,7 @@
 //! variables < these flags. SIGINT/SIGTERM stop taking files, finish the batches in flight
 //! and exit 0; a second signal exits at once (nothing committed is lost either way).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,6 +114,7 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     cfg.validate()?;
 

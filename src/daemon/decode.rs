@@ -110,7 +110,7 @@ pub(crate) fn decode_job(
             height,
             pixels,
         }),
-        Ok(Err(e)) => Err((job, bad(Some(hash), e.to_string()))),
+        Ok(Err(e)) => Err((job, bad(Some(hash), e.to_string().trim_end().to_string()))),
         Err(_) => Err((
             job,
             bad(Some(hash), "the image decoder crashed on this file".into()),

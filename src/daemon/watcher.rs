@@ -119,8 +119,14 @@ pub(crate) struct Watcher {
     next_rescan: Option<Instant>,
     settling: HashMap<PathBuf, Settling>,
     due: VecDeque<(Instant, PathBuf)>,
+    /// New folders to scan once more: files created in them before notify watched them
+    /// would otherwise wait for the next rescan.
+    recheck_dirs: VecDeque<(Instant, PathBuf)>,
     ready: VecDeque<Job>,
 }
+
+/// How long after a new folder appears it is scanned a second time.
+const NEW_FOLDER_RECHECK: Duration = Duration::from_millis(500);
 
 /// Events waiting for the watcher; beyond this they are dropped and a rescan is made.
 const EVENT_QUEUE: usize = 8192;
@@ -174,6 +180,7 @@ impl Watcher {
             next_rescan: None,
             settling: HashMap::new(),
             due: VecDeque::new(),
+            recheck_dirs: VecDeque::new(),
             ready: VecDeque::new(),
         })
     }
@@ -206,6 +213,7 @@ impl Watcher {
                 tracing::debug!("periodic rescan");
                 self.start_full_scan();
             }
+            self.recheck_new_dirs();
             if (self.full_scan_running || !self.scan.is_idle()) && !self.scan_step() {
                 return Ok(());
             }
@@ -224,7 +232,10 @@ impl Watcher {
                 let next_due = self
                     .due
                     .front()
+                    .into_iter()
+                    .chain(self.recheck_dirs.front())
                     .map(|(t, _)| t.saturating_duration_since(Instant::now()))
+                    .min()
                     .unwrap_or(Duration::MAX);
                 next_due.min(Duration::from_millis(200))
             };
@@ -250,6 +261,7 @@ impl Watcher {
         self.initial_scan_done
             && self.scan.is_idle()
             && self.settling.is_empty()
+            && self.recheck_dirs.is_empty()
             && self.ready.is_empty()
             && self.p.in_flight.is_empty()
     }
@@ -350,11 +362,27 @@ impl Watcher {
                 self.scan.reset();
             }
             self.scan.push_dir(&path, &meta);
+            self.recheck_dirs
+                .push_back((Instant::now() + NEW_FOLDER_RECHECK, path));
             true
         } else if meta.is_file() {
             self.saw_file(path, &meta, closed)
         } else {
             true
+        }
+    }
+
+    /// Scans again the new folders whose time has come, once the scan before has finished.
+    fn recheck_new_dirs(&mut self) {
+        let now = Instant::now();
+        while self.scan.is_idle() && self.recheck_dirs.front().is_some_and(|(t, _)| *t <= now) {
+            let (_, dir) = self.recheck_dirs.pop_front().expect("front exists");
+            if let Ok(meta) = fs::metadata(&dir) {
+                if meta.is_dir() {
+                    self.scan.reset();
+                    self.scan.push_dir(&dir, &meta);
+                }
+            }
         }
     }
 
