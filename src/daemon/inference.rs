@@ -67,7 +67,11 @@ pub fn register_model(
         .unwrap_or_else(|| model_name(&path));
     let config = serde_json::to_string(&model.config).expect("a config serialises");
     let provenance = model.provenance.to_string();
-    let path_text = path.to_string_lossy();
+    // Recorded absolute, so the row still names the file when read from elsewhere.
+    let path_text = std::fs::canonicalize(&path)
+        .unwrap_or_else(|_| path.clone())
+        .to_string_lossy()
+        .into_owned();
     let sql_err = |source| DaemonError::Model {
         path: path.clone(),
         source,
