@@ -5,9 +5,12 @@ pub mod caption;
 pub mod import;
 pub mod model;
 pub mod prepare;
+pub mod query;
 pub mod score;
+pub mod status;
 pub mod synth;
 pub mod train;
+pub mod watch;
 
 use std::path::PathBuf;
 
