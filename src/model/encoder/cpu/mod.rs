@@ -404,3 +404,242 @@ impl CpuEncoder {
         out_grid
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor, Var};
+
+    use super::kernel::KernelKind;
+    use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
+    use crate::model::encoder::{Encoder, InferencePath};
+    use crate::model::init::random_tensors;
+    use crate::model::weights::Weights;
+    use crate::rng::SplitMix64;
+
+    fn config(block: BlockKind, layers: [usize; 4], width: usize, s: usize) -> ModelConfig {
+        ModelConfig {
+            encoder: EncoderConfig::Resnet {
+                block,
+                layers,
+                width,
+            },
+            encoded_image_size: s,
+            attention_dim: 1,
+            embed_dim: 1,
+            decoder_dim: 1,
+            vocab_size: 1,
+            dropout: 0.0,
+        }
+    }
+
+    /// Random encoder tensors with non-trivial BatchNorm (so folding is exercised).
+    fn tensors(cfg: &ModelConfig, seed: u64) -> HashMap<String, Tensor> {
+        let mut t = random_tensors(cfg, seed, &Device::Cpu).unwrap();
+        let mut rng = SplitMix64::new(seed);
+        for (name, tensor) in t.iter_mut() {
+            let (lo, hi) = match name.rsplit('.').next().unwrap() {
+                "running_mean" | "bias" => (-0.3, 0.3),
+                "running_var" => (0.5, 2.0),
+                "weight" if tensor.rank() == 1 => (0.5, 1.2),
+                _ => continue,
+            };
+            let n = tensor.elem_count();
+            let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi) as f32).collect();
+            *tensor = Tensor::from_vec(v, n, &Device::Cpu).unwrap();
+        }
+        t
+    }
+
+    fn encoder(cfg: &ModelConfig, weights: &Weights) -> Encoder {
+        let mut e = Encoder::load(&weights.pp("encoder"), cfg);
+        weights.check(std::path::Path::new("test")).unwrap();
+        e.set_inference_path(InferencePath::Auto);
+        e
+    }
+
+    fn images(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
+        let mut rng = SplitMix64::new(seed);
+        let v: Vec<f32> = (0..n * 3 * h * w).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, (n, 3, h, w), &Device::Cpu).unwrap()
+    }
+
+    /// Elementwise `|got - want| <= 1e-4 * |want| + 1e-5 * max|want|`; returns the largest
+    /// difference relative to the largest value.
+    fn assert_close(what: &str, got: &Tensor, want: &Tensor) -> f32 {
+        assert_eq!(got.dims(), want.dims(), "{what}: shapes");
+        let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0, "{what}: all zeros");
+        let mut worst = 0f32;
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let d = (a - b).abs();
+            assert!(
+                d <= 1e-4 * b.abs() + 1e-5 * scale,
+                "{what}[{i}]: engine {a}, reference {b}"
+            );
+            worst = worst.max(d);
+        }
+        worst / scale
+    }
+
+    fn engine_matches_reference(cfg: &ModelConfig, sizes: &[(usize, usize, usize)]) {
+        let weights = Weights::new(tensors(cfg, 3), &Device::Cpu);
+        let enc = encoder(cfg, &weights);
+        assert!(enc.prepare_inference().unwrap());
+        for (i, &(n, h, w)) in sizes.iter().enumerate() {
+            let x = images(n, h, w, i as u64);
+            let want = enc.forward_reference(&x).unwrap();
+            let got = enc.forward(&x).unwrap();
+            let s = cfg.encoded_image_size;
+            assert_eq!(got.dims(), &[n, s, s, enc.out_channels()]);
+            let r = assert_close(&format!("{:?} {n}x{h}x{w}", cfg.encoder), &got, &want);
+            eprintln!(
+                "{:?} {n}x3x{h}x{w}: max difference / max value {r:e}",
+                cfg.encoder
+            );
+        }
+    }
+
+    #[test]
+    fn basic_network_matches_reference() {
+        let cfg = config(BlockKind::Basic, [2, 1, 2, 1], 8, 3);
+        engine_matches_reference(&cfg, &[(1, 64, 64), (3, 37, 50), (2, 9, 7)]);
+    }
+
+    #[test]
+    fn resnet50_shape_matches_reference() {
+        // ResNet-50's blocks and widths, at small inputs.
+        let cfg = config(BlockKind::Bottleneck, [3, 4, 6, 3], 64, 5);
+        engine_matches_reference(&cfg, &[(1, 96, 96), (2, 100, 120), (3, 33, 47)]);
+    }
+
+    #[test]
+    fn portable_kernel_matches_the_detected_one() {
+        let cfg = config(BlockKind::Bottleneck, [1, 2, 1, 1], 16, 2);
+        let weights = Weights::new(tensors(&cfg, 5), &Device::Cpu);
+        let enc = encoder(&cfg, &weights);
+        let x = images(2, 45, 38, 9);
+        let want = enc.forward_reference(&x).unwrap();
+        for kernel in [KernelKind::Portable, KernelKind::detect()] {
+            let resnet = match &cfg.encoder {
+                EncoderConfig::Resnet {
+                    block,
+                    layers,
+                    width,
+                } => super::super::resnet::ResNet::load(
+                    &weights.pp("encoder"),
+                    *block,
+                    *layers,
+                    *width,
+                ),
+            };
+            let engine = super::CpuEncoder::from_resnet_with(&resnet, kernel).unwrap();
+            assert_eq!(engine.kernel(), kernel);
+            let got = engine.forward(&x, 2).unwrap();
+            assert_close(&format!("{kernel:?}"), &got, &want);
+        }
+    }
+
+    #[test]
+    fn reference_path_is_candle_ops() {
+        let cfg = config(BlockKind::Basic, [1, 1, 1, 1], 4, 2);
+        let weights = Weights::new(tensors(&cfg, 1), &Device::Cpu);
+        let mut enc = encoder(&cfg, &weights);
+        let x = images(1, 32, 32, 1);
+        enc.set_inference_path(InferencePath::Reference);
+        assert!(!enc.prepare_inference().unwrap());
+        let a: Vec<f32> = enc
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = enc
+            .forward_reference(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn engine_follows_weight_and_statistics_updates() {
+        let cfg = config(BlockKind::Bottleneck, [1, 1, 1, 1], 8, 2);
+        let mut weights = Weights::new(tensors(&cfg, 2), &Device::Cpu);
+        // Fine-tuning makes layer2..layer4 trainable.
+        let vars: Vec<(String, Var)> = weights
+            .make_trainable(|n| {
+                n.starts_with("encoder.resnet.5.") || n.starts_with("encoder.resnet.7.")
+            })
+            .unwrap();
+        let enc = encoder(&cfg, &weights);
+        let x = images(2, 40, 40, 4);
+        let before = enc.forward(&x).unwrap();
+        assert_close("before", &before, &enc.forward_reference(&x).unwrap());
+
+        // An optimiser step changes a weight in place.
+        let (name, var) = vars
+            .iter()
+            .find(|(n, _)| n.ends_with("resnet.7.0.conv2.weight"))
+            .unwrap();
+        let doubled = (var.as_tensor() * 2.0).unwrap();
+        var.set(&doubled).unwrap();
+        let after = enc.forward(&x).unwrap();
+        let want = enc.forward_reference(&x).unwrap();
+        assert_close(&format!("after changing {name}"), &after, &want);
+        // A stale engine would have returned `before`: make sure that would fail the check.
+        assert!(
+            relative_change(&before, &after) > 1e-2,
+            "the change must reach the output"
+        );
+
+        // A training-mode forward updates BatchNorm running statistics (plain tensors, not
+        // trainable, but held in Vars by BatchNorm).
+        enc.forward_t(&x, true).unwrap();
+        let after_train = enc.forward(&x).unwrap();
+        assert_close(
+            "after a training step",
+            &after_train,
+            &enc.forward_reference(&x).unwrap(),
+        );
+        assert!(
+            relative_change(&after, &after_train) > 1e-3,
+            "the statistics update must reach the output"
+        );
+    }
+
+    /// Largest difference relative to the largest value of `a`.
+    fn relative_change(a: &Tensor, b: &Tensor) -> f32 {
+        let max = |t: Tensor| -> f32 {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        max((a - b).unwrap()) / max(a.clone())
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let cfg = config(BlockKind::Basic, [1, 1, 1, 1], 4, 2);
+        let weights = Weights::new(tensors(&cfg, 1), &Device::Cpu);
+        let enc = encoder(&cfg, &weights);
+        let four_channels = Tensor::zeros((1, 4, 16, 16), candle_core::DType::F32, &Device::Cpu);
+        assert!(enc.forward(&four_channels.unwrap()).is_err());
+        let three_dims = Tensor::zeros((3, 16, 16), candle_core::DType::F32, &Device::Cpu);
+        assert!(enc.forward(&three_dims.unwrap()).is_err());
+        let empty = Tensor::zeros((0, 3, 16, 16), candle_core::DType::F32, &Device::Cpu);
+        let e = enc.forward(&empty.unwrap());
+        assert!(e.is_err());
+    }
+}
