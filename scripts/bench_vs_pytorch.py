@@ -39,7 +39,7 @@ def bench(args):
         sys.stdout.flush()
 
 
-GAZE_ROW = re.compile(r"^\s*(\d+)\s+default\s+([0-9.]+)\s+([0-9.]+)\s*$")
+GAZE_ROW = re.compile(r"^\s*(\d+)\s+default\s+([0-9.]+)\s+([0-9.]+)\b")
 TORCH_ROW = re.compile(r"^RESULT pytorch batch=(\d+) images_per_s=([0-9.]+)")
 
 

@@ -104,6 +104,15 @@ fn machine() -> String {
     format!("{cpu}, {} threads", rayon::current_num_threads())
 }
 
+/// CPU seconds this process has used (user + system), where the OS tells (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn encoder(b: EncoderBench) -> Result<ExitCode> {
     let c = &b.common;
     let model = build(c, 100)?;
@@ -126,8 +135,8 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         println!("inference path: reference");
     }
     println!(
-        "{:>6} {:>10} {:>10} {:>10}",
-        "batch", "path", "images/s", "s/image"
+        "{:>6} {:>10} {:>10} {:>10} {:>14}",
+        "batch", "path", "images/s", "s/image", "cpu-s/image"
     );
     for &bs in &c.batch_sizes {
         let x = random_images(bs, c.image_size, &model)?;
@@ -147,18 +156,33 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
             };
             outputs.push(forward(&x)?); // warm-up
             let mut times = Vec::new();
+            let mut cpu_times = Vec::new();
             for _ in 0..b.repeats.max(1) {
+                let cpu = process_cpu_seconds();
                 let t = Instant::now();
                 for _ in 0..rounds {
                     let y = forward(&x)?;
                     y.device().synchronize()?;
                 }
                 times.push(t.elapsed().as_secs_f64());
+                if let (Some(before), Some(after)) = (cpu, process_cpu_seconds()) {
+                    cpu_times.push(after - before);
+                }
             }
-            times.sort_by(f64::total_cmp);
-            let secs = times[times.len() / 2];
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied()
+            };
+            let secs = median(&mut times).expect("at least one repeat");
             let n = (rounds * bs) as f64;
-            println!("{bs:>6} {name:>10} {:>10.2} {:>10.4}", n / secs, secs / n);
+            let cpu = median(&mut cpu_times)
+                .map(|c| format!("{:.4}", c / n))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{bs:>6} {name:>10} {:>10.2} {:>10.4} {cpu:>14}",
+                n / secs,
+                secs / n
+            );
         }
         if let [fast, reference] = &outputs[..] {
             let diff = (fast - reference)?.abs()?.flatten_all()?.max(0)?;

@@ -103,6 +103,30 @@ impl PixelMap {
         self.base + n * self.image_step + y * self.row_step + x * self.col_step
     }
 
+    /// The offsets of pixels `range`, walking the grid instead of dividing for each.
+    fn offsets(&self, range: std::ops::Range<usize>) -> Vec<usize> {
+        let mut out = Vec::with_capacity(range.len());
+        if range.is_empty() {
+            return out;
+        }
+        let per_image = self.height * self.width;
+        let (mut n, r) = (range.start / per_image, range.start % per_image);
+        let (mut y, mut x) = (r / self.width, r % self.width);
+        for _ in range {
+            out.push(self.base + n * self.image_step + y * self.row_step + x * self.col_step);
+            x += 1;
+            if x == self.width {
+                x = 0;
+                y += 1;
+                if y == self.height {
+                    y = 0;
+                    n += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// The largest offset of any pixel (offsets grow with the pixel index).
     fn last_offset(&self) -> usize {
         self.offset(self.pixels().saturating_sub(1))
@@ -333,6 +357,9 @@ impl ConvGemm<'_> {
         let w = self.weights;
         let last_block = w.blocks.len() - 1;
         let mut taps = [0usize; 16];
+        let a_offsets = self.input_map.offsets(rows.clone());
+        let d_offsets = self.output_map.offsets(rows.clone());
+        let r_offsets = self.residual.map(|m| m.offsets(rows.clone()));
         for (bi, b) in w.blocks.iter().enumerate() {
             let n_taps = b.tap_end - b.tap_start;
             let mut block_taps: Vec<usize>;
@@ -355,11 +382,11 @@ impl ConvGemm<'_> {
                 let mut d_rows = [out; TILE_ROWS];
                 let mut res_rows = [out as *const f32; TILE_ROWS];
                 for i in 0..TILE_ROWS {
-                    let pix = r + i.min(valid_rows - 1);
-                    a_rows[i] = input.add(self.input_map.offset(pix));
-                    d_rows[i] = out.add(self.output_map.offset(pix));
-                    if let Some(rm) = &self.residual {
-                        res_rows[i] = out.add(rm.offset(pix));
+                    let pix = r - rows.start + i.min(valid_rows - 1);
+                    a_rows[i] = input.add(a_offsets[pix]);
+                    d_rows[i] = out.add(d_offsets[pix]);
+                    if let Some(ro) = &r_offsets {
+                        res_rows[i] = out.add(ro[pix]);
                     }
                 }
                 for p in panels.clone() {

@@ -171,7 +171,7 @@ pub fn max_pool(
 }
 
 /// PyTorch's `AdaptiveAvgPool2d(s)` of the interior of `input` (laid out as `grid`), written
-/// as a dense `(n, s, s, c)` array. `rows` and `cols` are the `(s, h)` and `(s, w)` bin
+/// into `out` as a dense `(n, s, s, c)` array. `rows` and `cols` are the `(s, h)` and `(s, w)` bin
 /// matrices of [`crate::model::encoder::adaptive_pool_matrix`].
 pub fn adaptive_avg_pool(
     input: &[f32],
@@ -179,10 +179,12 @@ pub fn adaptive_avg_pool(
     s: usize,
     rows: &[f32],
     cols: &[f32],
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let c = grid.c;
     let map = grid.interior();
-    let mut out = vec![0f32; grid.n * s * s * c];
+    let out = &mut out[..grid.n * s * s * c];
+    out.fill(0.0);
     out.par_chunks_mut(s * c).enumerate().for_each(|(ni, dst)| {
         let (n, i) = (ni / s, ni % s);
         for j in 0..s {
@@ -207,7 +209,6 @@ pub fn adaptive_avg_pool(
             }
         }
     });
-    out
 }
 
 #[cfg(test)]
@@ -264,7 +265,8 @@ mod tests {
             buf[m.offset(i)] = i as f32;
         }
         let bins = crate::model::encoder::adaptive_pool_matrix(2, 1);
-        let out = adaptive_avg_pool(&buf, g, 1, &bins, &bins);
+        let mut out = vec![f32::NAN; 2];
+        adaptive_avg_pool(&buf, g, 1, &bins, &bins, &mut out);
         assert_eq!(out, vec![1.5, 5.5]);
     }
 }
