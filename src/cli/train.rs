@@ -46,36 +46,46 @@ pub struct HyperArgs {
     /// Train layer2..layer4 of the encoder too.
     #[arg(long)]
     pub fine_tune_encoder: bool,
+    /// Epochs to train at most [default: 120].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Stop after this many minutes of wall-clock time (checkpoint and validation first).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Captions per batch [default: 32].
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Seed for shuffling, dropout, initialisation and sampling [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Word embedding size [default: 512].
     #[arg(long)]
     pub emb_dim: Option<usize>,
+    /// Attention network size [default: 512].
     #[arg(long)]
     pub attention_dim: Option<usize>,
+    /// LSTM size [default: 512].
     #[arg(long)]
     pub decoder_dim: Option<usize>,
+    /// Dropout before the word classifier [default: 0.5].
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Side of the attention grid the encoder output is pooled to [default: 14].
     #[arg(long)]
     pub encoded_image_size: Option<usize>,
     /// Threads reading and decoding images.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Encoder learning rate when fine-tuning [default: 1e-4].
     #[arg(long)]
     pub encoder_lr: Option<f64>,
+    /// Decoder learning rate [default: 4e-4].
     #[arg(long)]
     pub decoder_lr: Option<f64>,
-    /// Clamp gradients to ±this (0: off).
+    /// Clamp gradients to ±this (0: off) [default: 5].
     #[arg(long)]
     pub grad_clip: Option<f64>,
-    /// Weight of the doubly stochastic attention regularisation.
+    /// Weight of the doubly stochastic attention regularisation [default: 1].
     #[arg(long)]
     pub alpha_c: Option<f64>,
     /// GloVe-format word vectors for the embedding.
@@ -84,14 +94,16 @@ pub struct HyperArgs {
     /// Keep the (pretrained) embedding fixed.
     #[arg(long)]
     pub freeze_embeddings: bool,
-    /// Stop after this many epochs without improvement.
+    /// Stop after this many epochs without improvement [default: 20].
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Multiply learning rates by --lr-decay-factor after this many epochs without improvement [default: 8].
     #[arg(long)]
     pub lr_decay_every: Option<usize>,
+    /// [default: 0.8].
     #[arg(long)]
     pub lr_decay_factor: Option<f64>,
-    /// Beam size for validation captions (1: greedy).
+    /// Beam size for validation captions (1: greedy) [default: 1].
     #[arg(long)]
     pub val_beam_size: Option<usize>,
     /// Validate on at most this many images.
@@ -103,11 +115,13 @@ pub struct HyperArgs {
     /// Scheduled sampling probability after --sampling-epochs.
     #[arg(long)]
     pub sampling_end: Option<f32>,
+    /// Epochs over which the sampling probability moves from start to end [default: 0: always the end value].
     #[arg(long)]
     pub sampling_epochs: Option<usize>,
-    /// Where frozen-encoder features live.
+    /// Where frozen-encoder features live [default: auto: memory up to --cache-memory-gib, else disk].
     #[arg(long, value_enum)]
     pub feature_cache: Option<CacheMode>,
+    /// Largest in-memory feature cache before it goes to disk [default: 4].
     #[arg(long)]
     pub cache_memory_gib: Option<f64>,
     /// Compute device: cpu, cuda or cuda:N.
