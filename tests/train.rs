@@ -259,3 +259,63 @@ fn mismatched_data_is_refused_before_training() {
         .to_string();
     assert!(e.contains("word id 99"), "{e}");
 }
+
+/// `gaze train` end to end on the files h5py wrote (tests/fixtures/h5py): the tutorial's file
+/// set, read by the binary, trained, checkpointed, logged.
+#[test]
+fn the_binary_trains_on_files_written_by_h5py() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h5py/prepared");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--quiet", "--data-folder"])
+        .arg(&fixture)
+        .args(["--data-name", "tiny_5_cap_per_img_1_min_word_freq", "--out"])
+        .arg(dir.path())
+        .args([
+            "--encoder",
+            "resnet18",
+            "--encoded-image-size",
+            "2",
+            "--emb-dim",
+            "16",
+        ])
+        .args([
+            "--attention-dim",
+            "16",
+            "--decoder-dim",
+            "24",
+            "--batch-size",
+            "8",
+        ])
+        .args(["--epochs", "2", "--decoder-lr", "4e-3", "--seed", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gaze train failed: {stderr}");
+    let name = "tiny_5_cap_per_img_1_min_word_freq";
+    assert!(dir
+        .path()
+        .join(format!("checkpoint_{name}.safetensors"))
+        .is_file());
+    assert!(dir
+        .path()
+        .join(format!("BEST_checkpoint_{name}.safetensors"))
+        .is_file());
+    let log = std::fs::read_to_string(dir.path().join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    for line in log.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(record["train_loss"].as_f64().unwrap().is_finite(), "{line}");
+    }
+    // A missing split is a clear error naming the file, before any training.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--quiet", "--data-folder"])
+        .arg(&fixture)
+        .args(["--data-name", "nothing_here", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("nothing_here"), "{stderr}");
+}

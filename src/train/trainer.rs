@@ -53,6 +53,10 @@ pub enum TrainError {
     Pth(#[from] crate::pth::PthError),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "interrupted while encoding the images, before the first epoch: nothing to checkpoint"
+    )]
+    Interrupted,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -361,7 +365,7 @@ pub fn train(
             mode,
             &cache_dir,
             cfg,
-            opts.progress,
+            opts,
             "encoding training images",
         )?;
         let v = encode_all(
@@ -371,7 +375,7 @@ pub fn train(
             mode,
             &cache_dir,
             cfg,
-            opts.progress,
+            opts,
             "encoding validation images",
         )?;
         (Some(t), Some(v))
@@ -634,15 +638,18 @@ fn encode_all(
     mode: CacheMode,
     dir: &Path,
     cfg: &TrainConfig,
-    progress: bool,
+    opts: &TrainOptions,
     what: &str,
 ) -> Result<FeatureCache, TrainError> {
     let p = model.config.num_pixels();
     let e = model.config.encoder_dim();
     let mut cache = FeatureCache::new(mode, count, p, e, dir)?;
-    let bar = progress_bar(progress, count as u64, what);
+    let bar = progress_bar(opts.progress, count as u64, what);
     let chunk = cfg.batch_size.clamp(1, 32);
     for start in (0..count).step_by(chunk) {
+        if opts.stop.load(Ordering::SeqCst) {
+            return Err(TrainError::Interrupted);
+        }
         let ids: Vec<usize> = (start..(start + chunk).min(count)).collect();
         let x = split.image_batch(&ids, &model.device)?;
         cache.put(start, &model.encoder.forward(&x)?)?;
