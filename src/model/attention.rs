@@ -71,7 +71,7 @@ impl Attention {
         };
         let scores = scores.broadcast_add(&self.full_att.bias.reshape((1, 1, 1))?)?;
         let alpha = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let awe = alpha.matmul(encoder_out)?; // (B, Q, P) x (B, P, E)
+        let awe = super::fused::attention_weighted_sum(&alpha, encoder_out)?; // (B, Q, P) x (B, P, E)
         Ok((awe, alpha))
     }
 }

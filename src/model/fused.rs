@@ -1,11 +1,18 @@
-//! Fused CPU kernels for inference, where candle would make several passes over large
-//! temporaries.
+//! Fused CPU kernels for the attention, where candle would make several passes over large
+//! temporaries or compute gradients nobody asked for.
 //!
 //! Attention scores `full_att(relu(proj_p + att2_q))` for every pixel p and decoder state q
 //! would otherwise build a `(B, Q, P, A)` tensor three times (add, ReLU, product); here each
-//! score is one pass over `A` values held in cache.
+//! score is one pass over `A` values held in cache (inference).
+//!
+//! The attention-weighted encoding `alpha x encoder_out` is a batched matrix product, but
+//! candle's backward pass of a product always computes the gradient of both operands. With a
+//! frozen encoder, `encoder_out` needs none, and its `(B, P, E)` gradient (an outer product
+//! plus an accumulation, at every decoding step) was most of a training step's work.
+//! [`attention_weighted_sum`] computes the same product and skips that gradient unless
+//! `encoder_out` is tracked (fine-tuning).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `scores[b, q, p] = sum_a w[a] * max(proj[b, p, a] + att2[b, q, a], 0)`, for `proj`
@@ -87,6 +94,80 @@ impl CustomOp3 for AttentionScores {
     }
 }
 
+/// `out[b, q, :] = sum_p alpha[b, q, p] * values[b, p, :]` for `alpha` `(B, Q, P)` and
+/// `values` `(B, P, E)`: `alpha.matmul(values)`, with a backward pass that leaves out the
+/// gradient of `values` when `values` does not track gradients. f32 on the CPU; elsewhere a
+/// plain matmul.
+pub fn attention_weighted_sum(alpha: &Tensor, values: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = alpha.device().is_cpu()
+        && alpha.dtype() == candle_core::DType::F32
+        && values.dtype() == candle_core::DType::F32;
+    if cpu_f32 {
+        alpha
+            .contiguous()?
+            .apply_op2(&values.contiguous()?, WeightedSum)
+    } else {
+        alpha.matmul(values)
+    }
+}
+
+struct WeightedSum;
+
+impl CustomOp2 for WeightedSum {
+    fn name(&self) -> &'static str {
+        "attention-weighted-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (alpha, values) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (&[b, q, p], &[b2, p2, e]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("attention weighted sum: expected (B, Q, P) and (B, P, E)");
+        };
+        if b != b2 || p != p2 {
+            candle_core::bail!(
+                "attention weighted sum: shapes {:?} and {:?} do not agree",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut out = vec![0f32; b * q * e];
+        out.par_chunks_mut(e).enumerate().for_each(|(row, dst)| {
+            let bi = row / q;
+            let weights = &alpha[row * p..][..p];
+            let img = &values[bi * p * e..][..p * e];
+            for (pi, &w) in weights.iter().enumerate() {
+                for (d, &v) in dst.iter_mut().zip(&img[pi * e..][..e]) {
+                    *d += w * v;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, q, e))))
+    }
+
+    fn bwd(
+        &self,
+        alpha: &Tensor,
+        values: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // d alpha = grad x values^T; d values = alpha^T x grad, only when someone needs it.
+        let alpha_grad = grad.matmul(&values.t()?)?;
+        let values_grad = if values.track_op() {
+            Some(alpha.t()?.matmul(grad)?)
+        } else {
+            None
+        };
+        Ok((Some(alpha_grad), values_grad))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +203,46 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn weighted_sum_and_its_gradients_match_matmul() {
+        let dev = Device::Cpu;
+        let alpha_var = candle_core::Var::randn(0f32, 1.0, (3, 2, 7), &dev).unwrap();
+        let values_var = candle_core::Var::randn(0f32, 1.0, (3, 7, 19), &dev).unwrap();
+        let (alpha, values) = (alpha_var.as_tensor(), values_var.as_tensor());
+        let weights = Tensor::randn(0f32, 1.0, (3, 2, 19), &dev).unwrap();
+
+        let fused = attention_weighted_sum(alpha, values).unwrap();
+        let plain = alpha.matmul(values).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+
+        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+        let g_fused = loss(&fused).backward().unwrap();
+        let g_plain = loss(&plain).backward().unwrap();
+        for t in [alpha, values] {
+            let (a, b) = (g_fused.get(t).unwrap(), g_plain.get(t).unwrap());
+            assert!(max_diff(a, b) < 1e-5);
+        }
+
+        // Frozen values: the gradient of alpha is the same and values get none.
+        let frozen = values.detach();
+        let out = attention_weighted_sum(alpha, &frozen).unwrap();
+        let grads = loss(&out).backward().unwrap();
+        assert!(max_diff(grads.get(alpha).unwrap(), g_plain.get(alpha).unwrap()) < 1e-5);
+        assert!(grads.get(&frozen).is_none());
     }
 }
