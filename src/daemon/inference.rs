@@ -130,6 +130,9 @@ fn model_name(path: &Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
+/// How long the idle worker waits before looking in the swap slot again.
+const SWAP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(crate) struct Worker {
     pub rx: Receiver<Vec<Decoded>>,
     pub tx: Sender<WriterMsg>,
@@ -142,7 +145,14 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub fn run(mut self) -> Result<(), DaemonError> {
-        while let Ok(batch) = self.rx.recv() {
+        loop {
+            // Wake now and then while idle, so a promoted model is taken (and its recaption
+            // queued) without waiting for the next image.
+            let batch = match self.rx.recv_timeout(SWAP_POLL) {
+                Ok(batch) => Some(batch),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
             if let Some((next, recaption)) = self.swap.take() {
                 tracing::info!(
                     from = %self.current.name,
@@ -160,6 +170,7 @@ impl Worker {
                     break;
                 }
             }
+            let Some(batch) = batch else { continue };
             let result = self.caption_batch(batch);
             if self.tx.send(WriterMsg::Batch(result)).is_err() {
                 break;
