@@ -5,8 +5,7 @@
 //! `config.toml` at the repository root documents every key with its default; a unit test keeps
 //! it equal to [`Config::default`]. Relative paths in a file are taken relative to that file's
 //! folder; relative paths from the environment or flags, relative to the working directory.
-//! Unknown keys are refused (a typo should not be silently ignored), except the reserved
-//! `[retrain]` section, which is read but not used yet.
+//! Unknown keys are refused (a typo should not be silently ignored).
 
 use std::path::{Path, PathBuf};
 
@@ -44,9 +43,7 @@ pub struct Config {
     pub pipeline: PipelineSection,
     pub limits: LimitsSection,
     pub log: LogSection,
-    /// Reserved for scheduled retraining; accepted and kept, not used yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retrain: Option<toml::Table>,
+    pub retrain: RetrainSection,
 }
 
 /// What to watch and how.
@@ -190,6 +187,157 @@ impl Default for LogSection {
     }
 }
 
+/// Which stored images a newly active model captions again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Recaption {
+    /// Only new images get the new model's captions.
+    None,
+    /// Images with no finished caption by any model (the search never reached `<end>`).
+    #[default]
+    Missing,
+    /// Every stored image, once per content.
+    All,
+}
+
+impl std::str::FromStr for Recaption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Recaption::None),
+            "missing" => Ok(Recaption::Missing),
+            "all" => Ok(Recaption::All),
+            other => Err(format!("expected none, missing or all, not {other:?}")),
+        }
+    }
+}
+
+/// Scheduled retraining: when, on what, for how long, and when a candidate replaces the
+/// active model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrainSection {
+    /// Run retraining cycles inside `gaze watch`.
+    pub enabled: bool,
+    /// An interval ("90s", "30m", "6h", "1d", "1h30m") or a 5-field cron expression in UTC
+    /// ("0 3 * * *"); also "@hourly", "@daily", "@weekly".
+    pub schedule: String,
+    /// Run a scheduled cycle only when the data or these settings changed since the last
+    /// completed run (`gaze retrain --now` always runs).
+    pub only_when_changed: bool,
+    /// Folder for each run's files (log, training checkpoints, the candidate model).
+    pub work_dir: PathBuf,
+    /// A folder of prepared files (the tutorial's layout) and their base name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_name: Option<String>,
+    /// A folder of labelled images: `x.jpg` with its captions in `x.txt`, one per line. They
+    /// are prepared (again when they change) into `work_dir/labelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    /// Captions per image and minimum word frequency when preparing `images`.
+    pub captions_per_image: u32,
+    pub min_word_freq: u32,
+    /// Start from the active model's weights (captions are re-encoded with its word map).
+    pub warm_start: bool,
+    /// A training config (TOML, as `gaze train --config`) for the other hyperparameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_config: Option<PathBuf>,
+    /// Budget: at most this many epochs and/or minutes (0: no limit from that side).
+    pub epochs: usize,
+    pub max_minutes: f64,
+    /// Promotion rule: the candidate's `metric` on the held-out split must be at least the
+    /// active model's plus `margin`.
+    pub metric: String,
+    pub margin: f64,
+    /// Held-out images scored per model (the test split, or val when there is none).
+    pub holdout_images: usize,
+    /// Beams when scoring the held-out split.
+    pub beam_size: usize,
+    /// Threads for training (0: half the cores, at least one), so captioning keeps the rest.
+    pub threads: usize,
+    /// After a promotion, which stored images the new model captions again.
+    pub recaption: Recaption,
+}
+
+impl Default for RetrainSection {
+    fn default() -> Self {
+        RetrainSection {
+            enabled: false,
+            schedule: "6h".into(),
+            only_when_changed: true,
+            work_dir: PathBuf::from("retrain"),
+            prepared: None,
+            data_name: None,
+            images: None,
+            captions_per_image: 5,
+            min_word_freq: 1,
+            warm_start: true,
+            train_config: None,
+            epochs: 1,
+            max_minutes: 30.0,
+            metric: "cider_d".into(),
+            margin: 0.0,
+            holdout_images: 500,
+            beam_size: 3,
+            threads: 0,
+            recaption: Recaption::Missing,
+        }
+    }
+}
+
+impl RetrainSection {
+    /// Training threads: the setting, or half the cores.
+    pub fn train_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (cores / 2).max(1)
+    }
+
+    /// Checks what the types cannot (metric names are checked where they are scored).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::retrain::Schedule::parse(&self.schedule)
+            .map_err(|e| ConfigError::Invalid(format!("retrain.schedule: {e}")))?;
+        if self.prepared.is_none() && self.images.is_none() {
+            return Err(ConfigError::Invalid(
+                "retrain: no data; set retrain.prepared (with data_name) or retrain.images".into(),
+            ));
+        }
+        if self.prepared.is_some() && self.data_name.is_none() {
+            return Err(ConfigError::Invalid(
+                "retrain.prepared needs retrain.data_name (the files' base name)".into(),
+            ));
+        }
+        if self.prepared.is_some() && self.images.is_some() {
+            return Err(ConfigError::Invalid(
+                "retrain: give retrain.prepared or retrain.images, not both".into(),
+            ));
+        }
+        if self.epochs == 0 && self.max_minutes <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "retrain: set a budget (epochs and/or max_minutes)".into(),
+            ));
+        }
+        if self.beam_size == 0 || self.holdout_images == 0 || self.captions_per_image == 0 {
+            return Err(ConfigError::Invalid(
+                "retrain.beam_size, holdout_images and captions_per_image must be at least 1"
+                    .into(),
+            ));
+        }
+        if !self.margin.is_finite() || !self.max_minutes.is_finite() {
+            return Err(ConfigError::Invalid(
+                "retrain.margin and max_minutes must be numbers".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Defaults, then `file` (if any), then the environment as `env` reports it
     /// (`|k| std::env::var(k).ok()` in the binary).
@@ -236,6 +384,14 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.model.word_map.as_mut() {
+            fix(p);
+        }
+        let r = &mut self.retrain;
+        fix(&mut r.work_dir);
+        for p in [&mut r.prepared, &mut r.images, &mut r.train_config]
+            .into_iter()
+            .flatten()
+        {
             fix(p);
         }
     }
@@ -375,6 +531,55 @@ impl Config {
             g.level = v.trim().to_string();
             Ok(())
         })?;
+        let r = &mut self.retrain;
+        set("GAZE_RETRAIN", &mut |v| {
+            r.enabled = boolean("GAZE_RETRAIN", v)?;
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_SCHEDULE", &mut |v| {
+            r.schedule = v.trim().to_string();
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_WORK_DIR", &mut |v| {
+            r.work_dir = PathBuf::from(v);
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_PREPARED", &mut |v| {
+            r.prepared = Some(PathBuf::from(v));
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_DATA_NAME", &mut |v| {
+            r.data_name = Some(v.trim().to_string());
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_IMAGES", &mut |v| {
+            r.images = Some(PathBuf::from(v));
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_EPOCHS", &mut |v| {
+            r.epochs = parse("GAZE_RETRAIN_EPOCHS", v)?;
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_MAX_MINUTES", &mut |v| {
+            r.max_minutes = parse("GAZE_RETRAIN_MAX_MINUTES", v)?;
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_METRIC", &mut |v| {
+            r.metric = v.trim().to_string();
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_MARGIN", &mut |v| {
+            r.margin = parse("GAZE_RETRAIN_MARGIN", v)?;
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_THREADS", &mut |v| {
+            r.threads = parse("GAZE_RETRAIN_THREADS", v)?;
+            Ok(())
+        })?;
+        set("GAZE_RETRAIN_RECAPTION", &mut |v| {
+            r.recaption = parse("GAZE_RETRAIN_RECAPTION", v)?;
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -408,6 +613,9 @@ impl Config {
                 "no folders to watch: set [watch] folders, GAZE_FOLDERS, or give folders on the command line".into(),
             ));
         }
+        if self.retrain.enabled {
+            self.retrain.validate()?;
+        }
         Ok(())
     }
 }
@@ -427,6 +635,10 @@ mod tests {
         let mut full = Config::default();
         full.model.path = Some("m".into());
         full.model.word_map = Some("w".into());
+        full.retrain.prepared = Some("p".into());
+        full.retrain.data_name = Some("d".into());
+        full.retrain.images = Some("i".into());
+        full.retrain.train_config = Some("t".into());
         let value = toml::Value::try_from(&full).unwrap();
         for (section, table) in value.as_table().unwrap() {
             assert!(
@@ -441,10 +653,6 @@ mod tests {
                 assert!(documented, "config.toml does not document {section}.{key}");
             }
         }
-        assert!(
-            SHIPPED.contains("[retrain]"),
-            "the reserved section is mentioned"
-        );
     }
 
     #[test]
@@ -454,7 +662,7 @@ mod tests {
         std::fs::write(
             &file,
             "[watch]\nfolders = [\"in\"]\nstable_ms = 10\n[pipeline]\nbatch_size = 4\n\
-             [model]\npath = \"/abs/model.safetensors\"\n[retrain]\nevery = \"1d\"\n",
+             [model]\npath = \"/abs/model.safetensors\"\n[retrain]\nschedule = \"1d\"\nprepared = \"data\"\n",
         )
         .unwrap();
         let env: HashMap<&str, &str> = [
@@ -474,7 +682,9 @@ mod tests {
             cfg.model.path.as_deref(),
             Some(Path::new("/abs/model.safetensors"))
         );
-        assert!(cfg.retrain.is_some());
+        assert_eq!(cfg.retrain.schedule, "1d");
+        assert_eq!(cfg.retrain.prepared, Some(dir.path().join("data")));
+        assert_eq!(cfg.retrain.work_dir, dir.path().join("retrain"));
         cfg.validate().unwrap();
     }
 

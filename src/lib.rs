@@ -8,6 +8,7 @@
 //! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
 //! - [`store`]: the SQLite store (migrations, queries).
 //! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings.
+//! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
 //! - [`viz`]: attention pictures.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod pth;
+pub mod retrain;
 pub mod rng;
 pub mod store;
 pub mod train;

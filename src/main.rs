@@ -48,6 +48,11 @@ enum Command {
     Watch(cli::watch::WatchArgs),
     /// Show the captioning store's counts, rate, backlog and active model.
     Status(cli::status::StatusArgs),
+    /// The model registry: list models and retraining runs, activate, roll back.
+    #[command(subcommand)]
+    Models(cli::models::ModelsCommand),
+    /// Run one retraining cycle now with the [retrain] settings.
+    Retrain(cli::retrain::RetrainArgs),
     /// Find captions by path, words, recency or id; list failures; draw attention.
     Query(cli::query::QueryArgs),
 }
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
         Command::Status(args) => cli::status::run(args),
         Command::Query(args) => cli::query::run(args),
+        Command::Models(cmd) => cli::models::run(cmd),
+        Command::Retrain(args) => cli::retrain::run(args),
     };
     match result {
         Ok(code) => code,

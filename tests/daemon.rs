@@ -835,3 +835,286 @@ fn migrations_upgrade_a_version_1_database_and_refuse_a_newer_one() {
     );
     assert_eq!(code, Some(0), "the flag wins over GAZE_BATCH_SIZE=0: {err}");
 }
+
+/// A tiny random model (as `tiny_model`) with the word map of prepared files.
+fn tiny_model_for(dir: &Path, word_map: &WordMap, name: &str) -> PathBuf {
+    let cfg = ModelConfig {
+        encoder: EncoderConfig::Resnet {
+            block: BlockKind::Basic,
+            layers: [1, 1, 1, 1],
+            width: 8,
+        },
+        encoded_image_size: 4,
+        attention_dim: 16,
+        embed_dim: 16,
+        decoder_dim: 24,
+        vocab_size: word_map.len(),
+        dropout: 0.5,
+    };
+    let tensors = gaze::model::init::random_tensors(&cfg, 11, &Device::Cpu).unwrap();
+    let mut named: Vec<_> = tensors.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = dir.join(format!("{name}.safetensors"));
+    gaze::model::file::write_model_file(
+        &path,
+        &named,
+        &cfg,
+        word_map,
+        &serde_json::json!({ "name": name }),
+    )
+    .unwrap();
+    path
+}
+
+/// (caption count, model ids) per content hash of the images under `folder`.
+fn captions_by_content(db: &Path) -> HashMap<String, Vec<i64>> {
+    let conn = reader(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT content_hash, model_id FROM captions ORDER BY model_id")
+        .unwrap();
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for row in stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .unwrap()
+    {
+        let (hash, model) = row.unwrap();
+        out.entry(hash).or_default().push(model);
+    }
+    out
+}
+
+fn retrain_config(root: &Path, name: &str, margin: f64, prepared: &Path, base: &str) -> PathBuf {
+    let path = root.join(name);
+    fs::write(
+        &path,
+        format!(
+            "[retrain]\nenabled = true\nschedule = \"3s\"\nwork_dir = \"{}\"\nprepared = \"{}\"\n\
+             data_name = \"{base}\"\ntrain_config = \"{}\"\nepochs = 1\nmax_minutes = 0\n\
+             metric = \"cider_d\"\nmargin = {margin:.1}\nholdout_images = 6\nbeam_size = 1\n\
+             threads = 1\nrecaption = \"all\"\n",
+            root.join("runs").display(),
+            prepared.display(),
+            root.join("train.toml").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn scheduled_retraining_promotes_then_rejects_and_swaps_between_batches() {
+    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
+    use gaze::data::synth::{generate, SynthOptions};
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let folder = root.join("in");
+    fs::create_dir(&folder).unwrap();
+    let db = root.join("gaze.db");
+    let log = root.join("watch.log");
+
+    // Tiny captioned data, prepared as the tutorial does, and a random model with its words.
+    let synth = generate(&SynthOptions {
+        out_dir: root.join("synth"),
+        train: 24,
+        val: 6,
+        test: 6,
+        size: 64,
+        seed: 5,
+        jpeg_quality: 90,
+    })
+    .unwrap();
+    let prepared = root.join("prepared");
+    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
+    pc.captions_per_image = 3;
+    pc.min_word_freq = 1;
+    pc.threads = 2;
+    prepare(&pc, &NoProgress).unwrap();
+    let base = pc.base_name();
+    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
+    let m0 = tiny_model_for(&root, &word_map, "m0");
+    fs::write(
+        root.join("train.toml"),
+        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
+         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
+    )
+    .unwrap();
+    let mut synth_images: Vec<PathBuf> = fs::read_dir(&synth.image_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    synth_images.sort();
+    let mut drop_images = |n: usize, tag: &str| -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let src = synth_images.pop().unwrap();
+                let dst = folder.join(format!("{tag}-{i}.jpg"));
+                fs::copy(&src, &dst).unwrap();
+                dst
+            })
+            .collect()
+    };
+    let done = |paths: &[PathBuf]| {
+        let imgs = images(&db);
+        paths
+            .iter()
+            .all(|p| imgs.get(&key(p)).is_some_and(|r| r.status == "done"))
+    };
+
+    // Phase 1: a permissive rule (any candidate wins), recaption = "all".
+    let before = drop_images(4, "before");
+    let config = retrain_config(&root, "permissive.toml", -1000.0, &prepared, &base);
+    let mut daemon = watch_cmd(
+        &folder,
+        &db,
+        &m0,
+        &log,
+        &[("--config", config.to_str().unwrap())],
+    )
+    .spawn()
+    .unwrap();
+    wait_started(&mut daemon, &db, &log);
+    wait_for("the first images", Duration::from_secs(60), &log, || {
+        done(&before)
+    });
+    let m0_id = count(&db, "SELECT id FROM models WHERE name = 'm0'");
+    wait_for("a promotion", Duration::from_secs(120), &log, || {
+        count(
+            &db,
+            "SELECT count(*) FROM retrain_runs WHERE status = 'promoted'",
+        ) == 1
+    });
+    let m1_id = count(&db, "SELECT id FROM models WHERE active = 1");
+    assert_ne!(m1_id, m0_id);
+    // recaption = "all": every stored image gets a caption by the new model, in the background.
+    wait_for("recaptioning", Duration::from_secs(60), &log, || {
+        let caps = captions_by_content(&db);
+        before
+            .iter()
+            .all(|p| caps.get(&hash_of(p)).is_some_and(|m| m.contains(&m1_id)))
+    });
+    let after = drop_images(3, "after");
+    wait_for(
+        "images after the swap",
+        Duration::from_secs(60),
+        &log,
+        || done(&after),
+    );
+    terminate(&daemon);
+    assert_eq!(
+        wait_exit(&mut daemon, Duration::from_secs(60), &log).code(),
+        Some(0)
+    );
+
+    let caps = captions_by_content(&db);
+    for p in &before {
+        assert_eq!(caps[&hash_of(p)], vec![m0_id, m1_id], "{}", p.display());
+    }
+    for p in &after {
+        assert_eq!(caps[&hash_of(p)], vec![m1_id], "{}", p.display());
+    }
+
+    // Phase 2: a strict rule (no candidate can win). The restarted daemon keeps the promoted
+    // model although it is given m0 again.
+    let config = retrain_config(&root, "strict.toml", 1000.0, &prepared, &base);
+    let mut daemon = watch_cmd(
+        &folder,
+        &db,
+        &m0,
+        &log,
+        &[("--config", config.to_str().unwrap())],
+    )
+    .spawn()
+    .unwrap();
+    wait_for("a rejection", Duration::from_secs(120), &log, || {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            panic!("gaze exited early with {status}; log:\n{}", log_tail(&log));
+        }
+        count(
+            &db,
+            "SELECT count(*) FROM retrain_runs WHERE status = 'rejected'",
+        ) == 1
+    });
+    assert_eq!(count(&db, "SELECT id FROM models WHERE active = 1"), m1_id);
+    let late = drop_images(2, "late");
+    wait_for(
+        "images after the rejection",
+        Duration::from_secs(60),
+        &log,
+        || done(&late),
+    );
+    // Unchanged data and settings: no further runs on the next ticks.
+    std::thread::sleep(Duration::from_secs(4));
+    terminate(&daemon);
+    assert_eq!(
+        wait_exit(&mut daemon, Duration::from_secs(60), &log).code(),
+        Some(0)
+    );
+
+    let caps = captions_by_content(&db);
+    for p in &late {
+        assert_eq!(caps[&hash_of(p)], vec![m1_id], "{}", p.display());
+    }
+    // None lost, none duplicated.
+    assert_eq!(caps.len(), before.len() + after.len() + late.len());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM captions"),
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT DISTINCT content_hash, model_id FROM captions)"
+        )
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM images WHERE status != 'done'"),
+        0
+    );
+
+    // The registry: both runs with their metrics.
+    let (code, out, err) = output(
+        gaze()
+            .args(["models", "list", "--format", "json", "--db"])
+            .arg(&db),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["rejected", "promoted"], "{out}");
+    for r in runs {
+        assert!(r["candidate_metrics"]["corpus"]["cider_d"].is_f64(), "{r}");
+        assert!(r["parent_metrics"]["corpus"]["cider_d"].is_f64(), "{r}");
+    }
+    assert_eq!(runs[1]["parent_model_id"], m0_id);
+    assert_eq!(runs[0]["parent_model_id"], m1_id);
+    let m2_id = runs[0]["candidate_model_id"].as_i64().unwrap();
+    let models = v["models"].as_array().unwrap();
+    let by_id = |id: i64| models.iter().find(|m| m["id"] == id).unwrap();
+    assert_eq!(by_id(m1_id)["status"], "ready");
+    assert_eq!(by_id(m1_id)["active"], true);
+    assert_eq!(by_id(m1_id)["parent_id"], m0_id);
+    assert_eq!(by_id(m2_id)["status"], "rejected");
+    assert_eq!(by_id(m2_id)["captions"], 0);
+    assert!(by_id(m2_id)["metrics"]["corpus"]["cider_d"].is_f64());
+    let (code, table, _) = output(gaze().args(["models", "list", "--db"]).arg(&db));
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("promoted") && table.contains("rejected"),
+        "{table}"
+    );
+
+    // Rollback and activate by hand.
+    let (code, out, err) = output(gaze().args(["models", "rollback", "--db"]).arg(&db));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("model {m0_id} is active again")),
+        "{out}"
+    );
+    let (code, _, err) = output(
+        gaze()
+            .args(["models", "activate", &m1_id.to_string(), "--db"])
+            .arg(&db),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(count(&db, "SELECT id FROM models WHERE active = 1"), m1_id);
+    eprintln!("retraining test took {:.1?}", started.elapsed());
+}

@@ -51,6 +51,12 @@ pub struct WatchArgs {
     /// Decode threads [pipeline.decode_threads].
     #[arg(long)]
     pub decode_threads: Option<usize>,
+    /// Retrain on the [retrain] schedule while watching [retrain.enabled].
+    #[arg(long)]
+    pub retrain: bool,
+    /// The retraining schedule: an interval ("6h") or a cron expression [retrain.schedule].
+    #[arg(long, value_name = "WHEN")]
+    pub retrain_schedule: Option<String>,
     /// Caption what is there (and what arrives meanwhile), then exit: 0, or 2 if some
     /// images failed.
     #[arg(long, visible_alias = "once")]
@@ -94,6 +100,12 @@ impl WatchArgs {
         }
         if let Some(v) = self.decode_threads {
             cfg.pipeline.decode_threads = v;
+        }
+        if self.retrain {
+            cfg.retrain.enabled = true;
+        }
+        if let Some(v) = &self.retrain_schedule {
+            cfg.retrain.schedule = v.clone();
         }
     }
 }

@@ -17,9 +17,11 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 
 use super::{BatchResult, DaemonError, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
+use crate::config::Recaption;
 use crate::data::image::TUTORIAL_SIZE;
 use crate::model::encoder::images_to_tensor;
 use crate::model::{BeamOptions, Caption, CaptionModel};
+use crate::store::registry;
 use crate::store::write::{self, NewModel};
 
 /// A loaded model and its row in `models`.
@@ -32,16 +34,22 @@ pub struct ActiveModel {
 
 /// The slot through which a new model is promoted into a running daemon.
 #[derive(Clone, Default)]
-pub struct ModelSwap(Arc<Mutex<Option<ActiveModel>>>);
+pub struct ModelSwap(Arc<Mutex<Option<(ActiveModel, Recaption)>>>);
 
 impl ModelSwap {
     /// Makes `model` the one used from the next batch on. Register it first with
     /// [`register_model`] (from any connection), so its id is known.
     pub fn promote(&self, model: ActiveModel) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(model);
+        self.promote_with(model, Recaption::None);
     }
 
-    fn take(&self) -> Option<ActiveModel> {
+    /// [`ModelSwap::promote`], then queues stored images again for the new model as `recaption`
+    /// says, once the batches captioned by the old model have committed.
+    pub fn promote_with(&self, model: ActiveModel, recaption: Recaption) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((model, recaption));
+    }
+
+    fn take(&self) -> Option<(ActiveModel, Recaption)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -52,6 +60,17 @@ pub fn register_model(
     conn: &mut Connection,
     model: Arc<CaptionModel>,
 ) -> Result<ActiveModel, DaemonError> {
+    let (active, _) = register_model_as(conn, model, true)?;
+    Ok(active)
+}
+
+/// Records a loaded model in `models`; with `activate`, also makes it the active one (recorded
+/// in the activation history). Returns it and whether it was registered before.
+pub(crate) fn register_model_as(
+    conn: &mut Connection,
+    model: Arc<CaptionModel>,
+    activate: bool,
+) -> Result<(ActiveModel, bool), DaemonError> {
     let path = model.source.clone();
     let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
         path: path.clone(),
@@ -77,6 +96,9 @@ pub fn register_model(
         source,
     };
     let tx = conn.transaction().map_err(sql_err)?;
+    let known = write::model_id_by_hash(&tx, &hash)
+        .map_err(sql_err)?
+        .is_some();
     let id = write::register_model(
         &tx,
         &NewModel {
@@ -89,9 +111,17 @@ pub fn register_model(
         crate::store::unix_now(),
     )
     .map_err(sql_err)?;
-    write::activate_model(&tx, id).map_err(sql_err)?;
+    if activate {
+        registry::activate(&tx, id, "start", crate::store::unix_now()).map_err(|e| match e {
+            registry::RegistryError::Sqlite(source) => sql_err(source),
+            other => DaemonError::Registry {
+                path: path.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+    }
     tx.commit().map_err(sql_err)?;
-    Ok(ActiveModel { id, name, model })
+    Ok((ActiveModel { id, name, model }, known))
 }
 
 fn model_name(path: &Path) -> String {
@@ -99,6 +129,9 @@ fn model_name(path: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
 }
+
+/// How long the idle worker waits before looking in the swap slot again.
+const SWAP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) struct Worker {
     pub rx: Receiver<Vec<Decoded>>,
@@ -112,8 +145,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub fn run(mut self) -> Result<(), DaemonError> {
-        while let Ok(batch) = self.rx.recv() {
-            if let Some(next) = self.swap.take() {
+        loop {
+            // Wake now and then while idle, so a promoted model is taken (and its recaption
+            // queued) without waiting for the next image.
+            let batch = match self.rx.recv_timeout(SWAP_POLL) {
+                Ok(batch) => Some(batch),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some((next, recaption)) = self.swap.take() {
                 tracing::info!(
                     from = %self.current.name,
                     to = %next.name,
@@ -121,7 +161,16 @@ impl Worker {
                     "model swapped; later batches use the new model"
                 );
                 self.current = next;
+                // Behind every batch of the old model on the writer's queue.
+                let msg = WriterMsg::Swapped {
+                    model_id: self.current.id,
+                    recaption,
+                };
+                if self.tx.send(msg).is_err() {
+                    break;
+                }
             }
+            let Some(batch) = batch else { continue };
             let result = self.caption_batch(batch);
             if self.tx.send(WriterMsg::Batch(result)).is_err() {
                 break;

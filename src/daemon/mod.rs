@@ -25,6 +25,7 @@
 mod batcher;
 mod decode;
 mod inference;
+mod retrainer;
 mod watcher;
 mod writer;
 
@@ -77,6 +78,8 @@ pub enum DaemonError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("{path}: {reason}")]
+    Registry { path: PathBuf, reason: String },
     #[error("the {0} thread panicked")]
     Panic(String),
 }
@@ -102,6 +105,10 @@ pub struct DaemonOptions {
     pub max_attempts: u32,
     /// Stop once every file found has been captioned or has failed.
     pub exit_when_idle: bool,
+    /// Scheduled retraining, when enabled.
+    pub retrain: Option<crate::config::RetrainSection>,
+    /// Where retraining runs (cpu, cuda, cuda:N).
+    pub device: String,
 }
 
 impl DaemonOptions {
@@ -131,6 +138,8 @@ impl DaemonOptions {
             max_file_bytes: cfg.limits.max_file_bytes,
             max_attempts: cfg.limits.max_attempts.max(1),
             exit_when_idle: false,
+            retrain: cfg.retrain.enabled.then(|| cfg.retrain.clone()),
+            device: cfg.model.device.clone(),
         }
     }
 }
@@ -279,15 +288,109 @@ pub(crate) enum WriterMsg {
         error: String,
     },
     Batch(BatchResult),
+    /// The inference worker switched to `model_id`: queue stored images again as `recaption`
+    /// says (after every batch of the old model, which came before on the queue).
+    Swapped {
+        model_id: i64,
+        recaption: crate::config::Recaption,
+    },
 }
 
 /// A running daemon.
 pub struct Daemon {
     threads: Vec<(String, JoinHandle<Result<(), DaemonError>>)>,
+    /// The retraining scheduler, joined after the pipeline has drained.
+    retrainer: Option<JoinHandle<Result<(), DaemonError>>>,
     shutdown: Shutdown,
     swap: ModelSwap,
     counters: Arc<Counters>,
     _lock: File,
+}
+
+/// Registers the model the daemon was given and decides which model captions:
+/// - a model not seen before becomes active, and stored images it has not captioned are
+///   queued again (the user brought a new model);
+/// - a known model that is no longer active (the registry moved on: a promotion, `gaze models
+///   activate` or `rollback`) gives way to the registry's active model, when that one's file
+///   still loads and has the recorded hash; nothing is queued again.
+fn choose_model(
+    store: &mut Store,
+    model: Arc<crate::model::CaptionModel>,
+) -> Result<ActiveModel, DaemonError> {
+    let path = store.path().to_path_buf();
+    let registry_err = |e: crate::store::registry::RegistryError| DaemonError::Registry {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    let device = model.device.clone();
+    let (configured, known) = inference::register_model_as(store.conn_mut(), model, false)?;
+    let current = crate::store::registry::active_model(store.conn()).map_err(registry_err)?;
+    if let Some(row) = current.filter(|r| known && r.id != configured.id) {
+        match load_registered(&row, &device) {
+            Ok(m) => {
+                tracing::info!(
+                    model = %row.name,
+                    model_id = row.id,
+                    configured = %configured.name,
+                    "keeping the registry's active model"
+                );
+                return Ok(ActiveModel {
+                    id: row.id,
+                    name: row.name,
+                    model: Arc::new(m),
+                });
+            }
+            Err(reason) => tracing::warn!(
+                model_id = row.id,
+                %reason,
+                "the registry's active model cannot be used; the configured model takes over"
+            ),
+        }
+    }
+    let now = crate::store::unix_now();
+    let changed = crate::store::registry::activate(store.conn(), configured.id, "start", now)
+        .map_err(registry_err)?
+        .is_some()
+        || !known;
+    let requeued = if changed {
+        crate::store::write::requeue_for_model(store.conn(), configured.id, now).map_err(
+            |source| DaemonError::Model {
+                path: configured.model.source.clone(),
+                source,
+            },
+        )?
+    } else {
+        0
+    };
+    tracing::info!(
+        model = %configured.name,
+        model_id = configured.id,
+        requeued,
+        db = %path.display(),
+        "model active"
+    );
+    Ok(configured)
+}
+
+/// Loads a registered model's file, checking its hash against the registry's.
+pub(crate) fn load_registered(
+    row: &crate::store::registry::ModelRow,
+    device: &candle_core::Device,
+) -> Result<crate::model::CaptionModel, String> {
+    let path = Path::new(&row.path);
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    if hash != row.content_hash {
+        return Err(format!(
+            "{}: the file changed since it was registered (hash {} instead of {})",
+            path.display(),
+            &hash[..12],
+            &row.content_hash[..row.content_hash.len().min(12)]
+        ));
+    }
+    drop(bytes);
+    crate::model::CaptionModel::load(path, &crate::model::LoadOptions::default(), device)
+        .map_err(|e| e.to_string())
 }
 
 /// The lock file beside a database that one running daemon holds.
@@ -341,23 +444,7 @@ impl Daemon {
         }
 
         let mut store = Store::open(db)?;
-        let active = register_model(store.conn_mut(), model)?;
-        let requeued = crate::store::write::requeue_for_model(
-            store.conn(),
-            active.id,
-            crate::store::unix_now(),
-        )
-        .map_err(|source| DaemonError::Model {
-            path: active.model.source.clone(),
-            source,
-        })?;
-        tracing::info!(
-            model = %active.name,
-            model_id = active.id,
-            requeued,
-            db = %db.display(),
-            "model active"
-        );
+        let active = choose_model(&mut store, model)?;
 
         let mut roots = Vec::new();
         for folder in &opts.folders {
@@ -391,6 +478,7 @@ impl Daemon {
 
         let shutdown = Shutdown::default();
         let swap = ModelSwap::default();
+        let rescan = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let in_flight = InFlight::default();
 
@@ -413,6 +501,7 @@ impl Daemon {
             writer: write_tx.clone(),
             in_flight: in_flight.clone(),
             shutdown: shutdown.clone(),
+            rescan: rescan.clone(),
         })?;
 
         let mut threads = Vec::new();
@@ -433,6 +522,7 @@ impl Daemon {
 
         let writer_parts = writer::Writer {
             store,
+            rescan,
             rx: write_rx,
             in_flight: in_flight.clone(),
             counters: counters.clone(),
@@ -443,6 +533,28 @@ impl Daemon {
             &mut threads,
             Box::new(move || writer_parts.run()),
         )?;
+        let retrainer = match &opts.retrain {
+            Some(settings) => {
+                let parts = retrainer::Retrainer::new(
+                    db,
+                    settings.clone(),
+                    opts.device.clone(),
+                    active.clone(),
+                    swap.clone(),
+                    shutdown.clone(),
+                )?;
+                Some(
+                    std::thread::Builder::new()
+                        .name("gaze-retrain".into())
+                        .spawn(move || parts.run())
+                        .map_err(|source| DaemonError::Io {
+                            path: PathBuf::from("<thread retrain>"),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let inference_parts = inference::Worker {
             rx: batch_rx,
             tx: write_tx.clone(),
@@ -492,6 +604,7 @@ impl Daemon {
 
         Ok(Daemon {
             threads,
+            retrainer,
             shutdown,
             swap,
             counters,
@@ -526,6 +639,16 @@ impl Daemon {
             };
             if let Err(e) = result {
                 self.shutdown.request();
+                first_error.get_or_insert(e);
+            }
+        }
+        // The pipeline has ended (shutdown, idle exit or error): stop retraining too.
+        if let Some(handle) = self.retrainer.take() {
+            self.shutdown.request();
+            let result = handle
+                .join()
+                .unwrap_or_else(|_| Err(DaemonError::Panic("retrain".into())));
+            if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
         }

@@ -103,6 +103,8 @@ pub(crate) struct WatcherParts {
     pub writer: Sender<WriterMsg>,
     pub in_flight: InFlight,
     pub shutdown: Shutdown,
+    /// Set when stored images were queued again (a new model): a rescan takes them.
+    pub rescan: Arc<AtomicBool>,
 }
 
 pub(crate) struct Watcher {
@@ -207,6 +209,10 @@ impl Watcher {
             }
             if self.lost_events.swap(false, Ordering::SeqCst) {
                 tracing::info!("file events were lost; rescanning");
+                self.start_full_scan();
+            }
+            if self.p.rescan.swap(false, Ordering::SeqCst) {
+                tracing::info!("images were queued again for a new model; rescanning");
                 self.start_full_scan();
             }
             if !self.full_scan_running && self.next_rescan.is_some_and(|t| Instant::now() >= t) {

@@ -10,6 +10,8 @@ use crossbeam_channel::Receiver;
 use rusqlite::Connection;
 
 use super::{BatchResult, Counters, DaemonError, InFlight, Outcome, Shutdown, WriterMsg};
+use crate::config::Recaption;
+use crate::store::registry;
 use crate::store::write::{self, NewCaption, ReadImage};
 use crate::store::{unix_now, Store};
 
@@ -19,6 +21,8 @@ const RETRIES: u32 = 5;
 
 pub(crate) struct Writer {
     pub store: Store,
+    /// Set after images were queued again for a new model: the watcher rescans.
+    pub rescan: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub rx: Receiver<WriterMsg>,
     pub in_flight: InFlight,
     pub counters: std::sync::Arc<Counters>,
@@ -27,6 +31,7 @@ pub(crate) struct Writer {
 
 #[derive(Default)]
 struct Tally {
+    requeued: usize,
     captioned: u64,
     reused: u64,
     failed: u64,
@@ -71,6 +76,9 @@ impl Writer {
                 }
             };
             let commit_time = started.elapsed();
+            if tally.requeued > 0 {
+                self.rescan.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             self.release(&msgs);
             self.report(&msgs, &tally, commit_time);
         }
@@ -83,7 +91,7 @@ impl Writer {
             match m {
                 WriterMsg::Vanished { job } | WriterMsg::Failed { job, .. } => keys.push(&job.key),
                 WriterMsg::Batch(b) => keys.extend(b.items.iter().map(|i| i.job.key.as_str())),
-                WriterMsg::Pending { .. } | WriterMsg::Gone { .. } => {}
+                WriterMsg::Pending { .. } | WriterMsg::Gone { .. } | WriterMsg::Swapped { .. } => {}
             }
         }
         self.in_flight.remove_all(keys);
@@ -103,6 +111,15 @@ impl Writer {
                     tracing::info!(path = %job.key, "image deleted before it was read")
                 }
                 WriterMsg::Batch(b) => log_batch(b, commit_time),
+                WriterMsg::Swapped {
+                    model_id,
+                    recaption,
+                } => tracing::info!(
+                    model_id,
+                    ?recaption,
+                    requeued = tally.requeued,
+                    "stored images queued again for the new model"
+                ),
                 WriterMsg::Pending { .. } | WriterMsg::Gone { .. } => {}
             }
         }
@@ -163,6 +180,16 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
             }
             WriterMsg::Vanished { job } => {
                 write::mark_gone(&tx, &job.key, now)?;
+            }
+            WriterMsg::Swapped {
+                model_id,
+                recaption,
+            } => {
+                tally.requeued += match recaption {
+                    Recaption::None => 0,
+                    Recaption::Missing => registry::requeue_missing(&tx, now)?,
+                    Recaption::All => write::requeue_for_model(&tx, *model_id, now)?,
+                };
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod read;
+pub mod registry;
 pub mod write;
 
 use std::path::{Path, PathBuf};

@@ -260,6 +260,16 @@ pub fn register_model(conn: &Connection, m: &NewModel, now: f64) -> rusqlite::Re
     )
 }
 
+/// The id of the model with this content hash, if registered.
+pub fn model_id_by_hash(conn: &Connection, content_hash: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM models WHERE content_hash = ?1",
+        [content_hash],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// Makes `model_id` the one active model.
 pub fn activate_model(conn: &Connection, model_id: i64) -> rusqlite::Result<()> {
     conn.execute(

@@ -1,0 +1,617 @@
+//! The model registry: every model gaze used or trained, which one is active, the history of
+//! activations (so a rollback returns to the model before), and the record of retraining runs.
+//!
+//! Guarantees: at most one model is active (a unique partial index); a model whose file failed
+//! to load or check (`corrupt`) or that is still being judged (`candidate`) is never activated;
+//! every change of the active model is a row in `model_activations`. Functions take a
+//! `&Connection` and do not commit, except where they say so; run them in a transaction to
+//! change several things at once.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no model with id {0}")]
+    NoSuchModel(i64),
+    #[error("model {id} is {status}; only ready or rejected models can be activated")]
+    NotActivatable { id: i64, status: String },
+    #[error("nothing to roll back to: the active model has no earlier model in the history")]
+    NothingToRollBack,
+    #[error("no model is active")]
+    NoActiveModel,
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// A row of `models`, as the registry shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRow {
+    pub id: i64,
+    pub name: String,
+    pub path: String,
+    pub content_hash: String,
+    pub kind: String,
+    pub status: String,
+    pub parent_id: Option<i64>,
+    pub active: bool,
+    pub created_at: f64,
+    pub activated_at: Option<f64>,
+    /// The latest held-out scores, when the model was scored.
+    pub metrics: Option<Value>,
+    /// The retraining run that made it, if any.
+    pub run_id: Option<i64>,
+    /// Captions written by it.
+    pub captions: i64,
+}
+
+const MODEL_COLUMNS: &str = "m.id, m.name, m.path, m.content_hash, m.kind, m.status, m.parent_id,
+     m.active, m.created_at, m.activated_at, m.metrics,
+     (SELECT max(r.id) FROM retrain_runs r WHERE r.candidate_model_id = m.id),
+     (SELECT count(*) FROM captions c WHERE c.model_id = m.id)";
+
+fn model_row(r: &rusqlite::Row) -> rusqlite::Result<ModelRow> {
+    let metrics: Option<String> = r.get(10)?;
+    Ok(ModelRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        path: r.get(2)?,
+        content_hash: r.get(3)?,
+        kind: r.get(4)?,
+        status: r.get(5)?,
+        parent_id: r.get(6)?,
+        active: r.get(7)?,
+        created_at: r.get(8)?,
+        activated_at: r.get(9)?,
+        metrics: metrics.and_then(|s| serde_json::from_str(&s).ok()),
+        run_id: r.get(11)?,
+        captions: r.get(12)?,
+    })
+}
+
+/// Every model, oldest first.
+pub fn list_models(conn: &Connection) -> Result<Vec<ModelRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {MODEL_COLUMNS} FROM models m ORDER BY m.id"
+    ))?;
+    let rows = stmt.query_map([], model_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn model(conn: &Connection, id: i64) -> Result<Option<ModelRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {MODEL_COLUMNS} FROM models m WHERE m.id = ?1"),
+            [id],
+            model_row,
+        )
+        .optional()?)
+}
+
+pub fn model_by_hash(conn: &Connection, content_hash: &str) -> Result<Option<ModelRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {MODEL_COLUMNS} FROM models m WHERE m.content_hash = ?1"),
+            [content_hash],
+            model_row,
+        )
+        .optional()?)
+}
+
+pub fn active_model(conn: &Connection) -> Result<Option<ModelRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {MODEL_COLUMNS} FROM models m WHERE m.active = 1"),
+            [],
+            model_row,
+        )
+        .optional()?)
+}
+
+/// Makes `id` the active model and records why; returns the model that was active before
+/// (`None` when there was none, or when `id` already was active: then nothing changes).
+pub fn activate(conn: &Connection, id: i64, reason: &str, now: f64) -> Result<Option<i64>> {
+    let target = model(conn, id)?.ok_or(RegistryError::NoSuchModel(id))?;
+    if target.active {
+        return Ok(None);
+    }
+    if !matches!(target.status.as_str(), "ready" | "rejected") {
+        return Err(RegistryError::NotActivatable {
+            id,
+            status: target.status,
+        });
+    }
+    let previous = active_model(conn)?.map(|m| m.id);
+    switch_active(conn, id, previous, reason, now)?;
+    Ok(previous)
+}
+
+fn switch_active(
+    conn: &Connection,
+    id: i64,
+    previous: Option<i64>,
+    reason: &str,
+    now: f64,
+) -> Result<()> {
+    conn.execute("UPDATE models SET active = 0 WHERE active = 1", [])?;
+    conn.execute(
+        "UPDATE models SET active = 1, status = 'ready', activated_at = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    conn.execute(
+        "INSERT INTO model_activations (model_id, previous_id, at, reason)
+             VALUES (?1, ?2, ?3, ?4)",
+        params![id, previous, now, reason],
+    )?;
+    Ok(())
+}
+
+/// The model active before the current one was activated.
+fn previous_of(conn: &Connection, id: i64) -> Result<Option<i64>> {
+    Ok(conn
+        .query_row(
+            "SELECT previous_id FROM model_activations WHERE model_id = ?1
+             ORDER BY id DESC LIMIT 1",
+            [id],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Re-activates the model that was active before the current one. Rollbacks walk back
+/// through the history: two rollbacks return two models back. Returns (from, to).
+pub fn rollback(conn: &Connection, now: f64) -> Result<(i64, i64)> {
+    let current = active_model(conn)?.ok_or(RegistryError::NoActiveModel)?;
+    let target = previous_of(conn, current.id)?.ok_or(RegistryError::NothingToRollBack)?;
+    let row = model(conn, target)?.ok_or(RegistryError::NoSuchModel(target))?;
+    if row.status == "corrupt" || row.status == "candidate" {
+        return Err(RegistryError::NotActivatable {
+            id: target,
+            status: row.status,
+        });
+    }
+    // The model rolled back to keeps its own predecessor, so the next rollback goes further.
+    let before_target = previous_of(conn, target)?;
+    switch_active(conn, target, before_target, "rollback", now)?;
+    Ok((current.id, target))
+}
+
+/// Marks a model as made by retraining from `parent`, with a status.
+pub fn set_trained(conn: &Connection, id: i64, parent: Option<i64>, status: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE models SET kind = 'trained', parent_id = ?2, status = ?3 WHERE id = ?1",
+        params![id, parent, status],
+    )?;
+    Ok(())
+}
+
+pub fn set_status(conn: &Connection, id: i64, status: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE models SET status = ?2 WHERE id = ?1",
+        params![id, status],
+    )?;
+    Ok(())
+}
+
+pub fn set_metrics(conn: &Connection, id: i64, metrics: &Value) -> Result<()> {
+    conn.execute(
+        "UPDATE models SET metrics = ?2 WHERE id = ?1",
+        params![id, metrics.to_string()],
+    )?;
+    Ok(())
+}
+
+/// A retraining run, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub status: String,
+    pub trigger: String,
+    pub pid: i64,
+    pub parent_model_id: Option<i64>,
+    pub candidate_model_id: Option<i64>,
+    pub rule: Option<Value>,
+    pub parent_metrics: Option<Value>,
+    pub candidate_metrics: Option<Value>,
+    pub fingerprint: Option<String>,
+    pub log_path: Option<String>,
+    pub log: Option<String>,
+    pub error: Option<String>,
+}
+
+const RUN_COLUMNS: &str = "id, started_at, finished_at, status, trigger, pid, parent_model_id,
+     candidate_model_id, rule, parent_metrics, candidate_metrics, fingerprint, log_path, log,
+     error";
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
+    let json = |i: usize| -> rusqlite::Result<Option<Value>> {
+        let s: Option<String> = r.get(i)?;
+        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    };
+    Ok(RunRow {
+        id: r.get(0)?,
+        started_at: r.get(1)?,
+        finished_at: r.get(2)?,
+        status: r.get(3)?,
+        trigger: r.get(4)?,
+        pid: r.get(5)?,
+        parent_model_id: r.get(6)?,
+        candidate_model_id: r.get(7)?,
+        rule: json(8)?,
+        parent_metrics: json(9)?,
+        candidate_metrics: json(10)?,
+        fingerprint: r.get(11)?,
+        log_path: r.get(12)?,
+        log: r.get(13)?,
+        error: r.get(14)?,
+    })
+}
+
+/// Records a run as started; returns its id.
+pub fn start_run(
+    conn: &Connection,
+    trigger: &str,
+    parent: Option<i64>,
+    rule: &Value,
+    fingerprint: &str,
+    now: f64,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO retrain_runs (started_at, status, trigger, pid, parent_model_id, rule,
+                                   fingerprint)
+             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6)",
+        params![
+            now,
+            trigger,
+            std::process::id() as i64,
+            parent,
+            rule.to_string(),
+            fingerprint
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn set_run_log_path(conn: &Connection, id: i64, path: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE retrain_runs SET log_path = ?2 WHERE id = ?1",
+        params![id, path],
+    )?;
+    Ok(())
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default)]
+pub struct RunEnd<'a> {
+    /// promoted, rejected or failed.
+    pub status: &'a str,
+    pub candidate: Option<i64>,
+    pub parent_metrics: Option<&'a Value>,
+    pub candidate_metrics: Option<&'a Value>,
+    pub log: &'a str,
+    pub error: Option<&'a str>,
+}
+
+pub fn finish_run(conn: &Connection, id: i64, end: &RunEnd, now: f64) -> Result<()> {
+    conn.execute(
+        "UPDATE retrain_runs SET finished_at = ?2, status = ?3, candidate_model_id = ?4,
+             parent_metrics = ?5, candidate_metrics = ?6, log = ?7, error = ?8
+         WHERE id = ?1",
+        params![
+            id,
+            now,
+            end.status,
+            end.candidate,
+            end.parent_metrics.map(|v| v.to_string()),
+            end.candidate_metrics.map(|v| v.to_string()),
+            end.log,
+            end.error
+        ],
+    )?;
+    Ok(())
+}
+
+/// Runs, newest first; at most `limit`.
+pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM retrain_runs ORDER BY id DESC LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit as i64], run_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn run(conn: &Connection, id: i64) -> Result<Option<RunRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM retrain_runs WHERE id = ?1"),
+            [id],
+            run_row,
+        )
+        .optional()?)
+}
+
+/// The fingerprint of the newest run that finished with a decision (promoted or rejected).
+pub fn last_decided_fingerprint(conn: &Connection) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT fingerprint FROM retrain_runs WHERE status IN ('promoted', 'rejected')
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Records as failed every run still `running` whose process is gone (`alive` says whether a
+/// process id lives; this process's own runs are never stale). Returns how many.
+pub fn fail_stale_runs(conn: &Connection, alive: impl Fn(i64) -> bool, now: f64) -> Result<usize> {
+    let me = std::process::id() as i64;
+    let stale: Vec<(i64, i64, Option<String>)> = {
+        let mut stmt =
+            conn.prepare("SELECT id, pid, log_path FROM retrain_runs WHERE status = 'running'")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let mut n = 0;
+    for (id, pid, log_path) in stale {
+        if pid == me || alive(pid) {
+            continue;
+        }
+        // What the run managed to log before it died.
+        let log = log_path
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| tail(&s, LOG_KEEP))
+            .unwrap_or_default();
+        finish_run(
+            conn,
+            id,
+            &RunEnd {
+                status: "failed",
+                log: &log,
+                error: Some(&format!(
+                    "the process running it (pid {pid}) ended before the run finished \
+                     (killed or crashed); the active model was not changed"
+                )),
+                ..Default::default()
+            },
+            now,
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// How much of a run's log the database keeps (the end).
+pub const LOG_KEEP: usize = 64 * 1024;
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+pub fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[...]\n{}", &s[start..])
+}
+
+/// Whether a process id is alive (Linux: its /proc entry exists; elsewhere assumed alive
+/// unless it is this process's).
+pub fn process_alive(pid: i64) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+/// Puts back in the queue the done images with no finished caption by any model. Returns
+/// how many.
+pub fn requeue_missing(conn: &Connection, now: f64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE images SET status = 'pending', updated_at = ?1
+         WHERE status = 'done'
+           AND NOT EXISTS (SELECT 1 FROM captions c
+                           WHERE c.content_hash = images.content_hash AND c.finished = 1)",
+        [now],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::write::{self, NewModel};
+    use crate::store::Store;
+
+    fn add(conn: &Connection, hash: &str) -> i64 {
+        write::register_model(
+            conn,
+            &NewModel {
+                content_hash: hash,
+                path: &format!("/m/{hash}.safetensors"),
+                name: hash,
+                config_json: "{}",
+                provenance_json: "{}",
+            },
+            1.0,
+        )
+        .unwrap()
+    }
+
+    fn active(conn: &Connection) -> i64 {
+        active_model(conn).unwrap().unwrap().id
+    }
+
+    #[test]
+    fn activate_and_rollback_walk_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db")).unwrap();
+        let c = store.conn();
+        let (a, b, x) = (add(c, "a"), add(c, "b"), add(c, "x"));
+        assert!(matches!(
+            rollback(c, 1.0),
+            Err(RegistryError::NoActiveModel)
+        ));
+        assert_eq!(activate(c, a, "start", 1.0).unwrap(), None);
+        assert!(matches!(
+            rollback(c, 1.0),
+            Err(RegistryError::NothingToRollBack)
+        ));
+        assert_eq!(activate(c, b, "retrain", 2.0).unwrap(), Some(a));
+        assert_eq!(activate(c, b, "retrain", 2.5).unwrap(), None, "no-op");
+        set_trained(c, x, Some(b), "ready").unwrap();
+        assert_eq!(activate(c, x, "activate", 3.0).unwrap(), Some(b));
+        // x -> b -> a, then nothing further.
+        assert_eq!(rollback(c, 4.0).unwrap(), (x, b));
+        assert_eq!(active(c), b);
+        assert_eq!(rollback(c, 5.0).unwrap(), (b, a));
+        assert_eq!(active(c), a);
+        assert!(matches!(
+            rollback(c, 6.0),
+            Err(RegistryError::NothingToRollBack)
+        ));
+        let one: i64 = c
+            .query_row("SELECT count(*) FROM models WHERE active = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(one, 1);
+        let row = model(c, x).unwrap().unwrap();
+        assert_eq!(
+            (row.kind.as_str(), row.parent_id, row.active),
+            ("trained", Some(b), false)
+        );
+        assert!(matches!(
+            activate(c, 99, "activate", 7.0),
+            Err(RegistryError::NoSuchModel(99))
+        ));
+    }
+
+    #[test]
+    fn corrupt_and_candidate_models_are_never_activated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db")).unwrap();
+        let c = store.conn();
+        let (a, bad, cand, rej) = (add(c, "a"), add(c, "bad"), add(c, "cand"), add(c, "rej"));
+        activate(c, a, "start", 1.0).unwrap();
+        set_trained(c, bad, Some(a), "corrupt").unwrap();
+        set_trained(c, cand, Some(a), "candidate").unwrap();
+        set_trained(c, rej, Some(a), "rejected").unwrap();
+        for id in [bad, cand] {
+            let e = activate(c, id, "activate", 2.0).unwrap_err();
+            assert!(matches!(e, RegistryError::NotActivatable { .. }), "{e}");
+        }
+        assert_eq!(active(c), a);
+        // A rejected model may still be chosen by hand; it becomes ready.
+        assert_eq!(activate(c, rej, "activate", 3.0).unwrap(), Some(a));
+        assert_eq!(model(c, rej).unwrap().unwrap().status, "ready");
+    }
+
+    #[test]
+    fn runs_are_recorded_and_stale_ones_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db")).unwrap();
+        let c = store.conn();
+        let a = add(c, "a");
+        let b = add(c, "b");
+        let rule = serde_json::json!({"metric": "cider_d", "margin": 0.1});
+        let r1 = start_run(c, "schedule", Some(a), &rule, "fp1", 1.0).unwrap();
+        let scores = serde_json::json!({"cider_d": 0.5});
+        finish_run(
+            c,
+            r1,
+            &RunEnd {
+                status: "rejected",
+                candidate: Some(b),
+                parent_metrics: Some(&scores),
+                candidate_metrics: Some(&scores),
+                log: "trained",
+                error: None,
+            },
+            2.0,
+        )
+        .unwrap();
+        assert_eq!(last_decided_fingerprint(c).unwrap().as_deref(), Some("fp1"));
+        // A run left `running` by a process that died, with its log file.
+        let r2 = start_run(c, "manual", Some(a), &rule, "fp2", 3.0).unwrap();
+        let log = dir.path().join("run.log");
+        std::fs::write(&log, "epoch 0 started\n").unwrap();
+        set_run_log_path(c, r2, log.to_str().unwrap()).unwrap();
+        c.execute(
+            "UPDATE retrain_runs SET pid = 999999999 WHERE id = ?1",
+            [r2],
+        )
+        .unwrap();
+        // Ours (this process) is left alone.
+        let r3 = start_run(c, "manual", Some(a), &rule, "fp3", 3.0).unwrap();
+        assert_eq!(fail_stale_runs(c, |_| false, 4.0).unwrap(), 1);
+        let runs = list_runs(c, 10).unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![r3, r2, r1]
+        );
+        let dead = run(c, r2).unwrap().unwrap();
+        assert_eq!(dead.status, "failed");
+        assert!(dead.error.unwrap().contains("killed or crashed"));
+        assert_eq!(dead.log.as_deref(), Some("epoch 0 started\n"));
+        assert_eq!(run(c, r3).unwrap().unwrap().status, "running");
+        assert_eq!(run(c, r1).unwrap().unwrap().candidate_metrics, Some(scores));
+        // Failed runs do not count as decided.
+        assert_eq!(last_decided_fingerprint(c).unwrap().as_deref(), Some("fp1"));
+        let m = list_models(c).unwrap();
+        assert_eq!(m[1].run_id, Some(r1));
+    }
+
+    #[test]
+    fn requeue_missing_takes_images_without_a_finished_caption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db")).unwrap();
+        let c = store.conn();
+        let a = add(c, "a");
+        let tokens: Vec<String> = vec!["<start>".into(), "x".into()];
+        for (hash, finished) in [("h1", true), ("h2", false)] {
+            write::insert_caption(
+                c,
+                &write::NewCaption {
+                    content_hash: hash,
+                    model_id: a,
+                    text: "x",
+                    tokens: &tokens,
+                    token_ids: &[1, 2],
+                    score: -1.0,
+                    finished,
+                    beam_size: 1,
+                    alphas: &[],
+                    grid: 1,
+                },
+                1.0,
+            )
+            .unwrap();
+            write::mark_done(
+                c,
+                &write::ReadImage {
+                    path: &format!("/{hash}.jpg"),
+                    size: 1,
+                    mtime_ns: 1,
+                    content_hash: hash,
+                    width: 1,
+                    height: 1,
+                },
+                1.0,
+            )
+            .unwrap();
+        }
+        assert_eq!(requeue_missing(c, 2.0).unwrap(), 1);
+        let s = write::image_state(c, "/h2.jpg").unwrap().unwrap();
+        assert_eq!(s.status, write::ImageStatus::Pending);
+        assert_eq!(tail("abcdef", 3), "[...]\ndef");
+    }
+}
