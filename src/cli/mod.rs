@@ -1,9 +1,11 @@
 //! Subcommands. Each file holds one subcommand's arguments and its `run`.
 
 pub mod bench;
+pub mod bench_train;
 pub mod caption;
 pub mod import;
 pub mod model;
+pub mod parity;
 pub mod score;
 
 use std::path::PathBuf;
