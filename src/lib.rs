@@ -7,14 +7,17 @@
 //! - [`metrics`]: BLEU, CIDEr-D, ROUGE-L and METEOR as the reference scorers compute them.
 //! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
 //! - [`store`]: the SQLite store (migrations, queries).
-//! - [`daemon`]: the folder-watching captioning pipeline.
+//! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings.
 //! - [`viz`]: attention pictures.
 
+pub mod config;
+pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod pth;
 pub mod rng;
+pub mod store;
 pub mod train;
 pub mod viz;

@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); GAZE_LOG overrides.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace; default info); GAZE_LOG overrides, except
+    /// for `watch`, where this flag overrides GAZE_LOG and the config file.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,17 +38,38 @@ enum Command {
     Bench(cli::bench::BenchCommand),
     /// Score COCO-format results against a Karpathy split (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D).
     Score(cli::score::ScoreArgs),
+    /// Make the tutorial's training files (HDF5 images, JSON captions) from Karpathy's split JSON.
+    Prepare(cli::prepare::PrepareArgs),
+    /// Write a captioned synthetic dataset (Karpathy JSON and JPEG images).
+    Synth(cli::synth::SynthArgs),
+    /// Train a captioning model on prepared files (the tutorial's training, with real validation).
+    Train(cli::train::TrainArgs),
+    /// Watch folders and caption images as they arrive, into SQLite.
+    Watch(cli::watch::WatchArgs),
+    /// Show the captioning store's counts, rate, backlog and active model.
+    Status(cli::status::StatusArgs),
+    /// Find captions by path, words, recency or id; list failures; draw attention.
+    Query(cli::query::QueryArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(&cli.log_level);
+    // `watch` sets up logging itself, from its layered settings.
+    if !matches!(cli.command, Command::Watch(_)) {
+        cli::init_logging(cli.log_level.as_deref().unwrap_or("info"));
+    }
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
         Command::Import(args) => cli::import::run(args),
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Score(args) => cli::score::run(args),
+        Command::Prepare(args) => cli::prepare::run(args),
+        Command::Synth(args) => cli::synth::run(args),
+        Command::Train(args) => cli::train::run(args),
+        Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
+        Command::Status(args) => cli::status::run(args),
+        Command::Query(args) => cli::query::run(args),
     };
     match result {
         Ok(code) => code,

@@ -58,10 +58,17 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
 
 #[test]
 fn encoder_output_matches_pytorch() {
-    let model = load_model();
+    let mut model = load_model();
+    model
+        .encoder
+        .set_inference_path(gaze::model::encoder::InferencePath::Auto);
     let exp = expected();
+    // The default inference path on the CPU is the CPU engine; check it and the reference.
+    assert!(model.encoder.prepare_inference().unwrap());
     let out = model.encoder.forward(&exp["tf_images"]).unwrap();
-    assert_close("encoder_out", &out, &exp["encoder_out"]);
+    assert_close("encoder_out (CPU engine)", &out, &exp["encoder_out"]);
+    let out = model.encoder.forward_reference(&exp["tf_images"]).unwrap();
+    assert_close("encoder_out (reference)", &out, &exp["encoder_out"]);
 }
 
 #[test]
@@ -84,13 +91,21 @@ fn bottleneck_encoder_matches_pytorch() {
         dropout: 0.0,
     };
     let weights = Weights::new(tensors, &Device::Cpu);
-    let encoder = gaze::model::Encoder::load(&weights.pp("encoder"), &cfg);
+    let mut encoder = gaze::model::Encoder::load(&weights.pp("encoder"), &cfg);
+    encoder.set_inference_path(gaze::model::encoder::InferencePath::Auto);
     weights
         .check(Path::new("bottleneck_encoder.safetensors"))
         .unwrap();
+    assert!(encoder.prepare_inference().unwrap());
     let out = encoder.forward(&exp["images"]).unwrap();
     assert_close(
-        "bottleneck_encoder_out",
+        "bottleneck_encoder_out (CPU engine)",
+        &out,
+        &exp["bottleneck_encoder_out"],
+    );
+    let out = encoder.forward_reference(&exp["images"]).unwrap();
+    assert_close(
+        "bottleneck_encoder_out (reference)",
         &out,
         &exp["bottleneck_encoder_out"],
     );

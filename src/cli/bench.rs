@@ -62,6 +62,12 @@ pub struct CaptionBench {
 pub struct EncoderBench {
     #[command(flatten)]
     pub common: CommonBench,
+    /// Also measure the reference path (candle ops) and report how far the outputs differ.
+    #[arg(long)]
+    pub reference: bool,
+    /// Timed repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
@@ -108,6 +114,15 @@ fn machine() -> String {
     format!("{cpu}, {} threads", rayon::current_num_threads())
 }
 
+/// CPU seconds this process has used (user + system), where the OS tells (Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn encoder(b: EncoderBench) -> Result<ExitCode> {
     let c = &b.common;
     let model = build(c, 100)?;
@@ -119,19 +134,75 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         c.device,
         machine()
     );
-    println!("{:>6} {:>10} {:>10}", "batch", "images/s", "s/image");
+    let t = Instant::now();
+    let engine = model.encoder.prepare_inference()?;
+    if engine {
+        println!(
+            "inference path: CPU engine (built in {:.2} s)",
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("inference path: reference");
+    }
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>14}",
+        "batch", "path", "images/s", "s/image", "cpu-s/image"
+    );
     for &bs in &c.batch_sizes {
         let x = random_images(bs, c.image_size, &model)?;
-        model.encoder.forward(&x)?; // warm-up
         let rounds = c.images.div_ceil(bs).max(1);
-        let t = Instant::now();
-        for _ in 0..rounds {
-            let y = model.encoder.forward(&x)?;
-            y.device().synchronize()?;
+        let mut paths: Vec<(&str, bool)> = vec![("default", false)];
+        if b.reference {
+            paths.push(("reference", true));
         }
-        let secs = t.elapsed().as_secs_f64();
-        let n = (rounds * bs) as f64;
-        println!("{bs:>6} {:>10.2} {:>10.4}", n / secs, secs / n);
+        let mut outputs = Vec::new();
+        for (name, reference) in paths {
+            let forward = |x: &candle_core::Tensor| {
+                if reference {
+                    model.encoder.forward_reference(x)
+                } else {
+                    model.encoder.forward(x)
+                }
+            };
+            outputs.push(forward(&x)?); // warm-up
+            let mut times = Vec::new();
+            let mut cpu_times = Vec::new();
+            for _ in 0..b.repeats.max(1) {
+                let cpu = process_cpu_seconds();
+                let t = Instant::now();
+                for _ in 0..rounds {
+                    let y = forward(&x)?;
+                    y.device().synchronize()?;
+                }
+                times.push(t.elapsed().as_secs_f64());
+                if let (Some(before), Some(after)) = (cpu, process_cpu_seconds()) {
+                    cpu_times.push(after - before);
+                }
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied()
+            };
+            let secs = median(&mut times).expect("at least one repeat");
+            let n = (rounds * bs) as f64;
+            let cpu = median(&mut cpu_times)
+                .map(|c| format!("{:.4}", c / n))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{bs:>6} {name:>10} {:>10.2} {:>10.4} {cpu:>14}",
+                n / secs,
+                secs / n
+            );
+        }
+        if let [fast, reference] = &outputs[..] {
+            let diff = (fast - reference)?.abs()?.flatten_all()?.max(0)?;
+            let scale = reference.abs()?.flatten_all()?.max(0)?;
+            let (diff, scale) = (diff.to_scalar::<f32>()?, scale.to_scalar::<f32>()?);
+            println!(
+                "{bs:>6} max |default - reference| = {diff:.3e} (largest |reference| {scale:.3e}, ratio {:.1e})",
+                diff / scale.max(f32::MIN_POSITIVE)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

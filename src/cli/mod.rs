@@ -6,7 +6,13 @@ pub mod caption;
 pub mod import;
 pub mod model;
 pub mod parity;
+pub mod prepare;
+pub mod query;
 pub mod score;
+pub mod status;
+pub mod synth;
+pub mod train;
+pub mod watch;
 
 use std::path::PathBuf;
 

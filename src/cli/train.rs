@@ -122,9 +122,30 @@ impl HyperArgs {
             ($($field:ident),*) => {$( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )*};
         }
         set!(
-            encoder, epochs, batch_size, seed, emb_dim, attention_dim, decoder_dim, dropout, encoded_image_size, workers,
-            encoder_lr, decoder_lr, grad_clip, alpha_c, patience, lr_decay_every, lr_decay_factor, val_beam_size,
-            sampling_start, sampling_end, sampling_epochs, feature_cache, cache_memory_gib, device
+            encoder,
+            epochs,
+            batch_size,
+            seed,
+            emb_dim,
+            attention_dim,
+            decoder_dim,
+            dropout,
+            encoded_image_size,
+            workers,
+            encoder_lr,
+            decoder_lr,
+            grad_clip,
+            alpha_c,
+            patience,
+            lr_decay_every,
+            lr_decay_factor,
+            val_beam_size,
+            sampling_start,
+            sampling_end,
+            sampling_epochs,
+            feature_cache,
+            cache_memory_gib,
+            device
         );
         if self.encoder_weights.is_some() {
             cfg.encoder_weights = self.encoder_weights.clone();
@@ -150,8 +171,10 @@ impl HyperArgs {
 pub fn config_from(config_file: Option<&PathBuf>, hyper: &HyperArgs) -> Result<TrainConfig> {
     let mut cfg = match config_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            TrainConfig::from_toml(&text).with_context(|| format!("{}: bad training configuration", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            TrainConfig::from_toml(&text)
+                .with_context(|| format!("{}: bad training configuration", path.display()))?
         }
         None => TrainConfig::default(),
     };
@@ -161,7 +184,7 @@ pub fn config_from(config_file: Option<&PathBuf>, hyper: &HyperArgs) -> Result<T
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let cfg = config_from(args.config.as_ref(), &args.hyper)?;
-    let data = super::prepared::load_train_data(&args.data_folder, &args.data_name)?;
+    let data = gaze::train::TrainData::from_prepared(&args.data_folder, &args.data_name)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -173,7 +196,12 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit at once)");
         });
     }
-    let opts = TrainOptions { out_dir: args.out.clone(), checkpoint: args.checkpoint.clone(), stop, progress: !args.quiet };
+    let opts = TrainOptions {
+        out_dir: args.out.clone(),
+        checkpoint: args.checkpoint.clone(),
+        stop,
+        progress: !args.quiet,
+    };
     let outcome = gaze::train::train(&cfg, &data, &opts)?;
     let why = match outcome.stop {
         StopReason::Epochs => "all epochs done",
@@ -185,11 +213,19 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         "training stopped ({why}) at epoch {}; best validation BLEU-4 {:.4} (epoch {})",
         outcome.state.epoch,
         outcome.state.best_score,
-        outcome.state.best_epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into())
+        outcome
+            .state
+            .best_epoch
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "-".into())
     );
     println!("checkpoint: {}", outcome.checkpoint.display());
     if let Some(best) = &outcome.best {
         println!("best model: {}", best.display());
     }
-    Ok(if outcome.stop == StopReason::Interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+    Ok(if outcome.stop == StopReason::Interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

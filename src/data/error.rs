@@ -21,6 +21,12 @@ pub enum DataError {
     WordMap { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error("{path}: already exists; refusing to overwrite it")]
+    Exists { path: PathBuf },
+    #[error("building a batch tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Hdf5(#[from] super::hdf5::Hdf5Error),
 }
 
 impl DataError {

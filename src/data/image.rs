@@ -56,8 +56,15 @@ pub fn decode_bytes(
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| fail(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(fail("not a recognised image format".into()));
+    match reader.format() {
+        None => return Err(fail("not a recognised image format".into())),
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            // The JPEG decoder pads missing data with grey instead of failing.
+            return Err(fail(
+                "the JPEG data is truncated (no end-of-image marker after the image data)".into(),
+            ));
+        }
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
     let (w, h) = decoder.dimensions();
@@ -77,6 +84,29 @@ pub fn decode_bytes(
         img.apply_orientation(o);
     }
     Ok(img)
+}
+
+/// True when a JPEG stream has an end-of-image marker after the start of its image data.
+/// Marker segments before the first scan (EXIF thumbnails among them) are skipped by length,
+/// so an embedded thumbnail's end marker does not count; inside scan data 0xFF is always
+/// followed by 0x00 or a restart marker, so 0xFF 0xD9 there is the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    let scan_start = loop {
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(0xFF), Some(0xDA)) => break i,
+            (Some(0xFF), Some(_)) => match bytes.get(i + 2..i + 4) {
+                Some(len) => i += 2 + u16::from_be_bytes([len[0], len[1]]) as usize,
+                None => return false,
+            },
+            // Not a marker where one should be: leave the judgement to the decoder.
+            _ => return true,
+        }
+    };
+    bytes[scan_start..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// RGB at `size`x`size` (bilinear with antialiasing, as PIL's resize).
@@ -162,6 +192,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("broken.jpg"), "{e}");
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        // Noisy enough that most of the file is scan data.
+        let img = RgbImage::from_fn(200, 150, |x, y| {
+            let n = (x * 7919 + y * 104_729) % 251;
+            image::Rgb([n as u8, (x + n) as u8, (y * 3) as u8])
+        });
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
+        let opts = DecodeOptions::default();
+        assert!(decode_bytes(&bytes, Path::new("whole.jpg"), &opts).is_ok());
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"trailing bytes some writers leave");
+        assert!(decode_bytes(&trailing, Path::new("trailing.jpg"), &opts).is_ok());
+        for cut in [bytes.len() - 2, bytes.len() * 3 / 4] {
+            let e = decode_bytes(&bytes[..cut], Path::new("cut.jpg"), &opts)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cut.jpg") && e.contains("truncated"), "{e}");
+        }
     }
 
     #[test]

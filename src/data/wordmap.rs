@@ -122,13 +122,16 @@ impl WordMap {
     /// Builds the tutorial's word map from words in order of first appearance with their
     /// counts: words with count > `min_word_freq` get ids 1.., then `<unk>`, `<start>`, `<end>`,
     /// and `<pad>` = 0.
+    ///
+    /// A token spelled like a special token (`<unk>`, ...) is left out: the tutorial would
+    /// overwrite its id and produce a map with two words on one id.
     pub fn from_counts<'a>(
         counts: impl IntoIterator<Item = (&'a str, usize)>,
         min_word_freq: usize,
     ) -> Self {
         let mut pairs: Vec<(String, u32)> = Vec::new();
         for (word, count) in counts {
-            if count > min_word_freq {
+            if count > min_word_freq && ![UNK, START, END, PAD].contains(&word) {
                 pairs.push((word.to_string(), pairs.len() as u32 + 1));
             }
         }
@@ -190,7 +193,8 @@ impl WordMap {
         out
     }
 
-    /// JSON in the layout Python's `json.dump(word_map, f)` writes (`{"a": 1, "b": 2}`).
+    /// JSON in the layout Python's `json.dump(word_map, f)` writes (`{"a": 1, "b": 2}`, non-ASCII
+    /// escaped as `\uXXXX`), byte for byte.
     pub fn to_json_string(&self) -> String {
         let mut s = String::with_capacity(self.words.len() * 12);
         s.push('{');
@@ -198,7 +202,7 @@ impl WordMap {
             if i > 0 {
                 s.push_str(", ");
             }
-            s.push_str(&serde_json::to_string(word).expect("a string serialises"));
+            super::pyjson::push_str(&mut s, word);
             s.push_str(": ");
             s.push_str(&id.to_string());
         }
@@ -232,7 +236,16 @@ mod tests {
         let back =
             WordMap::from_json_bytes(wm.to_json_string().as_bytes(), Path::new("x")).unwrap();
         assert_eq!(back, wm);
+        // json.dumps({"café": 1, ...}) escapes non-ASCII; special-looking tokens are left out.
         assert_eq!(wm.decode(&[4, 1, 2, 3, 5, 0]), vec!["a", "dog", "<unk>"]);
+        let accented = WordMap::from_counts([("café", 2), ("<end>", 9)], 1);
+        let json = accented.to_json_string();
+        assert_eq!(
+            json,
+            r#"{"caf\u00e9": 1, "<unk>": 2, "<start>": 3, "<end>": 4, "<pad>": 0}"#
+        );
+        let back = WordMap::from_json_bytes(json.as_bytes(), Path::new("x")).unwrap();
+        assert_eq!(back.id("café"), Some(1));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! What training reads: prepared splits (images by index, encoded captions and lengths).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use crate::data::hdf5::{ImagesFile, IMAGE_SHAPE};
 use crate::data::image::normalize_chw;
-use crate::data::{DataError, WordMap};
+use crate::data::karpathy::Split;
+use crate::data::{DataError, PreparedSplit, WordMap};
 
 /// Images of a split, read one at a time by index (never the whole file).
 pub trait ImageStore: Send + Sync {
@@ -38,7 +41,51 @@ pub struct TrainData {
     pub data_name: String,
 }
 
+/// The tutorial's HDF5 images file, read by positioned reads (safe from many threads).
+impl ImageStore for ImagesFile {
+    fn len(&self) -> usize {
+        ImagesFile::len(self)
+    }
+    fn side(&self) -> usize {
+        IMAGE_SHAPE[1] as usize
+    }
+    fn read_chw(&self, index: usize, out: &mut [u8]) -> Result<(), DataError> {
+        Ok(self.read_image_into(index, out)?)
+    }
+}
+
+impl TrainData {
+    /// Opens and checks the train and val splits of the prepared set `base` in `folder` (the
+    /// tutorial's file names), sharing one word map.
+    pub fn from_prepared(folder: &Path, base: &str) -> Result<Self, DataError> {
+        let train = PreparedSplit::open(folder, base, Split::Train)?;
+        let word_map = train.word_map().clone();
+        let val =
+            PreparedSplit::open_with_word_map(train.files().clone(), Split::Val, word_map.clone())?;
+        Ok(TrainData {
+            word_map: (*word_map).clone(),
+            train: SplitData::from_prepared(train),
+            val: SplitData::from_prepared(val),
+            data_name: base.to_string(),
+        })
+    }
+}
+
 impl SplitData {
+    /// Takes a checked prepared split's images and captions.
+    pub fn from_prepared(split: PreparedSplit) -> Self {
+        let n = split.caption_count();
+        let captions = (0..n).map(|i| split.caption(i).to_vec()).collect();
+        let lengths = (0..n).map(|i| split.caption_len(i) as usize).collect();
+        let captions_per_image = split.captions_per_image();
+        SplitData {
+            images: Arc::new(split.into_images()),
+            captions,
+            lengths,
+            captions_per_image,
+        }
+    }
+
     pub fn num_images(&self) -> usize {
         self.images.len()
     }

@@ -13,4 +13,5 @@ pub mod trainer;
 pub mod validate;
 
 pub use config::TrainConfig;
+pub use data::{SplitData, TrainData};
 pub use trainer::{train, StopReason, TrainError, TrainOptions, TrainOutcome};

@@ -1,12 +1,31 @@
 //! The image encoder: a CNN backbone with spatial output, then adaptive average pooling to an
 //! `S x S` grid, laid out `(N, S, S, C)` as the tutorial's `Encoder.forward` returns it.
+//!
+//! Two implementations compute the same function. The reference path (candle ops) serves
+//! training (autograd, BatchNorm batch statistics), CUDA and every dtype. Inference on the CPU
+//! in f32 runs the [`cpu`] engine instead, several times faster, unless the reference path is
+//! asked for ([`InferencePath`], or `GAZE_ENCODER_PATH=reference` in the environment).
+//!
+//! The engine is a snapshot of the weights (BatchNorm folded into the convolutions). It is
+//! built on first use and cached with a fingerprint (BLAKE3) of every tensor that can change
+//! in place: candle `Var`s, which is what training updates (trainable weights, BatchNorm running
+//! statistics). Each inference forward recomputes the fingerprint and rebuilds the engine when
+//! it differs, so an engine is never used after the weights it was built from have changed.
+//! Plain tensors cannot change through candle's safe API short of `slice_set`; whoever mutates
+//! weights that way must call [`Encoder::invalidate_inference_cache`]. The check costs little
+//! for a frozen encoder (only the small BatchNorm statistics are hashed); while fine-tuning it
+//! hashes the trainable weights on each inference call.
 
+pub mod cpu;
 pub mod depthwise;
 pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 
-use candle_core::{DType, Device, Result, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 use super::config::{EncoderConfig, ModelConfig};
 use super::weights::WeightsView;
@@ -23,6 +42,12 @@ pub trait Backbone: Send + Sync {
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
+    /// An inference-only CPU engine built from the current tensors, if the backbone has one.
+    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+        None
+    }
+    /// Calls `f` on every tensor the CPU engine is built from.
+    fn for_each_tensor(&self, _f: &mut dyn FnMut(&Tensor)) {}
 }
 
 impl Backbone for efficientnet::EfficientNetLite {
@@ -53,12 +78,60 @@ impl Backbone for resnet::ResNet {
             .flat_map(|bn| bn.buffers())
             .collect()
     }
+    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+        Some(cpu::CpuEncoder::from_resnet(self))
+    }
+    fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
+        resnet::ResNet::for_each_tensor(self, f)
+    }
+}
+
+/// Which implementation runs inference-mode forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferencePath {
+    /// The CPU engine for f32 images when the encoder's weights are on the CPU and the backbone
+    /// has an engine; the reference path otherwise.
+    Auto,
+    /// Always candle's ops, as in training.
+    Reference,
+}
+
+/// Environment variable that picks the default [`InferencePath`]: `reference` or `auto`.
+pub const INFERENCE_PATH_ENV: &str = "GAZE_ENCODER_PATH";
+
+impl InferencePath {
+    /// From [`INFERENCE_PATH_ENV`]; `Auto` when unset or unrecognised (with a warning).
+    pub fn from_env() -> Self {
+        match std::env::var(INFERENCE_PATH_ENV) {
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "reference" | "ref" => InferencePath::Reference,
+                "auto" | "fast" | "" => InferencePath::Auto,
+                other => {
+                    tracing::warn!(
+                        value = other,
+                        "{INFERENCE_PATH_ENV} is neither \"reference\" nor \"auto\"; using auto"
+                    );
+                    InferencePath::Auto
+                }
+            },
+            Err(_) => InferencePath::Auto,
+        }
+    }
+}
+
+/// A built engine and the fingerprint of the tensors it was built from.
+struct CachedEngine {
+    fingerprint: blake3::Hash,
+    engine: Arc<cpu::CpuEncoder>,
 }
 
 /// Backbone plus adaptive average pooling.
 pub struct Encoder {
     backbone: Box<dyn Backbone>,
     encoded_size: usize,
+    device: Device,
+    path: InferencePath,
+    engine: Mutex<Option<CachedEngine>>,
 }
 
 impl Encoder {
@@ -78,7 +151,19 @@ impl Encoder {
         Encoder {
             backbone,
             encoded_size: cfg.encoded_image_size,
+            device: w.device().clone(),
+            path: InferencePath::from_env(),
+            engine: Mutex::new(None),
         }
+    }
+
+    /// The implementation inference forwards use.
+    pub fn inference_path(&self) -> InferencePath {
+        self.path
+    }
+
+    pub fn set_inference_path(&mut self, path: InferencePath) {
+        self.path = path;
     }
 
     pub fn out_channels(&self) -> usize {
@@ -94,17 +179,133 @@ impl Encoder {
         self.encoded_size
     }
 
-    /// `(N, 3, H, W)` normalised images to `(N, S, S, C)` features.
+    /// `(N, 3, H, W)` normalised images to `(N, S, S, C)` features. Inference (`!train`) of
+    /// f32 images on the CPU runs the CPU engine unless the path is `Reference`.
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && self.uses_engine_for(images) {
+            if let Some(engine) = self.current_engine()? {
+                return engine
+                    .forward(images, self.encoded_size)
+                    .map_err(candle_core::Error::wrap);
+            }
+        }
+        self.forward_reference_t(images, train)
+    }
+
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        self.forward_t(images, false)
+    }
+
+    /// The reference path (candle ops) whatever the settings.
+    pub fn forward_reference_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let map = self.backbone.forward_t(images, train)?;
         let pooled = adaptive_avg_pool_nhwc(&map, self.encoded_size)?;
         let (n, _, c) = pooled.dims3()?;
         pooled.reshape((n, self.encoded_size, self.encoded_size, c))
     }
 
-    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        self.forward_t(images, false)
+    /// Inference through the reference path.
+    pub fn forward_reference(&self, images: &Tensor) -> Result<Tensor> {
+        self.forward_reference_t(images, false)
     }
+
+    /// Builds the CPU engine now (if inference would use one), so that the first forward does
+    /// not pay for it. Returns whether an engine is ready.
+    pub fn prepare_inference(&self) -> Result<bool> {
+        if self.path == InferencePath::Reference || !self.device.is_cpu() {
+            return Ok(false);
+        }
+        Ok(self.current_engine()?.is_some())
+    }
+
+    /// Drops the cached engine; the next inference forward builds a fresh one. Needed only after
+    /// changing weights in place by means other than a `Var` (see the module docs).
+    pub fn invalidate_inference_cache(&self) {
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn uses_engine_for(&self, images: &Tensor) -> bool {
+        self.path == InferencePath::Auto
+            && self.device.is_cpu()
+            && images.device().is_cpu()
+            && images.dtype() == DType::F32
+    }
+
+    /// The cached engine if its fingerprint still matches the tensors, else a fresh one;
+    /// `None` when the backbone has no engine.
+    fn current_engine(&self) -> Result<Option<Arc<cpu::CpuEncoder>>> {
+        let mut cache = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let fingerprint = self.fingerprint()?;
+        if let Some(cached) = cache.as_ref() {
+            if cached.fingerprint == fingerprint {
+                return Ok(Some(cached.engine.clone()));
+            }
+        }
+        // Free the stale engine before building its replacement.
+        *cache = None;
+        let Some(built) = self.backbone.cpu_engine() else {
+            return Ok(None);
+        };
+        let engine = Arc::new(built.map_err(candle_core::Error::wrap)?);
+        *cache = Some(CachedEngine {
+            fingerprint,
+            engine: engine.clone(),
+        });
+        Ok(Some(engine))
+    }
+
+    /// BLAKE3 over the contents of every backbone tensor that is a `Var` (see the module docs).
+    fn fingerprint(&self) -> Result<blake3::Hash> {
+        let mut vars = Vec::new();
+        self.backbone.for_each_tensor(&mut |t| {
+            if t.is_variable() {
+                vars.push(t.clone());
+            }
+        });
+        let hashes = vars
+            .par_iter()
+            .map(hash_tensor)
+            .collect::<Result<Vec<_>>>()?;
+        let mut all = blake3::Hasher::new();
+        all.update(&(hashes.len() as u64).to_le_bytes());
+        for h in &hashes {
+            all.update(h.as_bytes());
+        }
+        Ok(all.finalize())
+    }
+}
+
+/// BLAKE3 of a tensor's values (as f32) and shape.
+fn hash_tensor(t: &Tensor) -> Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    for d in t.dims() {
+        hasher.update(&(*d as u64).to_le_bytes());
+    }
+    let mut feed = |values: &[f32]| {
+        // Through a stack buffer: bytes without unsafe casts.
+        let mut bytes = [0u8; 4096];
+        for chunk in values.chunks(1024) {
+            for (b, v) in bytes.chunks_exact_mut(4).zip(chunk) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            hasher.update(&bytes[..chunk.len() * 4]);
+        }
+    };
+    let direct = {
+        let (storage, layout) = t.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => {
+                feed(&v[start..end]);
+                true
+            }
+            _ => false,
+        }
+    };
+    if !direct {
+        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        feed(&values);
+    }
+    Ok(hasher.finalize())
 }
 
 /// PyTorch's `AdaptiveAvgPool1d` bins as a `(out, in)` averaging matrix: bin `i` spans

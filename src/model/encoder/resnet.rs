@@ -32,9 +32,9 @@ pub fn torchvision_to_tutorial(name: &str) -> Option<String> {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    convs: Vec<(Conv, BatchNorm)>,
-    downsample: Option<(Conv, BatchNorm)>,
+pub struct Block {
+    pub(super) convs: Vec<(Conv, BatchNorm)>,
+    pub(super) downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl Block {
@@ -87,9 +87,9 @@ impl Block {
 /// A ResNet trunk: stem (conv 7x7/2, BN, ReLU, max-pool 3x3/2) then four stages.
 #[derive(Debug, Clone)]
 pub struct ResNet {
-    conv1: Conv,
-    bn1: BatchNorm,
-    layers: [Vec<Block>; 4],
+    pub(super) conv1: Conv,
+    pub(super) bn1: BatchNorm,
+    pub(super) layers: [Vec<Block>; 4],
     out_channels: usize,
 }
 
@@ -135,6 +135,24 @@ impl ResNet {
             out.extend(block.downsample.iter().map(|(_, bn)| bn));
         }
         out
+    }
+
+    /// Calls `f` on every tensor of the network (weights and BatchNorm statistics).
+    pub fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
+        let mut visit = |conv: &Conv, bn: &BatchNorm| {
+            f(&conv.weight);
+            let (weight, bias) = bn.weight_and_bias();
+            f(weight);
+            f(bias);
+            f(bn.running_mean());
+            f(bn.running_var());
+        };
+        visit(&self.conv1, &self.bn1);
+        for block in self.layers.iter().flatten() {
+            for (conv, bn) in block.convs.iter().chain(&block.downsample) {
+                visit(conv, bn);
+            }
+        }
     }
 
     /// NCHW images to the NCHW feature map of `layer4` (stride 32).

@@ -1,0 +1,274 @@
+//! `gaze query`: captions by path, words (full-text search), recency or image id, and
+//! failures; as a table, JSON or CSV; optionally the attention picture redrawn from the stored
+//! weights. Opens the database read-only, so it runs beside the daemon. Exit 1 when nothing
+//! matches.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args, ValueEnum};
+use gaze::data::image::{decode_bytes, DecodeOptions};
+use gaze::store::read::{self, ResultRow, Selection};
+use gaze::store::Store;
+use image::{Rgb, RgbImage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+#[command(group(
+    ArgGroup::new("selection")
+        .required(true)
+        .args(["path", "search", "recent", "image_id", "failed"])
+))]
+pub struct QueryArgs {
+    /// The SQLite database.
+    #[arg(long, value_name = "FILE", env = "GAZE_DB", default_value = "gaze.db")]
+    pub db: PathBuf,
+    /// The captions of one image file.
+    #[arg(long, value_name = "FILE")]
+    pub path: Option<PathBuf>,
+    /// Captions holding all these words (stemmed: "dogs" finds "dog"), best match first.
+    #[arg(long, value_name = "WORDS", num_args = 1..)]
+    pub search: Option<Vec<String>>,
+    /// The N most recently captioned images.
+    #[arg(long, value_name = "N")]
+    pub recent: Option<usize>,
+    /// One image by its id.
+    #[arg(long, value_name = "ID")]
+    pub image_id: Option<i64>,
+    /// Images that failed, with the reason.
+    #[arg(long)]
+    pub failed: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Redraw the attention picture from the stored weights: OUT is the PNG file when one
+    /// caption matches, otherwise a folder receiving image-<id>-caption-<id>.png per caption.
+    #[arg(long, value_name = "OUT")]
+    pub attention_png: Option<PathBuf>,
+}
+
+impl QueryArgs {
+    fn selection(&self) -> Result<Selection> {
+        Ok(if let Some(p) = &self.path {
+            let abs = match std::fs::canonicalize(p) {
+                Ok(c) => c,
+                Err(_) if p.is_absolute() => p.clone(),
+                Err(_) => std::env::current_dir()?.join(p),
+            };
+            let Some(s) = abs.to_str() else {
+                bail!("{}: the path is not valid UTF-8", p.display());
+            };
+            Selection::Path(s.to_string())
+        } else if let Some(words) = &self.search {
+            let words = words.join(" ");
+            if words.trim().is_empty() {
+                bail!("--search needs at least one word");
+            }
+            Selection::Search(words)
+        } else if let Some(n) = self.recent {
+            Selection::Recent(n)
+        } else if let Some(id) = self.image_id {
+            Selection::ImageId(id)
+        } else {
+            Selection::Failed
+        })
+    }
+}
+
+pub fn run(args: QueryArgs) -> Result<ExitCode> {
+    let selection = args.selection()?;
+    let store = Store::open_read_only(&args.db)?;
+    let rows = read::select(store.conn(), &selection, args.limit)
+        .with_context(|| format!("querying {}", args.db.display()))?;
+    if rows.is_empty() {
+        eprintln!("nothing matched");
+        return Ok(ExitCode::from(1));
+    }
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => print_table(&mut out, &rows)?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
+        Format::Csv => print_csv(&mut out, &rows)?,
+    }
+    out.flush()?;
+    if let Some(target) = &args.attention_png {
+        return draw_attention(&store, &rows, target);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let text = match (&r.caption, &r.error) {
+                (Some(c), _) => c.clone(),
+                (None, Some(e)) => format!("error (attempt {}): {e}", r.attempts),
+                (None, None) => format!("({})", r.status),
+            };
+            [
+                r.image_id.to_string(),
+                r.status.clone(),
+                r.score.map(|s| format!("{s:.3}")).unwrap_or_default(),
+                r.model.clone().unwrap_or_default(),
+                r.path.clone(),
+                text,
+            ]
+        })
+        .collect();
+    let header = ["IMAGE", "STATUS", "SCORE", "MODEL", "PATH", "CAPTION"];
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, row: [&str; 6]| -> std::io::Result<()> {
+        let mut s = String::new();
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            if i == 5 {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(out, header)?;
+    for row in &cells {
+        line(out, row.each_ref().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "image_id,path,status,caption,model,score,beam_size,created_at,content_hash,width,height,attempts,error"
+    )?;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    for r in rows {
+        let fields = [
+            r.image_id.to_string(),
+            r.path.clone(),
+            r.status.clone(),
+            opt(r.caption.clone()),
+            opt(r.model.clone()),
+            opt(r.score.map(|s| s.to_string())),
+            opt(r.beam_size.map(|s| s.to_string())),
+            opt(r.created_at.clone()),
+            opt(r.content_hash.clone()),
+            opt(r.width.map(|s| s.to_string())),
+            opt(r.height.map(|s| s.to_string())),
+            r.attempts.to_string(),
+            opt(r.error.clone()),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        writeln!(out, "{}", line.join(","))?;
+    }
+    Ok(())
+}
+
+/// Draws one picture per matched caption from the stored weights, over the image file if it
+/// is still there (a grey panel if not, and it says so).
+fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<ExitCode> {
+    let with_caption: Vec<&ResultRow> = rows.iter().filter(|r| r.caption_id.is_some()).collect();
+    if with_caption.is_empty() {
+        eprintln!("no caption among the matches, so no attention picture to draw");
+        return Ok(ExitCode::from(1));
+    }
+    let single = with_caption.len() == 1;
+    if !single {
+        std::fs::create_dir_all(target)
+            .with_context(|| format!("creating {}", target.display()))?;
+    }
+    let mut failures = 0;
+    for row in with_caption {
+        let caption_id = row.caption_id.expect("filtered");
+        let Some(att) = read::attention_of(store.conn(), caption_id)? else {
+            eprintln!("{}: caption {caption_id} has no stored attention", row.path);
+            failures += 1;
+            continue;
+        };
+        let image = background(row);
+        let picture = gaze::viz::render(
+            &image,
+            &att.tokens,
+            &att.alphas,
+            att.grid,
+            &gaze::viz::PictureOptions::default(),
+        );
+        let file = if single {
+            target.to_path_buf()
+        } else {
+            target.join(format!("image-{}-caption-{caption_id}.png", row.image_id))
+        };
+        match picture.save(&file) {
+            Ok(()) => eprintln!("wrote {}", file.display()),
+            Err(e) => {
+                eprintln!("error: {}: cannot write the picture: {e}", file.display());
+                failures += 1;
+            }
+        }
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The image under the maps: the file as it is now, or a grey panel when it is gone or
+/// unreadable.
+fn background(row: &ResultRow) -> RgbImage {
+    let grey = || RgbImage::from_pixel(256, 256, Rgb([128, 128, 128]));
+    let path = Path::new(&row.path);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                "is gone (deleted or moved since it was captioned)".to_string()
+            } else {
+                format!("cannot be read ({e})")
+            };
+            eprintln!(
+                "note: {} {why}; drawing the attention maps over a plain grey image",
+                row.path
+            );
+            return grey();
+        }
+    };
+    if let Some(stored) = &row.content_hash {
+        if blake3::hash(&bytes).to_hex().as_str() != stored {
+            eprintln!(
+                "note: {} has changed since it was captioned; drawing over the file as it is now",
+                row.path
+            );
+        }
+    }
+    match decode_bytes(&bytes, path, &DecodeOptions::default()) {
+        Ok(img) => img.to_rgb8(),
+        Err(e) => {
+            eprintln!("note: {e}; drawing the attention maps over a plain grey image");
+            grey()
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `gaze watch`: caption images as they appear in folders, into SQLite.
+//!
+//! Settings: defaults < config file (`--config`, or `GAZE_CONFIG`) < `GAZE_*` environment
+//! variables < these flags. SIGINT/SIGTERM stop taking files, finish the batches in flight
+//! and exit 0; a second signal exits at once (nothing committed is lost either way).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gaze::config::{Config, CONFIG_ENV};
+use gaze::daemon::{Daemon, DaemonOptions};
+use gaze::model::{CaptionModel, LoadOptions};
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// A config file (TOML; see config.toml). GAZE_CONFIG names one too.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The SQLite database [database.path].
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// The model file [model.path].
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// The tutorial's WORDMAP_*.json, for plain state dicts [model.word_map].
+    #[arg(long, value_name = "FILE")]
+    pub word_map: Option<PathBuf>,
+    /// cpu, cuda or cuda:N [model.device].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Beams per image [model.beam_size].
+    #[arg(long)]
+    pub beam_size: Option<usize>,
+    /// Poll the folders instead of using kernel notifications (network filesystems) [watch.poll].
+    #[arg(long)]
+    pub poll: bool,
+    /// Milliseconds a file must stay unchanged before it is taken [watch.stable_ms].
+    #[arg(long, value_name = "MS")]
+    pub stable_ms: Option<u64>,
+    /// Images per batch [pipeline.batch_size].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, in milliseconds [pipeline.max_wait_ms].
+    #[arg(long, value_name = "MS")]
+    pub max_wait_ms: Option<u64>,
+    /// Decode threads [pipeline.decode_threads].
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+    /// Caption what is there (and what arrives meanwhile), then exit: 0, or 2 if some
+    /// images failed.
+    #[arg(long, visible_alias = "once")]
+    pub exit_when_idle: bool,
+    /// Folders to watch (replace [watch] folders).
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+impl WatchArgs {
+    fn apply(&self, cfg: &mut Config) {
+        if !self.dirs.is_empty() {
+            cfg.watch.folders = self.dirs.clone();
+        }
+        if let Some(v) = &self.db {
+            cfg.database.path = v.clone();
+        }
+        if let Some(v) = &self.model {
+            cfg.model.path = Some(v.clone());
+        }
+        if let Some(v) = &self.word_map {
+            cfg.model.word_map = Some(v.clone());
+        }
+        if let Some(v) = &self.device {
+            cfg.model.device = v.clone();
+        }
+        if let Some(v) = self.beam_size {
+            cfg.model.beam_size = v;
+        }
+        if self.poll {
+            cfg.watch.poll = true;
+        }
+        if let Some(v) = self.stable_ms {
+            cfg.watch.stable_ms = v;
+        }
+        if let Some(v) = self.batch_size {
+            cfg.pipeline.batch_size = v;
+        }
+        if let Some(v) = self.max_wait_ms {
+            cfg.pipeline.max_wait_ms = v;
+        }
+        if let Some(v) = self.decode_threads {
+            cfg.pipeline.decode_threads = v;
+        }
+    }
+}
+
+pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let file = args
+        .config
+        .clone()
+        .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
+    let mut cfg = Config::load(file.as_deref(), env)?;
+    args.apply(&mut cfg);
+    if let Some(level) = log_level_flag {
+        cfg.log.level = level.to_string();
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .with_context(|| format!("log level {:?}", cfg.log.level))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    cfg.validate()?;
+
+    let model_path = cfg.model.path.clone().expect("validate checks the model");
+    let device = gaze::device::open_device(&cfg.model.device)?;
+    let load = LoadOptions {
+        word_map: cfg.model.word_map.clone(),
+        encoded_image_size: None,
+    };
+    let model = CaptionModel::load(&model_path, &load, &device)?;
+    let mut opts = DaemonOptions::from_config(&cfg);
+    opts.exit_when_idle = args.exit_when_idle;
+
+    let daemon = Daemon::start(&cfg.database.path, Arc::new(model), opts)?;
+    let shutdown = daemon.shutdown_handle();
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            tracing::info!(
+                "stopping: finishing the batches in flight (signal again to stop at once)"
+            );
+            shutdown.request();
+        } else {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the signal handler")?;
+
+    let summary = daemon.wait()?;
+    tracing::info!(
+        captioned = summary.captioned,
+        reused = summary.reused,
+        failed = summary.failed,
+        "stopped"
+    );
+    if args.exit_when_idle && summary.failed > 0 {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,224 @@
+//! The inference worker: runs batched beam search on each batch with the current model.
+//!
+//! The model sits behind an `Arc` with its database id. Before each batch the worker looks in
+//! a swap slot ([`ModelSwap`]); a model promoted there (by scheduled retraining, say) is used
+//! from the next batch on, while the batch being captioned finishes on the old one. Every
+//! result names the model that produced it.
+//!
+//! Content already captioned by the current model (the same bytes under another name, or a
+//! file touched without changing) is not run again.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::Connection;
+
+use super::{BatchResult, DaemonError, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
+use crate::data::image::TUTORIAL_SIZE;
+use crate::model::encoder::images_to_tensor;
+use crate::model::{BeamOptions, Caption, CaptionModel};
+use crate::store::write::{self, NewModel};
+
+/// A loaded model and its row in `models`.
+#[derive(Clone)]
+pub struct ActiveModel {
+    pub id: i64,
+    pub name: String,
+    pub model: Arc<CaptionModel>,
+}
+
+/// The slot through which a new model is promoted into a running daemon.
+#[derive(Clone, Default)]
+pub struct ModelSwap(Arc<Mutex<Option<ActiveModel>>>);
+
+impl ModelSwap {
+    /// Makes `model` the one used from the next batch on. Register it first with
+    /// [`register_model`] (from any connection), so its id is known.
+    pub fn promote(&self, model: ActiveModel) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(model);
+    }
+
+    fn take(&self) -> Option<ActiveModel> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Records a loaded model in `models` (keyed by the BLAKE3 hash of its file) and makes it the
+/// active one.
+pub fn register_model(
+    conn: &mut Connection,
+    model: Arc<CaptionModel>,
+) -> Result<ActiveModel, DaemonError> {
+    let path = model.source.clone();
+    let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    drop(bytes);
+    let name = model
+        .provenance
+        .get("name")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| model_name(&path));
+    let config = serde_json::to_string(&model.config).expect("a config serialises");
+    let provenance = model.provenance.to_string();
+    // Recorded absolute, so the row still names the file when read from elsewhere.
+    let path_text = std::fs::canonicalize(&path)
+        .unwrap_or_else(|_| path.clone())
+        .to_string_lossy()
+        .into_owned();
+    let sql_err = |source| DaemonError::Model {
+        path: path.clone(),
+        source,
+    };
+    let tx = conn.transaction().map_err(sql_err)?;
+    let id = write::register_model(
+        &tx,
+        &NewModel {
+            content_hash: &hash,
+            path: &path_text,
+            name: &name,
+            config_json: &config,
+            provenance_json: &provenance,
+        },
+        crate::store::unix_now(),
+    )
+    .map_err(sql_err)?;
+    write::activate_model(&tx, id).map_err(sql_err)?;
+    tx.commit().map_err(sql_err)?;
+    Ok(ActiveModel { id, name, model })
+}
+
+fn model_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+pub(crate) struct Worker {
+    pub rx: Receiver<Vec<Decoded>>,
+    pub tx: Sender<WriterMsg>,
+    pub current: ActiveModel,
+    pub swap: ModelSwap,
+    pub beam: BeamOptions,
+    /// Read-only, to skip content the model has already captioned.
+    pub db: Connection,
+}
+
+impl Worker {
+    pub fn run(mut self) -> Result<(), DaemonError> {
+        while let Ok(batch) = self.rx.recv() {
+            if let Some(next) = self.swap.take() {
+                tracing::info!(
+                    from = %self.current.name,
+                    to = %next.name,
+                    model_id = next.id,
+                    "model swapped; later batches use the new model"
+                );
+                self.current = next;
+            }
+            let result = self.caption_batch(batch);
+            if self.tx.send(WriterMsg::Batch(result)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn caption_batch(&self, mut batch: Vec<Decoded>) -> BatchResult {
+        let started = Instant::now();
+        let model_id = self.current.id;
+        // Which images need the model: the first of each content not captioned yet.
+        let mut seen = HashSet::new();
+        let mut run: Vec<usize> = Vec::new();
+        let mut stored_before = vec![false; batch.len()];
+        for (i, d) in batch.iter().enumerate() {
+            if !seen.insert(d.hash.clone()) {
+                continue;
+            }
+            stored_before[i] = write::caption_exists(&self.db, &d.hash, model_id).unwrap_or(false);
+            if !stored_before[i] {
+                run.push(i);
+            }
+        }
+        let captions: Result<Vec<Caption>, String> = if run.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let pixels: Vec<Vec<f32>> = run
+                .iter()
+                .map(|&i| std::mem::take(&mut batch[i].pixels))
+                .collect();
+            let model = &self.current.model;
+            images_to_tensor(&pixels, TUTORIAL_SIZE as usize, &model.device)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    model
+                        .caption_images(&t, &self.beam)
+                        .map_err(|e| e.to_string())
+                })
+        };
+        let mut by_index: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
+        match captions {
+            Ok(caps) => {
+                for (&i, cap) in run.iter().zip(caps) {
+                    by_index[i] = Some(Outcome::Captioned(self.stored(cap)));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, images = run.len(), "captioning a batch failed");
+                // Every image whose content has no stored caption failed, repeats included.
+                let stored: HashSet<&str> = batch
+                    .iter()
+                    .zip(&stored_before)
+                    .filter(|(_, &s)| s)
+                    .map(|(d, _)| d.hash.as_str())
+                    .collect();
+                for (i, d) in batch.iter().enumerate() {
+                    if !stored.contains(d.hash.as_str()) {
+                        by_index[i] = Some(Outcome::Failed(format!("captioning failed: {e}")));
+                    }
+                }
+            }
+        }
+        let items = batch
+            .into_iter()
+            .zip(by_index)
+            .map(|(d, outcome)| ItemResult {
+                job: d.job,
+                hash: d.hash,
+                width: d.width,
+                height: d.height,
+                outcome: outcome.unwrap_or(Outcome::AlreadyCaptioned),
+            })
+            .collect();
+        BatchResult {
+            model_id,
+            model_name: self.current.name.clone(),
+            beam_size: self.beam.beam_size,
+            infer_time: started.elapsed(),
+            items,
+        }
+    }
+
+    fn stored(&self, cap: Caption) -> StoredCaption {
+        let wm = &self.current.model.word_map;
+        StoredCaption {
+            tokens: cap
+                .tokens
+                .iter()
+                .map(|&t| wm.word(t).unwrap_or("<unk>").to_string())
+                .collect(),
+            text: cap.text,
+            token_ids: cap.tokens,
+            score: cap.score,
+            finished: cap.finished,
+            alphas: cap.alphas,
+            grid: cap.grid,
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The SQLite store: the daemon's durable queue and the record of every caption.
+//!
+//! The schema is the numbered migrations under `migrations/` (embedded in the binary; the
+//! schema version lives in `PRAGMA user_version`). Opening for writing upgrades an older
+//! database and refuses one written by a newer gaze; opening read-only (for `gaze query` and
+//! `gaze status`, beside a running daemon) needs the current version exactly.
+//!
+//! Connections use WAL (readers never block the writer), `synchronous=NORMAL` (a commit
+//! survives the process being killed; only a power cut can lose the last commits, and never
+//! corrupts), and a busy timeout. An image is done only when the transaction holding its
+//! caption has committed, which is what makes a SIGKILL at any moment harmless.
+
+pub mod attention;
+pub mod read;
+pub mod write;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use include_dir::{include_dir, Dir};
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::Migrations;
+
+static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+
+/// How long a connection waits for another's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: no such database")]
+    Missing { path: PathBuf },
+    #[error("{path}: {action}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        action: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path}: the database has schema version {found}, newer than this gaze understands \
+         ({supported}); use the newer gaze that wrote it"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        supported: usize,
+    },
+    #[error(
+        "{path}: the database has schema version {found} and this gaze needs {supported}; \
+         run `gaze watch` on it once to upgrade it"
+    )]
+    NeedsUpgrade {
+        path: PathBuf,
+        found: usize,
+        supported: usize,
+    },
+    #[error("{path}: not a gaze database (it has tables but no gaze schema version)")]
+    NotGaze { path: PathBuf },
+    #[error("{path}: migrating the schema: {reason}")]
+    Migration { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(path: &Path, action: impl Into<String>, source: rusqlite::Error) -> Self {
+        StoreError::Sqlite {
+            path: path.to_path_buf(),
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The embedded migrations, in order.
+pub fn migrations() -> Result<Migrations<'static>, rusqlite_migration::Error> {
+    Migrations::from_directory(&MIGRATIONS_DIR)
+}
+
+/// The schema version this gaze writes (the number of migrations).
+pub fn supported_version() -> usize {
+    MIGRATIONS_DIR.dirs().count()
+}
+
+/// An open database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and upgrades the database at `path` for reading and writing.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn =
+            Connection::open(path).map_err(|e| StoreError::sqlite(path, "opening", e))?;
+        configure(&conn, path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| StoreError::sqlite(path, "turning on WAL", e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| StoreError::sqlite(path, "setting synchronous=NORMAL", e))?;
+        let found = user_version(&conn, path)?;
+        let supported = supported_version();
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        if found == 0 && has_tables(&conn, path)? {
+            return Err(StoreError::NotGaze {
+                path: path.to_path_buf(),
+            });
+        }
+        let migration_err = |e: rusqlite_migration::Error| StoreError::Migration {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        migrations()
+            .map_err(migration_err)?
+            .to_latest(&mut conn)
+            .map_err(migration_err)?;
+        if found < supported {
+            tracing::info!(
+                db = %path.display(),
+                from = found,
+                to = supported,
+                "database schema upgraded"
+            );
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing database read-only; it must be at the current schema version.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
+        configure(&conn, path)?;
+        let found = user_version(&conn, path)?;
+        let supported = supported_version();
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        if found < supported {
+            if found == 0 && has_tables(&conn, path)? {
+                return Err(StoreError::NotGaze {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Err(StoreError::NeedsUpgrade {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            });
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<usize> {
+        user_version(&self.conn, &self.path)
+    }
+
+    /// SQLite's own consistency check ("ok" when intact).
+    pub fn integrity_check(&self) -> Result<String> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite(&self.path, "checking integrity", e))
+    }
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| StoreError::sqlite(path, "setting the busy timeout", e))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(|e| StoreError::sqlite(path, "turning on foreign keys", e))?;
+    Ok(())
+}
+
+fn user_version(conn: &Connection, path: &Path) -> Result<usize> {
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading the schema version", e))?;
+    usize::try_from(v).map_err(|_| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("negative schema version {v}"),
+    })
+}
+
+fn has_tables(conn: &Connection, path: &Path) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table')",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(|e| StoreError::sqlite(path, "listing tables", e))
+}
+
+/// Seconds since the Unix epoch, as stored in the database.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_validate_and_are_numbered() {
+        migrations().unwrap().validate().unwrap();
+        assert!(supported_version() >= 2);
+        let mut names: Vec<_> = MIGRATIONS_DIR
+            .dirs()
+            .map(|d| d.path().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for (i, name) in names.iter().enumerate() {
+            assert!(
+                name.starts_with(&format!("{:02}-", i + 1)),
+                "migration {name} is out of sequence"
+            );
+        }
+    }
+
+    #[test]
+    fn fts5_is_compiled_in() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE VIRTUAL TABLE t USING fts5 (x)")
+            .unwrap();
+    }
+
+    #[test]
+    fn opens_upgrades_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        // A database at version 1 with a caption, upgraded by open: the caption is searchable.
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrations().unwrap().to_version(&mut conn, 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO models (content_hash, path, name, config, created_at, active)
+                     VALUES ('m', 'm.safetensors', 'm', '{}', 0, 1);
+                 INSERT INTO captions (content_hash, model_id, text, tokens, token_ids, score,
+                                       finished, beam_size, created_at)
+                     VALUES ('h', 1, 'a dog on grass', '[]', '[]', -1.0, 1, 3, 0);",
+            )
+            .unwrap();
+        }
+        let err = Store::open_read_only(&path).err().unwrap();
+        assert!(
+            matches!(err, StoreError::NeedsUpgrade { found: 1, .. }),
+            "{err}"
+        );
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), supported_version());
+        let hits: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM captions_fts WHERE captions_fts MATCH 'dogs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hits, 1);
+        let journal: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        drop(store);
+        Store::open_read_only(&path).unwrap();
+
+        store_at_version(&path, 99);
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("newer") && err.contains("g.db"), "{err}");
+        let err = Store::open_read_only(&path).err().unwrap().to_string();
+        assert!(err.contains("newer"), "{err}");
+    }
+
+    fn store_at_version(path: &Path, v: i64) {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "user_version", v).unwrap();
+    }
+
+    #[test]
+    fn refuses_foreign_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::NotGaze { .. }), "{err}");
+        let err = Store::open_read_only(&dir.path().join("none.db"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    }
+}

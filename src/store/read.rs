@@ -1,0 +1,289 @@
+//! Queries for people and other programs: captions by path, words, recency or id; failures;
+//! the attention maps of a caption; and a status summary.
+
+use rusqlite::{Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::attention;
+
+/// Which images a query selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// One image by its absolute path.
+    Path(String),
+    /// Captions matching every word (full-text search, best match first).
+    Search(String),
+    /// The most recently captioned images.
+    Recent(usize),
+    ImageId(i64),
+    /// Images that failed, most recent first.
+    Failed,
+}
+
+/// One image with one of its captions (or none: pending, failed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultRow {
+    pub image_id: i64,
+    pub path: String,
+    pub status: String,
+    pub content_hash: Option<String>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub caption_id: Option<i64>,
+    pub caption: Option<String>,
+    pub score: Option<f64>,
+    pub finished: Option<bool>,
+    pub beam_size: Option<i64>,
+    pub model_id: Option<i64>,
+    pub model: Option<String>,
+    /// When the caption was written (UTC, ISO 8601).
+    pub created_at: Option<String>,
+}
+
+const COLUMNS: &str = "i.id, i.path, i.status, i.content_hash, i.width, i.height, i.attempts,
+    i.error, c.id, c.text, c.score, c.finished, c.beam_size, m.id, m.name,
+    strftime('%Y-%m-%dT%H:%M:%SZ', c.created_at, 'unixepoch')";
+
+fn row(r: &Row) -> rusqlite::Result<ResultRow> {
+    Ok(ResultRow {
+        image_id: r.get(0)?,
+        path: r.get(1)?,
+        status: r.get(2)?,
+        content_hash: r.get(3)?,
+        width: r.get(4)?,
+        height: r.get(5)?,
+        attempts: r.get(6)?,
+        error: r.get(7)?,
+        caption_id: r.get(8)?,
+        caption: r.get(9)?,
+        score: r.get(10)?,
+        finished: r.get(11)?,
+        beam_size: r.get(12)?,
+        model_id: r.get(13)?,
+        model: r.get(14)?,
+        created_at: r.get(15)?,
+    })
+}
+
+/// Turns free words into an FTS5 query that matches captions holding all of them: each word
+/// becomes a quoted string, so FTS5's operators and punctuation in the input are plain text.
+pub fn fts_query(words: &str) -> Option<String> {
+    let terms: Vec<String> = words
+        .split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// Runs a selection; at most `limit` rows.
+pub fn select(
+    conn: &Connection,
+    sel: &Selection,
+    limit: usize,
+) -> rusqlite::Result<Vec<ResultRow>> {
+    let limit = limit.min(i64::MAX as usize) as i64;
+    let joined = "FROM images i
+        LEFT JOIN captions c ON c.content_hash = i.content_hash
+        LEFT JOIN models m ON m.id = c.model_id";
+    let (sql, args): (String, Vec<rusqlite::types::Value>) = match sel {
+        Selection::Path(p) => (
+            format!("SELECT {COLUMNS} {joined} WHERE i.path = ?1 ORDER BY c.id LIMIT ?2"),
+            vec![p.clone().into(), limit.into()],
+        ),
+        Selection::ImageId(id) => (
+            format!("SELECT {COLUMNS} {joined} WHERE i.id = ?1 ORDER BY c.id LIMIT ?2"),
+            vec![(*id).into(), limit.into()],
+        ),
+        Selection::Recent(n) => (
+            format!(
+                "SELECT {COLUMNS} {joined} WHERE i.status = 'done' AND c.id IS NOT NULL
+                 ORDER BY i.done_at DESC, i.id DESC, c.id LIMIT ?1"
+            ),
+            vec![(limit.min(*n as i64)).into()],
+        ),
+        Selection::Failed => (
+            format!(
+                "SELECT {COLUMNS} FROM images i
+                 LEFT JOIN captions c ON 0
+                 LEFT JOIN models m ON 0
+                 WHERE i.status = 'failed' ORDER BY i.updated_at DESC, i.id DESC LIMIT ?1"
+            ),
+            vec![limit.into()],
+        ),
+        Selection::Search(words) => {
+            let Some(q) = fts_query(words) else {
+                return Ok(Vec::new());
+            };
+            (
+                format!(
+                    "SELECT {COLUMNS}
+                     FROM captions_fts f
+                     JOIN captions c ON c.id = f.rowid
+                     JOIN models m ON m.id = c.model_id
+                     JOIN images i ON i.content_hash = c.content_hash
+                     WHERE captions_fts MATCH ?1
+                     ORDER BY bm25(captions_fts), i.id LIMIT ?2"
+                ),
+                vec![q.into(), limit.into()],
+            )
+        }
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?;
+    rows.collect()
+}
+
+/// The words and attention maps of a caption, ready for [`crate::viz::render`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionRecord {
+    /// Every token as a word, `<start>` first.
+    pub tokens: Vec<String>,
+    /// One map per token after `<start>`.
+    pub alphas: Vec<Vec<f32>>,
+    pub grid: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttentionError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("caption {0}: {1}")]
+    Bad(i64, String),
+}
+
+/// The stored attention of a caption; `None` when the caption has none.
+pub fn attention_of(
+    conn: &Connection,
+    caption_id: i64,
+) -> Result<Option<AttentionRecord>, AttentionError> {
+    let found: Option<(String, i64, i64, String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT c.tokens, a.grid, a.steps, a.encoding, a.weights
+             FROM captions c JOIN attention a ON a.caption_id = c.id WHERE c.id = ?1",
+            [caption_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((tokens, grid, steps, encoding, blob)) = found else {
+        return Ok(None);
+    };
+    let bad = |reason: String| AttentionError::Bad(caption_id, reason);
+    if encoding != attention::ENCODING {
+        return Err(bad(format!(
+            "attention encoding {encoding:?} is not one this gaze reads ({})",
+            attention::ENCODING
+        )));
+    }
+    let tokens: Vec<String> =
+        serde_json::from_str(&tokens).map_err(|e| bad(format!("tokens: {e}")))?;
+    let (grid, steps) = (
+        usize::try_from(grid).map_err(|_| bad(format!("grid {grid}")))?,
+        usize::try_from(steps).map_err(|_| bad(format!("steps {steps}")))?,
+    );
+    let alphas = attention::decode(&blob, grid, steps).map_err(bad)?;
+    Ok(Some(AttentionRecord {
+        tokens,
+        alphas,
+        grid,
+    }))
+}
+
+/// The active model as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRow {
+    pub id: i64,
+    pub name: String,
+    pub path: String,
+    pub content_hash: String,
+    pub created_at: String,
+}
+
+/// Where the store stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub schema_version: usize,
+    pub images: i64,
+    /// Images by status (pending, done, failed, gone; absent ones as 0).
+    pub by_status: Vec<(String, i64)>,
+    /// Images waiting to be captioned (pending).
+    pub backlog: i64,
+    pub captions: i64,
+    /// Images done in the last 60 seconds.
+    pub done_last_minute: i64,
+    pub images_per_second: f64,
+    pub active_model: Option<ModelRow>,
+    pub models: i64,
+}
+
+pub fn status(
+    conn: &Connection,
+    schema_version: usize,
+    now: f64,
+) -> rusqlite::Result<StatusReport> {
+    let mut by_status: Vec<(String, i64)> = ["pending", "done", "failed", "gone"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    {
+        let mut stmt = conn.prepare("SELECT status, count(*) FROM images GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for r in rows {
+            let (s, n) = r?;
+            match by_status.iter_mut().find(|(k, _)| *k == s) {
+                Some(slot) => slot.1 = n,
+                None => by_status.push((s, n)),
+            }
+        }
+    }
+    let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<i64> {
+        conn.query_row(sql, p, |r| r.get(0))
+    };
+    let images = by_status.iter().map(|(_, n)| n).sum();
+    let pending = by_status[0].1;
+    let done_last_minute = count(
+        "SELECT count(*) FROM images WHERE done_at >= ?1",
+        &[&(now - 60.0)],
+    )?;
+    let active_model = conn
+        .query_row(
+            "SELECT id, name, path, content_hash,
+                    strftime('%Y-%m-%dT%H:%M:%SZ', created_at, 'unixepoch')
+             FROM models WHERE active = 1",
+            [],
+            |r| {
+                Ok(ModelRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    path: r.get(2)?,
+                    content_hash: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(StatusReport {
+        schema_version,
+        images,
+        by_status,
+        backlog: pending,
+        captions: count("SELECT count(*) FROM captions", &[])?,
+        done_last_minute,
+        images_per_second: done_last_minute as f64 / 60.0,
+        active_model,
+        models: count("SELECT count(*) FROM models", &[])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts_queries_quote_every_word() {
+        assert_eq!(fts_query("  red  dog ").unwrap(), r#""red" "dog""#);
+        assert_eq!(fts_query(r#"a"b OR"#).unwrap(), r#""a""b" "OR""#);
+        assert_eq!(fts_query("   "), None);
+    }
+}
