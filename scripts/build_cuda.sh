@@ -19,7 +19,8 @@
 #   CUDA_COMPUTE_CAP      GPU architecture for the kernels (default 90: Hopper, H100/H200).
 #   CARGO_TARGET_DIR      cargo's target folder (default target/cuda, apart from CPU builds so
 #                         that neither build overwrites the other's binary).
-#   JOBS                  parallel rustc and nvcc jobs (default 1; this is a long build).
+#   JOBS                  parallel rustc and nvcc jobs (default 1; this is a long build: on a
+#                         shared machine run it as `JOBS=1 nice scripts/build_cuda.sh`).
 #   GAZE_CUDA_TOOLCHAIN   where the toolkit goes (default .cuda-toolchain).
 #   GAZE_GPU_BUNDLE       where the bundle goes (default gpu-bundle).
 #   PYTHON                the Python that runs pip (default python3).
@@ -108,7 +109,7 @@ export CUDA_COMPUTE_CAP CUDAFORGE_THREADS=$JOBS
 export CARGO_TARGET_DIR=$TARGET_DIR
 say "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP, $JOBS job(s), target $TARGET_DIR)"
 build_started=$(date +%s)
-(cd "$ROOT" && nice -n 10 cargo build --release --features cuda -j "$JOBS")
+(cd "$ROOT" && cargo build --release --features cuda -j "$JOBS")
 build_seconds=$(($(date +%s) - build_started))
 BIN=$TARGET_DIR/release/gaze
 

@@ -90,9 +90,11 @@ mod tests {
     fn driver_errors_get_a_sentence() {
         let raw = r#"DriverError(CUDA_ERROR_NO_DEVICE, "no CUDA-capable device is detected")"#;
         assert_eq!(explain_cuda_error(raw), Some("no NVIDIA GPU was found"));
-        assert!(explain_cuda_error("DriverError(CUDA_ERROR_STUB_LIBRARY, \"\")")
-            .unwrap()
-            .contains("stub"));
+        assert!(
+            explain_cuda_error("DriverError(CUDA_ERROR_STUB_LIBRARY, \"\")")
+                .unwrap()
+                .contains("stub")
+        );
         assert_eq!(explain_cuda_error("out of memory"), None);
     }
 }

@@ -126,10 +126,14 @@ fn parity_check_passes_on_the_cpu_and_fails_on_a_wrong_fixture() {
         "fine-tuning: running variance",
         "attention weights (fused kernel vs generic ops)",
         "depthwise k5 s2 p2: weight gradient",
+        "depthwise k5 s2 p2: weight gradient (taps)",
+        "encoder output (candle ops, the GPU path)",
         "EfficientNet-Lite0 logits",
     ] {
         assert!(
-            stdout.lines().any(|l| l.starts_with(check) && l.ends_with("ok")),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(check) && l.ends_with("ok")),
             "{check}: {stdout}"
         );
     }
@@ -139,7 +143,11 @@ fn parity_check_passes_on_the_cpu_and_fails_on_a_wrong_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let parity = dir.path().join("parity");
     std::fs::create_dir(&parity).unwrap();
-    for f in ["weights.safetensors", "WORDMAP_parity.json", "expected.json"] {
+    for f in [
+        "weights.safetensors",
+        "WORDMAP_parity.json",
+        "expected.json",
+    ] {
         std::fs::copy(fixture(&format!("parity/{f}")), parity.join(f)).unwrap();
     }
     let dev = candle_core::Device::Cpu;

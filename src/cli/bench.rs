@@ -17,7 +17,6 @@ pub enum BenchCommand {
     /// Training throughput (captions/s) on synthetic data: decoder stage or fine-tuning.
     Train(super::bench_train::TrainBench),
     /// The PyTorch parity fixtures on a device (e.g. to check a CUDA build), CPU for comparison.
-    #[command(hide = true)]
     Parity(super::parity::ParityArgs),
 }
 

@@ -5,12 +5,21 @@
 //! build. Each quantity is computed on the device and compared with what PyTorch computed
 //! (`tests/fixtures/parity/make_parity.py`); off the CPU it is computed on the CPU too and the
 //! two are compared, which also sets gaze's CPU-only kernels (the fused attention scores, the
-//! depthwise convolution) against the generic paths that serve other devices.
+//! depthwise convolution, the CPU encoder engine) against the generic paths that serve other
+//! devices. On the CPU those generic paths (candle ops, the ones the GPU runs) are checked
+//! against PyTorch too, in the rows marked "candle ops", "taps" and "generic ops".
 //!
-//! Tolerances are the tests': elementwise `|got - want| <= rtol * |want| + atol` with
-//! `rtol = 1e-4`, `atol = 1e-5` for the parity model; for EfficientNet, the tests' bounds
-//! relative to the largest value. `--tolerance-scale` multiplies them all. Exit code 0 when
-//! every check passes, 2 otherwise.
+//! Tolerances are the tests', elementwise `|got - want| <= rtol * |want| + atol`:
+//! - tensors of the parity model: `rtol = 1e-4`, `atol = 1e-5`;
+//! - scalars (losses, beam scores): `rtol = 1e-4`, `atol = 1e-4`;
+//! - EfficientNet logits and features: `atol = 1e-4 * max|want|` (at least 1e-4);
+//! - depthwise convolution: `atol = 1e-4` (output, input gradient), `1e-3` (weight gradient);
+//! - token sequences, batch order, word counts: exact.
+//!
+//! The same bound applies to the device-vs-CPU comparison. Each row prints the largest
+//! absolute error and, in brackets, the worst error divided by its bound (at most 1 passes).
+//! `--tolerance-scale` multiplies every bound. Exit code 0 when every check passes, 2
+//! otherwise.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use gaze::model::decoder::TeacherOptions;
-use gaze::model::encoder::depthwise::depthwise_conv2d;
+use gaze::model::encoder::depthwise::{depthwise_by_taps, depthwise_conv2d};
 use gaze::model::encoder::efficientnet::{pretrained_tensors, EfficientNetLite, PREFIX};
 use gaze::model::weights::Weights;
 use gaze::model::{
@@ -51,6 +60,12 @@ struct Tol {
 const PARITY_TOL: Tol = Tol {
     rtol: 1e-4,
     atol: 1e-5,
+};
+
+/// Scalars: the tests' `1e-4 * max(|want|, 1)`, nearly.
+const SCALAR_TOL: Tol = Tol {
+    rtol: 1e-4,
+    atol: 1e-4,
 };
 
 /// How far one tensor is from another.
@@ -154,7 +169,7 @@ impl Report {
     fn scalar(&mut self, name: &str, got: f32, want: f64, cpu: Option<f32>) -> Result<()> {
         let t = |v: f64| Tensor::new(&[v as f32], &Device::Cpu);
         let c = cpu.map(|c| t(c as f64)).transpose()?;
-        self.tensor(name, &t(got as f64)?, &t(want)?, c.as_ref(), PARITY_TOL)
+        self.tensor(name, &t(got as f64)?, &t(want)?, c.as_ref(), SCALAR_TOL)
     }
 
     fn exact(&mut self, name: &str, mismatch: Option<String>) {
@@ -249,6 +264,12 @@ impl Fixtures {
 }
 
 pub fn run(args: ParityArgs) -> Result<ExitCode> {
+    if !(args.tolerance_scale.is_finite() && args.tolerance_scale > 0.0) {
+        bail!(
+            "--tolerance-scale must be a positive number, got {}",
+            args.tolerance_scale
+        );
+    }
     let device = gaze::device::open_device(&args.device)?;
     let fx = Fixtures::load(&args.fixtures.join("parity"))?;
     let cpu = (!device.is_cpu()).then_some(Device::Cpu);
@@ -262,6 +283,13 @@ pub fn run(args: ParityArgs) -> Result<ExitCode> {
         describe(&device),
         args.fixtures.display()
     );
+    println!(
+        "bounds, elementwise |got - want| <= rtol * |want| + atol, times {}: tensors rtol 1e-4 \
+         atol 1e-5; scalars rtol 1e-4 atol 1e-4; EfficientNet atol 1e-4 * max|want|; depthwise \
+         atol 1e-4 (weight gradient 1e-3); tokens exact",
+        args.tolerance_scale
+    );
+    println!("each row: largest |error| and (worst error / bound): at most 1 passes");
     // Each section runs on the device and, off the CPU, on the CPU as well.
     let sections: [(&str, Section); 6] = [
         ("encoder", encoder_section),
@@ -288,11 +316,7 @@ pub fn run(args: ParityArgs) -> Result<ExitCode> {
     }
     report.print();
     let failed = report.rows.iter().filter(|r| !r.ok).count();
-    println!(
-        "{} passed, {} failed",
-        report.rows.len() - failed,
-        failed
-    );
+    println!("{} passed, {} failed", report.rows.len() - failed, failed);
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -321,7 +345,12 @@ fn both<T>(
     Ok((on_device, on_cpu))
 }
 
-fn encoder_section(fx: &Fixtures, dev: &Device, cpu: Option<&Device>, r: &mut Report) -> Result<()> {
+fn encoder_section(
+    fx: &Fixtures,
+    dev: &Device,
+    cpu: Option<&Device>,
+    r: &mut Report,
+) -> Result<()> {
     let (got, on_cpu) = both(dev, cpu, |d| {
         let model = fx.model(d)?;
         Ok(model.encoder.forward(&fx.on("tf_images", d)?)?)
@@ -332,10 +361,28 @@ fn encoder_section(fx: &Fixtures, dev: &Device, cpu: Option<&Device>, r: &mut Re
         fx.get("encoder_out")?,
         on_cpu.as_ref(),
         PARITY_TOL,
-    )
+    )?;
+    if dev.is_cpu() {
+        // The CPU runs its own encoder engine; check the candle ops other devices run too.
+        let model = fx.model(dev)?;
+        let reference = model.encoder.forward_reference(&fx.on("tf_images", dev)?)?;
+        r.tensor(
+            "encoder output (candle ops, the GPU path)",
+            &reference,
+            fx.get("encoder_out")?,
+            None,
+            PARITY_TOL,
+        )?;
+    }
+    Ok(())
 }
 
-fn teacher_section(fx: &Fixtures, dev: &Device, cpu: Option<&Device>, r: &mut Report) -> Result<()> {
+fn teacher_section(
+    fx: &Fixtures,
+    dev: &Device,
+    cpu: Option<&Device>,
+    r: &mut Report,
+) -> Result<()> {
     let lengths: Vec<usize> = fx.json("/lengths")?;
     let sort_ind: Vec<usize> = fx.json("/tf_sort_ind")?;
     let decode_lengths: Vec<usize> = fx.json("/tf_decode_lengths")?;
@@ -690,9 +737,7 @@ fn bottleneck_section(
 }
 
 fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(host(t)?
-        .iter()
-        .fold(0f64, |m, &v| m.max((v as f64).abs())))
+    Ok(host(t)?.iter().fold(0f64, |m, &v| m.max((v as f64).abs())))
 }
 
 fn efficientnet_section(
@@ -741,32 +786,55 @@ fn efficientnet_section(
     )?;
     for (k, s, p) in [(3usize, 1usize, 1usize), (5, 2, 2), (3, 2, 0)] {
         let tag = format!("dw_k{k}_s{s}_p{p}");
-        // On the CPU the direct kernel runs; elsewhere the tap-sum formulation.
-        let (got, on_cpu) = both(dev, cpu, |d| {
+        // On the CPU the direct kernel runs; elsewhere the tap-sum formulation. On the CPU
+        // the tap sum is checked as well, so that the GPU's formulation is checked anywhere.
+        let run = |d: &Device, taps: bool| -> Result<[Tensor; 3]> {
             let x = Var::from_tensor(&get(&format!("{tag}.x"))?.to_device(d)?)?;
             let w = Var::from_tensor(&get(&format!("{tag}.w"))?.to_device(d)?)?;
             let gy = get(&format!("{tag}.gy"))?.to_device(d)?;
-            let y = depthwise_conv2d(x.as_tensor(), w.as_tensor(), s, p)?;
+            let y = if taps {
+                depthwise_by_taps(x.as_tensor(), w.as_tensor(), s, p)?
+            } else {
+                depthwise_conv2d(x.as_tensor(), w.as_tensor(), s, p)?
+            };
             let grads = (&y * &gy)?.sum_all()?.backward()?;
             let gx = grads.get(x.as_tensor()).context("no input gradient")?;
             let gw = grads.get(w.as_tensor()).context("no weight gradient")?;
             Ok([y.clone(), gx.clone(), gw.clone()])
-        })?;
-        for (i, (part, bound)) in [("output", 1e-4), ("input gradient", 1e-4), ("weight gradient", 1e-3)]
-            .into_iter()
-            .enumerate()
-        {
-            let suffix = ["y", "gx", "gw"][i];
+        };
+        let (got, on_cpu) = both(dev, cpu, |d| run(d, false))?;
+        let taps = if dev.is_cpu() {
+            Some(run(dev, true)?)
+        } else {
+            None
+        };
+        let parts = [
+            ("output", "y", 1e-4),
+            ("input gradient", "gx", 1e-4),
+            ("weight gradient", "gw", 1e-3),
+        ];
+        for (i, (part, suffix, bound)) in parts.into_iter().enumerate() {
+            let want = get(&format!("{tag}.{suffix}"))?;
+            let tol = Tol {
+                rtol: 0.0,
+                atol: bound,
+            };
             r.tensor(
                 &format!("depthwise k{k} s{s} p{p}: {part}"),
                 &got[i],
-                get(&format!("{tag}.{suffix}"))?,
+                want,
                 on_cpu.as_ref().map(|t| &t[i]),
-                Tol {
-                    rtol: 0.0,
-                    atol: bound,
-                },
+                tol,
             )?;
+            if let Some(taps) = &taps {
+                r.tensor(
+                    &format!("depthwise k{k} s{s} p{p}: {part} (taps)"),
+                    &taps[i],
+                    want,
+                    None,
+                    tol,
+                )?;
+            }
         }
     }
     Ok(())

@@ -4,6 +4,10 @@
 //! Attention scores `full_att(relu(proj_p + att2_q))` for every pixel p and decoder state q
 //! would otherwise build a `(B, Q, P, A)` tensor three times (add, ReLU, product); here each
 //! score is one pass over `A` values held in cache.
+//!
+//! GPU path: the op has only a CPU implementation. [`super::attention::Attention::forward`]
+//! calls it for f32 inference on the CPU only; on every other device (CUDA) and in training
+//! the same scores come from candle ops (broadcast add, ReLU, matmul), which run on the GPU.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
