@@ -30,10 +30,42 @@ pub fn open_device(spec: &str) -> Result<Device, DeviceError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(DeviceError::NoCudaBuild(spec));
     }
-    Device::new_cuda(index).map_err(|e| DeviceError::Cuda {
-        index,
-        reason: e.to_string(),
+    Device::new_cuda(index).map_err(|e| {
+        let raw = e.to_string();
+        let reason = match explain_cuda_error(&raw) {
+            Some(hint) => format!("{hint} ({raw})"),
+            None => raw,
+        };
+        DeviceError::Cuda { index, reason }
     })
+}
+
+/// A sentence for the driver errors that opening a device meets on a machine without a
+/// usable GPU; candle reports only the driver's error code.
+fn explain_cuda_error(raw: &str) -> Option<&'static str> {
+    const HINTS: [(&str, &str); 5] = [
+        (
+            "CUDA_ERROR_STUB_LIBRARY",
+            "the CUDA driver library found is a link-time stub, not the NVIDIA driver",
+        ),
+        ("CUDA_ERROR_NO_DEVICE", "no NVIDIA GPU was found"),
+        (
+            "CUDA_ERROR_INSUFFICIENT_DRIVER",
+            "the NVIDIA driver is older than the CUDA version gaze was built with",
+        ),
+        (
+            "CUDA_ERROR_INVALID_DEVICE",
+            "there is no GPU with this index",
+        ),
+        (
+            "CUDA_ERROR_NOT_INITIALIZED",
+            "the NVIDIA driver could not be initialised",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(code, _)| raw.contains(code))
+        .map(|(_, hint)| *hint)
 }
 
 #[cfg(test)]
@@ -52,5 +84,17 @@ mod tests {
             let e = open_device("cuda:0").unwrap_err().to_string();
             assert!(e.contains("without CUDA"), "{e}");
         }
+    }
+
+    #[test]
+    fn driver_errors_get_a_sentence() {
+        let raw = r#"DriverError(CUDA_ERROR_NO_DEVICE, "no CUDA-capable device is detected")"#;
+        assert_eq!(explain_cuda_error(raw), Some("no NVIDIA GPU was found"));
+        assert!(
+            explain_cuda_error("DriverError(CUDA_ERROR_STUB_LIBRARY, \"\")")
+                .unwrap()
+                .contains("stub")
+        );
+        assert_eq!(explain_cuda_error("out of memory"), None);
     }
 }

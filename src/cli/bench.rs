@@ -14,6 +14,10 @@ pub enum BenchCommand {
     Caption(CaptionBench),
     /// Encoder forward throughput (images/s) per batch size.
     Encoder(EncoderBench),
+    /// Training throughput (captions/s) on synthetic data: decoder stage or fine-tuning.
+    Train(super::bench_train::TrainBench),
+    /// The PyTorch parity fixtures on a device (e.g. to check a CUDA build), CPU for comparison.
+    Parity(super::parity::ParityArgs),
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +73,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Caption(b) => caption(b),
         BenchCommand::Encoder(b) => encoder(b),
+        BenchCommand::Train(b) => super::bench_train::run(b),
+        BenchCommand::Parity(a) => super::parity::run(a),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Subcommands. Each file holds one subcommand's arguments and its `run`.
 
 pub mod bench;
+pub mod bench_train;
 pub mod caption;
 pub mod import;
 pub mod model;
 pub mod models;
+pub mod parity;
 pub mod prepare;
 pub mod query;
 pub mod retrain;

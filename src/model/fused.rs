@@ -11,6 +11,10 @@
 //! plus an accumulation, at every decoding step) was most of a training step's work.
 //! [`attention_weighted_sum`] computes the same product and skips that gradient unless
 //! `encoder_out` is tracked (fine-tuning).
+//!
+//! GPU path: both ops have only a CPU implementation and are called for f32 on the CPU only;
+//! on every other device (CUDA) the same results come from candle ops (broadcast add, ReLU,
+//! matmul), which run on the GPU.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

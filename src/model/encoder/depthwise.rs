@@ -5,6 +5,9 @@
 //! backward for input and weights) run as a candle custom op, so autograd works through it.
 //! On other devices the same result comes from candle ops: a sum over kernel taps of shifted,
 //! channel-scaled inputs, which autograd differentiates too.
+//!
+//! GPU path: [`depthwise_conv2d`] runs the custom op only for f32 tensors on the CPU; on CUDA
+//! it routes to [`depthwise_by_taps`] (index_select, broadcast_mul, add: candle's CUDA kernels).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

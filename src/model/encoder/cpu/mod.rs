@@ -14,6 +14,10 @@
 //! What it guarantees: the reference path's outputs up to float rounding (the tests hold it to
 //! 1e-4 relative on basic and bottleneck networks, several sizes and batches). An engine is a
 //! snapshot of the weights it was built from; [`super::Encoder`] decides when to rebuild it.
+//!
+//! GPU path: the engine is CPU-only by design. [`super::Encoder::forward_t`] selects it only
+//! for f32 inference with the model and the images on the CPU; on CUDA (and in training) the
+//! reference forward runs, candle's convolution, BatchNorm and pooling ops on the GPU.
 
 pub mod kernel;
 pub mod ops;

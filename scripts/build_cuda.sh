@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Builds gaze with candle's CUDA backend (`--features cuda`) on a machine that has no GPU and no
+# CUDA installation, then assembles gpu-bundle/: the stripped binary, the parity fixtures and
+# scripts/gpu_check.sh, everything a GPU machine without Rust needs to check and measure gaze
+# (run gpu-bundle/gpu_check.sh there).
+#
+# The CUDA toolkit comes from PyPI wheels (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC) installed
+# into .cuda-toolchain/ (git-ignored). candle links the CUDA libraries at build time (cudarc's
+# `dynamic-linking`), including the driver library libcuda.so, which no wheel ships: like the
+# toolkit's own link stub, a stand-in with the driver API's symbols is generated here from
+# cudarc's bindings; every function in it returns CUDA_ERROR_STUB_LIBRARY. It is for linking
+# only and never goes into the bundle: at run time the GPU machine's driver provides libcuda.so.1.
+#
+# Settings (environment):
+#   CUDA_TOOLKIT_VERSION  PyPI `cuda-toolkit` version (default 13.0.2: CUDA 13.0, which the GPU
+#                         machines' driver 580 runs; a newer nvcc writes PTX that an older
+#                         driver refuses). Only CUDA 13.x wheels are supported (their one-folder
+#                         layout, nvidia/cu13).
+#   CUDA_COMPUTE_CAP      GPU architecture for the kernels (default 90: Hopper, H100/H200).
+#   CARGO_TARGET_DIR      cargo's target folder (default target/cuda, apart from CPU builds so
+#                         that neither build overwrites the other's binary).
+#   JOBS                  parallel rustc and nvcc jobs (default 1; this is a long build: on a
+#                         shared machine run it as `JOBS=1 nice scripts/build_cuda.sh`).
+#   GAZE_CUDA_TOOLCHAIN   where the toolkit goes (default .cuda-toolchain).
+#   GAZE_GPU_BUNDLE       where the bundle goes (default gpu-bundle).
+#   PYTHON                the Python that runs pip (default python3).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CUDA_TOOLKIT_VERSION=${CUDA_TOOLKIT_VERSION:-13.0.2}
+CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
+JOBS=${JOBS:-1}
+TOOLCHAIN=${GAZE_CUDA_TOOLCHAIN:-$ROOT/.cuda-toolchain}
+BUNDLE=${GAZE_GPU_BUNDLE:-$ROOT/gpu-bundle}
+PYTHON=${PYTHON:-python3}
+BUNDLE_LIMIT_MIB=64
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build_cuda.sh: %s\n' "$*" >&2; exit 1; }
+
+case $CUDA_TOOLKIT_VERSION in
+13.*) ;;
+*) die "CUDA_TOOLKIT_VERSION=$CUDA_TOOLKIT_VERSION: only CUDA 13.x wheels are supported" ;;
+esac
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found (needed to install the CUDA wheels)"
+command -v cargo >/dev/null || die "cargo not found"
+command -v cc >/dev/null || die "a C compiler (cc) is needed for nvcc and the driver stub"
+
+started=$(date +%s)
+
+# 1. The toolkit from PyPI.
+SITE=$TOOLCHAIN/site
+STAMP=$SITE/.gaze-cuda-toolkit-$CUDA_TOOLKIT_VERSION
+if [[ ! -f $STAMP ]]; then
+    say "installing cuda-toolkit $CUDA_TOOLKIT_VERSION wheels into $SITE"
+    rm -rf "$SITE"
+    # --target keeps the wheels apart from the Python installation; pip may warn that a
+    # system package (torch) wants another cuda-toolkit: that concerns the system, not $SITE.
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-compile \
+        --target "$SITE" \
+        "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,crt,nvvm,cccl]==$CUDA_TOOLKIT_VERSION"
+    touch "$STAMP"
+fi
+CU=$SITE/nvidia/cu13
+[[ -x $CU/bin/nvcc ]] || die "$CU/bin/nvcc missing after installing the wheels"
+NVCC_VERSION=$("$CU/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+say "nvcc $NVCC_VERSION from $CU"
+
+# 2. A CUDA_HOME for the linker: unversioned names for the wheels' libraries, and the driver stub.
+HOME_DIR=$TOOLCHAIN/cuda-home
+mkdir -p "$HOME_DIR/lib/stubs"
+for lib in cudart cublas cublasLt curand nvrtc; do
+    real=$(cd "$CU/lib" && ls "lib$lib.so."* 2>/dev/null | grep -E "^lib$lib\.so\.[0-9]+$" | head -n1 || true)
+    [[ -n $real ]] || die "lib$lib.so.N not found in $CU/lib"
+    ln -sfn "$CU/lib/$real" "$HOME_DIR/lib/lib$lib.so"
+done
+ln -sfn "$CU/include" "$HOME_DIR/include"
+ln -sfn "$CU/bin" "$HOME_DIR/bin"
+
+CUDARC_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features cuda 2>/dev/null |
+    "$PYTHON" -c 'import json, sys, os
+meta = json.load(sys.stdin)
+paths = [p["manifest_path"] for p in meta["packages"] if p["name"] == "cudarc"]
+print(os.path.dirname(paths[0]) if paths else "")')
+[[ -n $CUDARC_SRC && -f $CUDARC_SRC/src/driver/sys/mod.rs ]] ||
+    die "cudarc's sources not found (run cargo fetch first)"
+STUB=$HOME_DIR/lib/stubs/libcuda.so
+if [[ ! -f $STUB || $CUDARC_SRC/src/driver/sys/mod.rs -nt $STUB ]]; then
+    say "generating the link-time driver stub from $CUDARC_SRC"
+    "$PYTHON" - "$CUDARC_SRC/src/driver/sys/mod.rs" "$HOME_DIR/lib/stubs/libcuda_stub.c" <<'EOF'
+import re, sys
+names = sorted(set(re.findall(r"^pub unsafe fn (cu[A-Za-z0-9_]+)\(", open(sys.argv[1]).read(), re.M)))
+if len(names) < 100:
+    sys.exit(f"only {len(names)} driver functions found in {sys.argv[1]}")
+with open(sys.argv[2], "w") as out:
+    out.write("/* Link-time stand-in for libcuda.so.1, generated by scripts/build_cuda.sh. */\n")
+    out.write("#define CUDA_ERROR_STUB_LIBRARY 34\n")
+    for n in names:
+        out.write(f"int {n}(void) {{ return CUDA_ERROR_STUB_LIBRARY; }}\n")
+EOF
+    cc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$STUB" "$HOME_DIR/lib/stubs/libcuda_stub.c"
+fi
+
+# 3. The build.
+export PATH=$CU/bin:$PATH
+export CUDA_HOME=$HOME_DIR CUDA_ROOT=$HOME_DIR CUDA_PATH=$HOME_DIR
+export CUDA_COMPUTE_CAP CUDAFORGE_THREADS=$JOBS
+export CARGO_TARGET_DIR=$TARGET_DIR
+say "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP, $JOBS job(s), target $TARGET_DIR)"
+build_started=$(date +%s)
+(cd "$ROOT" && cargo build --release --features cuda -j "$JOBS")
+build_seconds=$(($(date +%s) - build_started))
+BIN=$TARGET_DIR/release/gaze
+
+# 4. The bundle.
+say "assembling $BUNDLE"
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/fixtures/parity" "$BUNDLE/fixtures/efficientnet"
+strip -o "$BUNDLE/gaze" "$BIN"
+cp "$ROOT/scripts/gpu_check.sh" "$BUNDLE/"
+for f in weights.safetensors WORDMAP_parity.json expected.safetensors expected.json \
+    bottleneck_encoder.safetensors; do
+    cp "$ROOT/tests/fixtures/parity/$f" "$BUNDLE/fixtures/parity/"
+done
+cp "$ROOT/tests/fixtures/efficientnet/expected.safetensors" "$BUNDLE/fixtures/efficientnet/"
+{
+    echo "gaze $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) built with --features cuda"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cuda-toolkit (PyPI): $CUDA_TOOLKIT_VERSION; nvcc $NVCC_VERSION"
+    "$PYTHON" -m pip list --path "$SITE" --format freeze 2>/dev/null | grep -E '^nvidia-|^cuda-' | sed 's/^/  /'
+    echo "compute capability: $CUDA_COMPUTE_CAP"
+    echo "rustc: $(rustc --version)"
+    echo "cargo build: ${build_seconds}s with $JOBS job(s) on $(nproc) core(s)"
+    echo "needs at run time:"
+    readelf -d "$BUNDLE/gaze" | sed -n 's/.*Shared library: \[\(.*\)\]/  \1/p'
+} >"$BUNDLE/BUILD-INFO.txt"
+size_kib=$(du -sk "$BUNDLE" | cut -f1)
+total_seconds=$(($(date +%s) - started))
+cat "$BUNDLE/BUILD-INFO.txt" >&2
+say "binary $(du -h "$BIN" | cut -f1) unstripped, $(du -h "$BUNDLE/gaze" | cut -f1) stripped; bundle $((size_kib / 1024)) MiB; ${total_seconds}s in all"
+((size_kib < BUNDLE_LIMIT_MIB * 1024)) || die "the bundle is over $BUNDLE_LIMIT_MIB MiB"
