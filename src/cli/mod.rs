@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod caption;
+pub mod eval;
 pub mod import;
 pub mod model;
 pub mod prepare;

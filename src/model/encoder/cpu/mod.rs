@@ -598,6 +598,7 @@ mod tests {
                     *layers,
                     *width,
                 ),
+                EncoderConfig::EfficientnetLite0 => unreachable!("the test builds a ResNet"),
             };
             let mut engine = super::CpuEncoder::from_resnet_with(&resnet, kernel).unwrap();
             assert_eq!(engine.kernel(), kernel);
