@@ -5,6 +5,7 @@
 //! - [`pth`]: reading PyTorch checkpoints (zip and legacy `torch.save` files) without Python.
 //! - [`data`]: Karpathy split JSON, word maps, the tutorial's HDF5/JSON files, image preprocessing.
 //! - [`metrics`]: BLEU, CIDEr-D, ROUGE-L and METEOR as the reference scorers compute them.
+//! - [`eval`]: a model judged on a prepared split (beam search at several sizes, every metric).
 //! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
 //! - [`store`]: the SQLite store (migrations, queries).
 //! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod pth;

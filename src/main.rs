@@ -38,6 +38,8 @@ enum Command {
     Bench(cli::bench::BenchCommand),
     /// Score COCO-format results against a Karpathy split (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D).
     Score(cli::score::ScoreArgs),
+    /// Evaluate a model on a prepared split: beam search at several sizes, every metric, results files.
+    Eval(cli::eval::EvalArgs),
     /// Make the tutorial's training files (HDF5 images, JSON captions) from Karpathy's split JSON.
     Prepare(cli::prepare::PrepareArgs),
     /// Write a captioned synthetic dataset (Karpathy JSON and JPEG images).
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Model(cmd) => cli::model::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Score(args) => cli::score::run(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Synth(args) => cli::synth::run(args),
         Command::Train(args) => cli::train::run(args),

@@ -17,7 +17,7 @@ use std::hash::Hash;
 
 use serde::Serialize;
 
-use super::ngram::{closest_reference_length, max_reference_counts, NgramCounts};
+use super::ngram::{bleu_image_stats, intern_corpus, BleuImageStats};
 use super::MetricsError;
 
 const SMALL: f64 = 1e-9;
@@ -69,28 +69,33 @@ where
             hypotheses: hypotheses.len(),
         });
     }
+    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
+        return Err(MetricsError::NoReferences { index });
+    }
+    let corpus = intern_corpus(references, hypotheses);
+    let stats: Vec<BleuImageStats> = corpus
+        .references
+        .iter()
+        .zip(&corpus.hypotheses)
+        .map(|(refs, hyp)| bleu_image_stats(refs, hyp, 4))
+        .collect();
+    Ok(from_image_stats(&stats))
+}
+
+/// [`corpus_bleu`] from per-image statistics.
+pub(crate) fn from_image_stats(stats: &[BleuImageStats]) -> CocoBleu {
     let mut total = Comps::default();
-    let mut per_image = Vec::with_capacity(hypotheses.len());
-    for (index, (refs, hyp)) in references.iter().zip(hypotheses).enumerate() {
-        let refs = refs.as_ref();
-        let hyp = hyp.as_ref();
-        if refs.is_empty() {
-            return Err(MetricsError::NoReferences { index });
-        }
-        let max_ref = max_reference_counts(refs, 4);
-        let counts = NgramCounts::new(hyp, 4);
+    let mut per_image = Vec::with_capacity(stats.len());
+    for s in stats {
         let mut comps = Comps {
-            test_len: hyp.len() as u64,
-            ref_len: closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len())
-                as u64,
+            test_len: s.hypothesis_length as u64,
+            ref_len: s.reference_length as u64,
             ..Comps::default()
         };
-        for (k, order) in counts.orders.iter().enumerate() {
-            comps.guess[k] = (hyp.len() + 1).saturating_sub(k + 1) as u64;
-            comps.correct[k] = order
-                .iter()
-                .map(|&(g, c)| c.min(max_ref.get(g).copied().unwrap_or(0)) as u64)
-                .sum();
+        for k in 0..4 {
+            // coco-caption's guess: max(0, len - k) n-grams of order k + 1, no floor.
+            comps.guess[k] = (s.hypothesis_length + 1).saturating_sub(k + 1) as u64;
+            comps.correct[k] = s.clipped[k];
         }
         per_image.push(bleu_from(&comps));
         total.test_len += comps.test_len;
@@ -100,10 +105,10 @@ where
             total.correct[k] += comps.correct[k];
         }
     }
-    Ok(CocoBleu {
+    CocoBleu {
         corpus: bleu_from(&total),
         per_image,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@
 use std::hash::Hash;
 
 use super::fsum::fsum;
-use super::ngram::{closest_reference_length, max_reference_counts, NgramCounts};
+use super::ngram::{
+    bleu_image_stats, closest_reference_length, intern_corpus, max_reference_counts,
+    BleuImageStats, NgramCounts, MAX_PACKED_ORDER,
+};
 use super::MetricsError;
 
 /// NLTK's weights for BLEU-1..4: `(1,)`, `(1/2, 1/2)`, `(1/3,)*3`, `(1/4,)*4`.
@@ -107,6 +110,20 @@ where
             hypotheses: hypotheses.len(),
         });
     }
+    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
+        return Err(MetricsError::NoReferences { index });
+    }
+    if max_order <= MAX_PACKED_ORDER {
+        // Integer n-grams: the same counts, much faster.
+        let corpus = intern_corpus(references, hypotheses);
+        let stats: Vec<BleuImageStats> = corpus
+            .references
+            .iter()
+            .zip(&corpus.hypotheses)
+            .map(|(refs, hyp)| bleu_image_stats(refs, hyp, max_order))
+            .collect();
+        return Ok(counts_from_image_stats(&stats, max_order));
+    }
     let mut counts = NltkBleuCounts {
         numerators: vec![0; max_order],
         denominators: vec![0; max_order],
@@ -137,6 +154,30 @@ where
             closest_reference_length(refs.iter().map(|r| r.as_ref().len()), hyp.len()) as u64;
     }
     Ok(counts)
+}
+
+/// [`corpus_counts`] from per-image statistics (orders 1..=`max_order`, at most 4).
+pub(crate) fn counts_from_image_stats(
+    stats: &[BleuImageStats],
+    max_order: usize,
+) -> NltkBleuCounts {
+    let mut counts = NltkBleuCounts {
+        numerators: vec![0; max_order],
+        denominators: vec![0; max_order],
+        hypothesis_length: 0,
+        reference_length: 0,
+    };
+    for s in stats {
+        for n in 0..max_order {
+            counts.numerators[n] += s.clipped[n];
+            // The hypothesis has max(0, len - n + 1) n-grams; NLTK floors each segment at 1.
+            counts.denominators[n] +=
+                ((s.hypothesis_length + 1).saturating_sub(n + 1) as u64).max(1);
+        }
+        counts.hypothesis_length += s.hypothesis_length as u64;
+        counts.reference_length += s.reference_length as u64;
+    }
+    counts
 }
 
 /// NLTK's brevity penalty from total hypothesis length c and reference length r.

@@ -22,7 +22,9 @@ use std::hash::Hash;
 use serde::Serialize;
 
 use super::fsum::numpy_mean;
-use super::ngram::{FastMap, NgramCounts};
+use rayon::prelude::*;
+
+use super::ngram::{intern_corpus, DistinctGrams, FastMap, GramKey};
 use super::MetricsError;
 
 const ORDERS: usize = 4;
@@ -46,90 +48,42 @@ struct Vector {
     length: i64,
 }
 
-/// The corpus-wide n-gram table. An n-gram's id is looked up by (id of its first n-1
-/// tokens, id of its last token) packed in a `u64`, so the large table is keyed by integers
-/// and lookups do not chase pointers into token storage.
-struct IdfTable<'a, T> {
-    tokens: FastMap<&'a T, u32>,
-    grams: FastMap<u64, u32>,
-    /// `ln(max(1, df))` per id (filled once df is known).
-    log_df: Vec<f64>,
-}
-
-fn gram_key(prefix: u32, token: u32) -> u64 {
-    ((prefix as u64) << 32) | token as u64
-}
-
 /// One sentence's n-grams as (id, tf) per order, in first-appearance order.
 type IdCounts = [Vec<(u32, u32)>; ORDERS];
 
-impl<'a, T: Eq + Hash> IdfTable<'a, T> {
-    /// Ids of a sentence's n-grams; with `insert`, unseen n-grams get new ids, otherwise they
-    /// are [`ABSENT`].
-    fn ids(&mut self, counts: &NgramCounts<'a, T>, insert: bool) -> IdCounts {
-        let mut out: IdCounts = Default::default();
-        let mut local: FastMap<&'a [T], u32> = FastMap::default();
-        for (n, order) in counts.orders.iter().enumerate() {
-            out[n].reserve(order.len());
-            for &(gram, tf) in order {
-                let prefix = if n == 0 {
-                    ABSENT
-                } else {
-                    local.get(&gram[..n]).copied().unwrap_or(ABSENT)
-                };
-                let last = &gram[n];
-                let id = if insert {
-                    let next = self.tokens.len() as u32;
-                    let token = *self.tokens.entry(last).or_insert(next);
-                    let next = self.grams.len() as u32;
-                    *self.grams.entry(gram_key(prefix, token)).or_insert(next)
-                } else if n > 0 && prefix == ABSENT {
-                    ABSENT
-                } else {
-                    match self.tokens.get(last) {
-                        Some(&token) => self
-                            .grams
-                            .get(&gram_key(prefix, token))
-                            .copied()
-                            .unwrap_or(ABSENT),
-                        None => ABSENT,
-                    }
-                };
-                local.insert(gram, id);
-                out[n].push((id, tf));
-            }
-        }
-        out
-    }
+/// A sentence's distinct n-grams of orders 1..=4 with their counts.
+fn sentence_grams<K: GramKey>(tokens: &[u32]) -> [DistinctGrams<K>; ORDERS] {
+    std::array::from_fn(|n| DistinctGrams::new(tokens, n + 1))
+}
 
-    fn vector(&self, counts: &IdCounts, log_n: f64) -> Vector {
-        let mut weights: [Vec<(u32, f64)>; ORDERS] = Default::default();
-        let mut norms = [0.0; ORDERS];
-        let mut length = 0i64;
-        for (n, order) in counts.iter().enumerate() {
-            weights[n].reserve(order.len());
-            for &(id, tf) in order {
-                let log_df = if id == ABSENT {
-                    0.0
-                } else {
-                    self.log_df[id as usize]
-                };
-                let w = tf as f64 * (log_n - log_df);
-                norms[n] += w * w;
-                if n == 1 {
-                    length += tf as i64;
-                }
-                weights[n].push((id, w));
+/// `log_df[id]` is `ln(max(1, df))` of the n-gram `id`.
+fn vector(counts: &IdCounts, log_df: &[f64], log_n: f64) -> Vector {
+    let mut weights: [Vec<(u32, f64)>; ORDERS] = Default::default();
+    let mut norms = [0.0; ORDERS];
+    let mut length = 0i64;
+    for (n, order) in counts.iter().enumerate() {
+        weights[n].reserve(order.len());
+        for &(id, tf) in order {
+            let log_df = if id == ABSENT {
+                0.0
+            } else {
+                log_df[id as usize]
+            };
+            let w = tf as f64 * (log_n - log_df);
+            norms[n] += w * w;
+            if n == 1 {
+                length += tf as i64;
             }
+            weights[n].push((id, w));
         }
-        for norm in &mut norms {
-            *norm = norm.sqrt();
-        }
-        Vector {
-            weights,
-            norms,
-            length,
-        }
+    }
+    for norm in &mut norms {
+        *norm = norm.sqrt();
+    }
+    Vector {
+        weights,
+        norms,
+        length,
     }
 }
 
@@ -172,66 +126,106 @@ where
             hypotheses: hypotheses.len(),
         });
     }
+    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
+        return Err(MetricsError::NoReferences { index });
+    }
+    let corpus = intern_corpus(references, hypotheses);
+    Ok(cider_d_ids(&corpus.references, &corpus.hypotheses))
+}
+
+/// [`cider_d`] over token ids below `u32::MAX`, for a corpus already checked: as many
+/// reference lists as hypotheses, none empty.
+pub(crate) fn cider_d_ids(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>]) -> Cider {
+    debug_assert_eq!(references.len(), hypotheses.len());
+    let largest = references
+        .iter()
+        .flatten()
+        .chain(hypotheses)
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if (largest as u64) < <u64 as GramKey>::ID_LIMIT {
+        cider_d_keyed::<u64>(references, hypotheses)
+    } else {
+        cider_d_keyed::<u128>(references, hypotheses)
+    }
+}
+
+fn cider_d_keyed<K: GramKey>(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>]) -> Cider {
+    // Counting n-grams is per sentence, so it runs in parallel; ids are then given in corpus
+    // order, as the sums below need a fixed order.
+    let ref_grams: Vec<Vec<[DistinctGrams<K>; ORDERS]>> = references
+        .par_iter()
+        .map(|refs| refs.iter().map(|r| sentence_grams(r)).collect())
+        .collect();
     // df(g): images whose references contain g; `last_image` makes an n-gram shared by
     // several references of one image count once.
-    let mut table = IdfTable {
-        tokens: FastMap::default(),
-        grams: FastMap::default(),
-        log_df: Vec::new(),
-    };
+    let mut table: FastMap<K, u32> = FastMap::default();
     let mut df: Vec<u32> = Vec::new();
     let mut last_image: Vec<usize> = Vec::new();
     let mut ref_ids: Vec<Vec<IdCounts>> = Vec::with_capacity(references.len());
-    for (image, refs) in references.iter().enumerate() {
-        let refs = refs.as_ref();
-        if refs.is_empty() {
-            return Err(MetricsError::NoReferences { index: image });
-        }
+    for (image, refs) in ref_grams.iter().enumerate() {
         let mut image_ids = Vec::with_capacity(refs.len());
-        for r in refs {
-            let ids = table.ids(&NgramCounts::new(r.as_ref(), ORDERS), true);
-            for order in &ids {
-                for &(id, _) in order {
-                    let id = id as usize;
-                    if id >= df.len() {
-                        df.resize(id + 1, 0);
-                        last_image.resize(id + 1, usize::MAX);
+        for grams in refs {
+            let mut ids: IdCounts = Default::default();
+            for (n, order) in grams.iter().enumerate() {
+                ids[n].reserve(order.len());
+                for (&key, &tf) in order.keys.iter().zip(&order.counts) {
+                    let next = table.len() as u32;
+                    let id = *table.entry(key).or_insert(next);
+                    if id == next {
+                        df.push(0);
+                        last_image.push(usize::MAX);
                     }
-                    if last_image[id] != image {
-                        df[id] += 1;
-                        last_image[id] = image;
+                    let i = id as usize;
+                    if last_image[i] != image {
+                        df[i] += 1;
+                        last_image[i] = image;
                     }
+                    ids[n].push((id, tf));
                 }
             }
             image_ids.push(ids);
         }
         ref_ids.push(image_ids);
     }
-    table.log_df = df.iter().map(|&d| (d as f64).max(1.0).ln()).collect();
+    drop(ref_grams);
+    let log_df: Vec<f64> = df.iter().map(|&d| (d as f64).max(1.0).ln()).collect();
     let log_n = (references.len() as f64).ln();
-    let mut per_image = Vec::with_capacity(hypotheses.len());
-    for (hyp, refs) in hypotheses.iter().zip(&ref_ids) {
-        let hyp_ids = table.ids(&NgramCounts::new(hyp.as_ref(), ORDERS), false);
-        let hyp_vec = table.vector(&hyp_ids, log_n);
-        let mut score = [0.0; ORDERS];
-        for ids in refs {
-            let sim = similarity(&hyp_vec, &table.vector(ids, log_n));
-            for n in 0..ORDERS {
-                score[n] += sim[n];
+    let per_image: Vec<f64> = hypotheses
+        .par_iter()
+        .zip(&ref_ids)
+        .map(|(hyp, refs)| {
+            let grams = sentence_grams::<K>(hyp);
+            let hyp_ids: IdCounts = std::array::from_fn(|n| {
+                grams[n]
+                    .keys
+                    .iter()
+                    .zip(&grams[n].counts)
+                    .map(|(key, &tf)| (table.get(key).copied().unwrap_or(ABSENT), tf))
+                    .collect()
+            });
+            let hyp_vec = vector(&hyp_ids, &log_df, log_n);
+            let mut score = [0.0; ORDERS];
+            for ids in refs {
+                let sim = similarity(&hyp_vec, &vector(ids, &log_df, log_n));
+                for n in 0..ORDERS {
+                    score[n] += sim[n];
+                }
             }
-        }
-        // np.mean over the 4 orders (a plain running sum below 8 elements).
-        let mut avg = numpy_mean(&score);
-        avg /= refs.len() as f64;
-        avg *= 10.0;
-        per_image.push(avg);
-    }
+            // np.mean over the 4 orders (a plain running sum below 8 elements).
+            let mut avg = numpy_mean(&score);
+            avg /= refs.len() as f64;
+            avg * 10.0
+        })
+        .collect();
     let corpus = if per_image.is_empty() {
         0.0
     } else {
         numpy_mean(&per_image)
     };
-    Ok(Cider { corpus, per_image })
+    Cider { corpus, per_image }
 }
 
 #[cfg(test)]
@@ -265,6 +259,29 @@ mod tests {
         for (got, want) in out.per_image.iter().zip(expected) {
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }
+    }
+
+    #[test]
+    fn narrow_and_wide_keys_give_the_same_scores() {
+        let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
+        let refs: Vec<Vec<Vec<&str>>> = refs
+            .iter()
+            .map(|r| r.iter().map(|s| split(s)).collect())
+            .collect();
+        let hyps: Vec<Vec<&str>> = hyps.iter().map(|h| split(h)).collect();
+        let corpus = intern_corpus(&refs, &hyps);
+        let narrow = cider_d_keyed::<u64>(&corpus.references, &corpus.hypotheses);
+        let wide = cider_d_keyed::<u128>(&corpus.references, &corpus.hypotheses);
+        assert_eq!(narrow, wide);
+        // Ids too large for 16-bit lanes take the wide keys.
+        let shifted = |t: &Vec<u32>| t.iter().map(|&i| i + 70_000).collect::<Vec<u32>>();
+        let big_refs: Vec<Vec<Vec<u32>>> = corpus
+            .references
+            .iter()
+            .map(|rs| rs.iter().map(shifted).collect())
+            .collect();
+        let big_hyps: Vec<Vec<u32>> = corpus.hypotheses.iter().map(shifted).collect();
+        assert_eq!(cider_d_ids(&big_refs, &big_hyps), wide);
     }
 
     #[test]

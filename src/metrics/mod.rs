@@ -178,22 +178,19 @@ pub fn score_tokenized(
         .map(|h| intern(&mut vocabulary, h))
         .collect();
 
-    let (((nltk, coco), cider), (rouge, meteor)) = rayon::join(
+    let ((bleu_stats, cider), (rouge, meteor)) = rayon::join(
         || {
             rayon::join(
                 || {
-                    rayon::join(
-                        || {
-                            bleu_nltk::corpus_bleu(
-                                &ref_ids,
-                                &hyp_ids,
-                                &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
-                            )
-                        },
-                        || bleu_coco::corpus_bleu(&ref_ids, &hyp_ids),
-                    )
+                    use rayon::prelude::*;
+                    // Both BLEU variants are built from the same per-image statistics.
+                    ref_ids
+                        .par_iter()
+                        .zip(&hyp_ids)
+                        .map(|(refs, hyp)| ngram::bleu_image_stats(refs, hyp, 4))
+                        .collect::<Vec<_>>()
                 },
-                || cider::cider_d(&ref_ids, &hyp_ids),
+                || cider::cider_d_ids(&ref_ids, &hyp_ids),
             )
         },
         || {
@@ -203,8 +200,12 @@ pub fn score_tokenized(
             )
         },
     );
-    let (nltk, coco, cider, rouge, meteor) = (nltk?, coco?, cider?, rouge?, meteor);
-
+    let nltk = bleu_nltk::score_from_counts(
+        &bleu_nltk::counts_from_image_stats(&bleu_stats, 4),
+        &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
+    );
+    let coco = bleu_coco::from_image_stats(&bleu_stats);
+    let rouge = rouge?;
     let per_image = (0..hypotheses.len())
         .map(|i| ImageMetrics {
             bleu_1_coco: coco.per_image[i][0],
@@ -246,7 +247,9 @@ fn meteor_parallel(references: &[Vec<String>], hypotheses: &[String]) -> meteor:
     let stats: Vec<meteor::MeteorStats> = references
         .par_iter()
         .zip(hypotheses)
-        .map(|(refs, hyp)| scorer.segment_stats(hyp, refs))
+        .map_init(meteor::WordCache::default, |cache, (refs, hyp)| {
+            scorer.segment_stats_cached(hyp, refs, cache)
+        })
         .collect();
     meteor::scores_from_stats(&stats)
 }

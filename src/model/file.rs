@@ -157,11 +157,32 @@ pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Resu
             }
             cfg
         }
-        None => infer_config(&tensors, word_map.len(), opts.encoded_image_size, path)?,
+        None => {
+            if let (Some(wm_path), Some(rows)) = (
+                &opts.word_map,
+                tensors
+                    .get("decoder.embedding.weight")
+                    .and_then(|t| t.dims().first().copied()),
+            ) {
+                if rows != word_map.len() {
+                    return Err(ModelError::Config(format!(
+                        "{}: the model has a vocabulary of {rows} words but the word map {} has {}: wrong word map?",
+                        path.display(),
+                        wm_path.display(),
+                        word_map.len()
+                    )));
+                }
+            }
+            infer_config(&tensors, word_map.len(), opts.encoded_image_size, path)?
+        }
     };
     if config.vocab_size != word_map.len() {
+        let which = match &opts.word_map {
+            Some(wm_path) => format!("the word map {}", wm_path.display()),
+            None => "its word map".to_string(),
+        };
         return Err(ModelError::Config(format!(
-            "{}: the model has a vocabulary of {} words but the word map has {}",
+            "{}: the model has a vocabulary of {} words but {which} has {}",
             path.display(),
             config.vocab_size,
             word_map.len()

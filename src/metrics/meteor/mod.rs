@@ -40,6 +40,7 @@ use serde::Serialize;
 
 pub use function_words::ENGLISH_FUNCTION_WORDS;
 
+use super::ngram::FastMap;
 use super::MetricsError;
 
 /// METEOR 1.5's English ranking-task parameters.
@@ -159,13 +160,32 @@ fn java_hash(s: &str) -> i32 {
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
 }
 
-/// A normalised, lowercased sentence ready for alignment.
+/// A normalised, lowercased sentence ready for alignment: per word its hash, its stem's hash
+/// and whether it is a function word.
 struct Sentence {
-    words: Vec<String>,
     keys: Vec<i32>,
     stem_keys: Vec<i32>,
     function: Vec<bool>,
 }
+
+impl Sentence {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// What alignment needs to know about one word.
+#[derive(Debug, Clone, Copy)]
+struct WordFacts {
+    key: i32,
+    stem_key: i32,
+    function: bool,
+}
+
+/// Facts of words already seen, so that each distinct word is stemmed once. A cache only
+/// saves work: results are the same with or without one.
+#[derive(Default)]
+pub struct WordCache(FastMap<String, WordFacts>);
 
 /// One candidate word match: reference position `start`, hypothesis position `match_start`.
 #[derive(Debug, Clone, Copy)]
@@ -229,35 +249,54 @@ impl Meteor {
         }
     }
 
-    fn prepare(&self, text: &str) -> Sentence {
-        let normalized = normalize::normalize_line(text).to_lowercase();
-        let words: Vec<String> = normalize::java_tokens(&normalized)
-            .map(str::to_string)
-            .collect();
-        let keys = words.iter().map(|w| java_hash(w)).collect();
-        let stem_keys = words
-            .iter()
-            .map(|w| java_hash(&self.stemmer.stem(w)))
-            .collect();
-        let function = words
-            .iter()
-            .map(|w| self.function_words.contains(w.to_lowercase().as_str()))
-            .collect();
-        Sentence {
-            words,
-            keys,
-            stem_keys,
-            function,
+    fn facts(&self, word: &str) -> WordFacts {
+        WordFacts {
+            key: java_hash(word),
+            stem_key: java_hash(&self.stemmer.stem(word)),
+            function: self.function_words.contains(word.to_lowercase().as_str()),
         }
+    }
+
+    fn prepare(&self, text: &str, cache: &mut WordCache) -> Sentence {
+        let normalized = normalize::normalize_line(text).to_lowercase();
+        let mut sentence = Sentence {
+            keys: Vec::new(),
+            stem_keys: Vec::new(),
+            function: Vec::new(),
+        };
+        for word in normalize::java_tokens(&normalized) {
+            let facts = match cache.0.get(word) {
+                Some(&facts) => facts,
+                None => {
+                    let facts = self.facts(word);
+                    cache.0.insert(word.to_string(), facts);
+                    facts
+                }
+            };
+            sentence.keys.push(facts.key);
+            sentence.stem_keys.push(facts.stem_key);
+            sentence.function.push(facts.function);
+        }
+        sentence
     }
 
     /// The statistics of the best-scoring reference for one hypothesis (the jar's `SCORE`
     /// line). With no references the statistics are all zero.
     pub fn segment_stats<S: AsRef<str>>(&self, hypothesis: &str, references: &[S]) -> MeteorStats {
-        let test = self.prepare(hypothesis);
+        self.segment_stats_cached(hypothesis, references, &mut WordCache::default())
+    }
+
+    /// [`Self::segment_stats`] with a cache of word facts kept between calls.
+    pub fn segment_stats_cached<S: AsRef<str>>(
+        &self,
+        hypothesis: &str,
+        references: &[S],
+        cache: &mut WordCache,
+    ) -> MeteorStats {
+        let test = self.prepare(hypothesis, cache);
         let mut best: Option<(f64, MeteorStats)> = None;
         for reference in references {
-            let stats = align_stats(&test, &self.prepare(reference.as_ref()));
+            let stats = align_stats(&test, &self.prepare(reference.as_ref(), cache));
             let score = stats.score();
             if best.as_ref().is_none_or(|(s, _)| score > *s) {
                 best = Some((score, stats));
@@ -281,10 +320,11 @@ impl Meteor {
         if let Some(index) = references.iter().position(|r| r.is_empty()) {
             return Err(MetricsError::NoReferences { index });
         }
+        let mut cache = WordCache::default();
         let stats: Vec<MeteorStats> = references
             .iter()
             .zip(hypotheses)
-            .map(|(refs, hyp)| self.segment_stats(hyp.as_ref(), refs))
+            .map(|(refs, hyp)| self.segment_stats_cached(hyp.as_ref(), refs, &mut cache))
             .collect();
         Ok(scores_from_stats(&stats))
     }
@@ -305,8 +345,8 @@ pub fn scores_from_stats(stats: &[MeteorStats]) -> MeteorScores {
 /// Aligns hypothesis `test` (the jar's line 1) with `reference` (line 2) and counts.
 #[allow(clippy::needless_range_loop)] // indices mirror the jar's matcher loops
 fn align_stats(test: &Sentence, reference: &Sentence) -> MeteorStats {
-    let n1 = test.words.len();
-    let n2 = reference.words.len();
+    let n1 = test.len();
+    let n2 = reference.len();
     let mut candidates: Vec<Vec<WordMatch>> = vec![Vec::new(); n2];
     let mut coverage1 = vec![0u32; n1];
     let mut coverage2 = vec![0u32; n2];
