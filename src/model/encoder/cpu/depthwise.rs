@@ -28,7 +28,13 @@ pub struct DepthwiseWeights {
 impl DepthwiseWeights {
     /// From PyTorch's `(C, 1, k, k)` weights (flattened), each channel multiplied by `scale`,
     /// with `shift` as the bias.
-    pub fn fold(weight: &[f32], scale: &[f32], shift: &[f32], kernel: usize, stride: usize) -> Self {
+    pub fn fold(
+        weight: &[f32],
+        scale: &[f32],
+        shift: &[f32],
+        kernel: usize,
+        stride: usize,
+    ) -> Self {
         let channels = scale.len();
         assert_eq!(weight.len(), channels * kernel * kernel, "weight size");
         assert_eq!(shift.len(), channels, "bias size");

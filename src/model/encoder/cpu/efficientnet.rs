@@ -110,7 +110,11 @@ impl FoldedMbConv {
                 ));
             }
         }
-        let mid = self.expand.as_ref().map(|e| e.c_out()).unwrap_or(self.c_in());
+        let mid = self
+            .expand
+            .as_ref()
+            .map(|e| e.c_out())
+            .unwrap_or(self.c_in());
         if mid != self.depthwise.channels() || self.project.c_in != mid {
             return fail(format!(
                 "channels do not chain: {} expanded, {} depthwise, {} projected",
@@ -281,16 +285,7 @@ impl FoldedEfficientNet {
                     ..x_grid
                 };
                 ops::ensure_len(t1, g.floats());
-                same_conv(
-                    expand,
-                    x,
-                    x_grid,
-                    t1,
-                    g,
-                    false,
-                    Activation::Relu6,
-                    kernel,
-                );
+                same_conv(expand, x, x_grid, t1, g, false, Activation::Relu6, kernel);
                 (t1.as_slice(), g)
             }
             None => (x.as_slice(), x_grid),

@@ -810,20 +810,25 @@ mod tests {
     #[test]
     fn efficientnet_matches_reference_on_pretrained_weights() {
         let cfg = efficientnet_config(14);
-        let tensors = crate::model::encoder::efficientnet::pretrained_tensors(&Device::Cpu, false)
-            .unwrap();
+        let tensors =
+            crate::model::encoder::efficientnet::pretrained_tensors(&Device::Cpu, false).unwrap();
         let weights = Weights::new(tensors, &Device::Cpu);
         let enc = encoder(&cfg, &weights);
         let net = crate::model::encoder::efficientnet::EfficientNetLite::load(
             &weights.pp("encoder").pp("efficientnet"),
             false,
         );
-        for (i, &(n, h, w)) in [(1, 256, 256), (3, 45, 38), (1, 255, 257)].iter().enumerate() {
+        for (i, &(n, h, w)) in [(1, 256, 256), (3, 45, 38), (1, 255, 257)]
+            .iter()
+            .enumerate()
+        {
             let x = images(n, h, w, 10 + i as u64);
             let want = enc.forward_reference(&x).unwrap();
             let got = enc.forward(&x).unwrap();
             let r = assert_close(&format!("pretrained {n}x{h}x{w}"), &got, &want);
-            eprintln!("pretrained EfficientNet-Lite0 {n}x3x{h}x{w}: max difference / max value {r:e}");
+            eprintln!(
+                "pretrained EfficientNet-Lite0 {n}x3x{h}x{w}: max difference / max value {r:e}"
+            );
             if i == 1 {
                 // The portable kernels and image groups give the same.
                 let mut engine =
