@@ -160,3 +160,52 @@ fn depthwise_convolution_forward_and_backward_match_pytorch() {
         }
     }
 }
+
+/// The CPU inference engine (folded BatchNorm, NHWC) against PyTorch: spatial features, and
+/// ImageNet logits from its globally pooled features.
+#[test]
+fn cpu_engine_matches_pytorch() {
+    use gaze::model::encoder::adaptive_avg_pool_nhwc;
+    use gaze::model::encoder::cpu::CpuEncoder;
+
+    let exp = expected();
+    let net = network();
+    let engine = CpuEncoder::from_efficientnet(&net).unwrap();
+    for (tag, s) in [("features256", 8), ("features_odd", 4)] {
+        let want = &exp[&format!("{tag}.output")];
+        // Pooling to the map's own size is the identity (features256).
+        let want = adaptive_avg_pool_nhwc(want, s).unwrap();
+        let got = engine
+            .forward(&exp[&format!("{tag}.input")], s)
+            .unwrap()
+            .reshape(want.dims())
+            .unwrap();
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff <= 1e-4 * max_abs(&want),
+            "{tag}: engine differs by {diff} (max {})",
+            max_abs(&want)
+        );
+    }
+
+    let tensors = pretrained_tensors(&Device::Cpu, true).unwrap();
+    let fc_w = &tensors[&format!("encoder.{PREFIX}._fc.weight")];
+    let fc_b = &tensors[&format!("encoder.{PREFIX}._fc.bias")];
+    let features = engine
+        .forward(&exp["chelsea.input"], 1)
+        .unwrap()
+        .reshape((1, 1280))
+        .unwrap();
+    let logits = features
+        .matmul(&fc_w.t().unwrap())
+        .unwrap()
+        .broadcast_add(fc_b)
+        .unwrap();
+    let want = &exp["chelsea.logits"];
+    let diff = max_abs_diff(&logits, want);
+    assert!(
+        diff <= 1e-4 * max_abs(want).max(1.0),
+        "engine logits differ by {diff}"
+    );
+    assert_eq!(top(&logits, 3), vec![285, 281, 282]);
+}

@@ -62,8 +62,9 @@ pub fn pretrained_tensors(
     Ok(out)
 }
 
-/// TensorFlow "same" padding for one dimension: (before, after).
-fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+/// TensorFlow "same" padding for one dimension: (before, after). The output has
+/// `size.div_ceil(stride)` pixels.
+pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
     let out = size.div_ceil(stride);
     let total = ((out - 1) * stride + kernel).saturating_sub(size);
     (total / 2, total - total / 2)
@@ -85,12 +86,12 @@ fn relu6(x: &Tensor) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone)]
-struct ConvBn {
-    weight: Tensor,
-    bn: BatchNorm,
-    kernel: usize,
-    stride: usize,
-    depthwise: bool,
+pub(super) struct ConvBn {
+    pub(super) weight: Tensor,
+    pub(super) bn: BatchNorm,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) depthwise: bool,
 }
 
 impl ConvBn {
@@ -137,11 +138,12 @@ impl ConvBn {
 
 /// Inverted residual block (MBConv) without squeeze-excitation.
 #[derive(Debug, Clone)]
-struct MbConv {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
-    skip: bool,
+pub(super) struct MbConv {
+    pub(super) expand: Option<ConvBn>,
+    pub(super) depthwise: ConvBn,
+    pub(super) project: ConvBn,
+    /// Identity shortcut (stride 1, as many output channels as input channels).
+    pub(super) skip: bool,
 }
 
 impl MbConv {
@@ -161,9 +163,9 @@ impl MbConv {
 
 #[derive(Debug, Clone)]
 pub struct EfficientNetLite {
-    stem: ConvBn,
-    blocks: Vec<MbConv>,
-    head: ConvBn,
+    pub(super) stem: ConvBn,
+    pub(super) blocks: Vec<MbConv>,
+    pub(super) head: ConvBn,
     classifier: Option<Linear>,
 }
 
@@ -231,15 +233,32 @@ impl EfficientNetLite {
         fc.forward(&features)
     }
 
-    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
-        let mut out = vec![&self.stem.bn];
-        for b in &self.blocks {
-            out.extend(b.expand.iter().map(|e| &e.bn));
-            out.push(&b.depthwise.bn);
-            out.push(&b.project.bn);
+    /// Calls `f` on every tensor of the trunk (convolution weights, BatchNorm parameters and
+    /// running statistics; not the classifier): what the CPU engine is built from.
+    pub fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
+        for conv in self.convs() {
+            f(&conv.weight);
+            let (weight, bias) = conv.bn.weight_and_bias();
+            f(weight);
+            f(bias);
+            f(conv.bn.running_mean());
+            f(conv.bn.running_var());
         }
-        out.push(&self.head.bn);
+    }
+
+    fn convs(&self) -> Vec<&ConvBn> {
+        let mut out = vec![&self.stem];
+        for b in &self.blocks {
+            out.extend(&b.expand);
+            out.push(&b.depthwise);
+            out.push(&b.project);
+        }
+        out.push(&self.head);
         out
+    }
+
+    pub fn batch_norms(&self) -> Vec<&BatchNorm> {
+        self.convs().into_iter().map(|c| &c.bn).collect()
     }
 }
 

@@ -63,6 +63,12 @@ impl Backbone for efficientnet::EfficientNetLite {
             .flat_map(|bn| bn.buffers())
             .collect()
     }
+    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+        Some(cpu::CpuEncoder::from_efficientnet(self))
+    }
+    fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
+        efficientnet::EfficientNetLite::for_each_tensor(self, f)
+    }
 }
 
 impl Backbone for resnet::ResNet {

@@ -10,8 +10,8 @@
 //!
 //! Weights are packed once into 16-column panels, split into depth blocks that fit the L2 cache.
 //! A 6x16 register tile accumulates over one depth block; the first block starts from the bias
-//! plus the residual, the last applies ReLU, so bias, residual add and ReLU need no extra pass
-//! over memory. Work is split over row chunks and panel groups with rayon.
+//! plus the residual, the last applies the activation (ReLU or ReLU6), so bias, residual add
+//! and activation need no extra pass over memory. Work is split over row chunks and panel groups with rayon.
 //!
 //! The micro-kernel has an AVX2+FMA version (chosen at run time when the CPU has both) and a
 //! portable one; both compute the same sums in the same order up to fused rounding.
@@ -49,6 +49,27 @@ impl KernelKind {
             }
         }
         KernelKind::Portable
+    }
+}
+
+/// The activation a convolution's epilogue applies after bias and residual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNet and EfficientNet-Lite).
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
     }
 }
 
@@ -276,9 +297,9 @@ pub struct ConvGemm<'a> {
     /// Offset of each tap from the pixel's start (in floats).
     pub tap_offsets: &'a [usize],
     pub weights: &'a PackedWeights,
-    /// Added before ReLU, at `residual_map` (the same pixel grid as the output).
+    /// Added before the activation, at `residual_map` (the same pixel grid as the output).
     pub residual: Option<PixelMap>,
-    pub relu: bool,
+    pub activation: Activation,
     pub output_map: PixelMap,
 }
 
@@ -406,7 +427,11 @@ impl ConvGemm<'_> {
                         k_len: b.k_len,
                         b: w.block_panel(b, p),
                         init,
-                        relu: self.relu && bi == last_block,
+                        activation: if bi == last_block {
+                            self.activation
+                        } else {
+                            Activation::Identity
+                        },
                     };
                     let mut d = [std::ptr::null_mut(); TILE_ROWS];
                     let mut res = [std::ptr::null(); TILE_ROWS];
@@ -443,7 +468,7 @@ struct Tile<'a> {
     /// `taps.len() * k_len` rows of PANEL floats.
     b: *const f32,
     init: Init,
-    relu: bool,
+    activation: Activation,
 }
 
 /// A tile with fewer than TILE_ROWS rows or PANEL columns: run it on a scratch tile.
@@ -522,14 +547,14 @@ unsafe fn portable_tile(tile: &Tile, d: &[*mut f32; TILE_ROWS], res: &[*const f3
     }
     for (i, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            *d[i].add(j) = if tile.relu { v.max(0.0) } else { v };
+            *d[i].add(j) = tile.activation.apply(v);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Init, Tile, PANEL, TILE_ROWS};
+    use super::{Activation, Init, Tile, PANEL, TILE_ROWS};
     use std::arch::x86_64::*;
 
     /// The 6x16 tile: twelve 8-float accumulators, two weight vectors, one broadcast.
@@ -596,10 +621,20 @@ mod avx2 {
             }
         }
         let mut c = [c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51];
-        if tile.relu {
-            let zero = _mm256_setzero_ps();
-            for v in c.iter_mut() {
-                *v = _mm256_max_ps(*v, zero);
+        match tile.activation {
+            Activation::Identity => {}
+            Activation::Relu => {
+                let zero = _mm256_setzero_ps();
+                for v in c.iter_mut() {
+                    *v = _mm256_max_ps(*v, zero);
+                }
+            }
+            Activation::Relu6 => {
+                let zero = _mm256_setzero_ps();
+                let six = _mm256_set1_ps(6.0);
+                for v in c.iter_mut() {
+                    *v = _mm256_min_ps(_mm256_max_ps(*v, zero), six);
+                }
             }
         }
         for i in 0..TILE_ROWS {
@@ -673,7 +708,7 @@ mod tests {
         pad: usize,
         kernel: KernelKind,
         residual: Option<&[f32]>,
-        relu: bool,
+        activation: Activation,
     ) -> Vec<f32> {
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let mut xp = vec![0f32; n * hp * wp * c];
@@ -734,7 +769,7 @@ mod tests {
             tap_offsets: &taps,
             weights: &packed,
             residual: residual.map(|_| output_map),
-            relu,
+            activation,
             output_map,
         }
         .run(&mut out, kernel);
@@ -768,7 +803,13 @@ mod tests {
             let (want, ho, wo) = naive_conv(&x, (n, h, w, c), &wt, co, k, stride, pad);
             let res: Vec<f32> = (0..n * ho * wo * co).map(|_| lcg(&mut seed)).collect();
             for &kernel in &kernels {
-                for (residual, relu) in [(None, false), (Some(res.as_slice()), true)] {
+                let res = Some(res.as_slice());
+                for (residual, activation) in [
+                    (None, Activation::Identity),
+                    (res, Activation::Relu),
+                    (None, Activation::Relu6),
+                    (res, Activation::Relu6),
+                ] {
                     let got = gemm_conv(
                         &x,
                         (n, h, w, c),
@@ -779,16 +820,14 @@ mod tests {
                         pad,
                         kernel,
                         residual,
-                        relu,
+                        activation,
                     );
                     for i in 0..want.len() {
                         let mut v = want[i] + (i % co) as f32 * 0.01;
                         if let Some(r) = residual {
                             v += r[i];
                         }
-                        if relu {
-                            v = v.max(0.0);
-                        }
+                        v = activation.apply(v);
                         assert!(
                             (got[i] - v).abs() <= 1e-4 * (1.0 + v.abs()),
                             "{kernel:?} case {:?} [{i}]: {} vs {v}",

@@ -1,4 +1,4 @@
-//! An inference-only engine for the ResNet encoder on the CPU, in f32.
+//! An inference-only engine for the ResNet and EfficientNet-Lite encoders on the CPU, in f32.
 //!
 //! Why it exists: candle's CPU convolution (im2col copies, NCHW transposes, BatchNorm and ReLU
 //! as separate passes, an allocation per op) is several times slower than the matrix product
@@ -8,17 +8,22 @@
 //!   built;
 //! - activations stay NHWC (a row per pixel) with a one-pixel zero border, so every
 //!   convolution is an implicit GEMM over the buffer as it lies ([`kernel`]), with bias,
-//!   residual add and ReLU applied in registers;
+//!   residual add and ReLU (or ReLU6) applied in registers; EfficientNet's depthwise
+//!   convolutions run a direct kernel over the same layout ([`depthwise`]), and its
+//!   TensorFlow "same" padding is the border read from an offset ([`efficientnet`]);
 //! - a block's buffers are reused from call to call.
 //!
 //! What it guarantees: the reference path's outputs up to float rounding (the tests hold it to
-//! 1e-4 relative on basic and bottleneck networks, several sizes and batches). An engine is a
+//! 1e-4 relative on basic and bottleneck networks and on EfficientNet-Lite0, several sizes and
+//! batches). An engine is a
 //! snapshot of the weights it was built from; [`super::Encoder`] decides when to rebuild it.
 //!
 //! GPU path: the engine is CPU-only by design. [`super::Encoder::forward_t`] selects it only
 //! for f32 inference with the model and the images on the CPU; on CUDA (and in training) the
 //! reference forward runs, candle's convolution, BatchNorm and pooling ops on the GPU.
 
+pub mod depthwise;
+mod efficientnet;
 pub mod kernel;
 pub mod ops;
 
@@ -27,8 +32,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
-use self::kernel::{ConvGemm, KernelKind, PackedWeights};
+use self::kernel::{Activation, ConvGemm, KernelKind, PackedWeights};
 use self::ops::Grid;
+use super::efficientnet::EfficientNetLite;
 use super::layers::{BatchNorm, Conv};
 use super::resnet::ResNet;
 
@@ -64,17 +70,22 @@ struct FoldedConv {
 impl FoldedConv {
     /// `conv` followed by inference-mode `bn`: weights scaled per output channel, shift as bias.
     fn fold(conv: &Conv, bn: &BatchNorm, layer: &str) -> Result<Self> {
-        let read = |t: &Tensor| -> std::result::Result<Vec<f32>, candle_core::Error> {
-            t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()
-        };
+        Self::fold_weight(&conv.weight, conv.stride, conv.padding, bn, layer)
+    }
+
+    /// A bias-free convolution with `(C_out, C_in, k, k)` `weight` followed by `bn`.
+    fn fold_weight(
+        weight: &Tensor,
+        stride: usize,
+        padding: usize,
+        bn: &BatchNorm,
+        layer: &str,
+    ) -> Result<Self> {
         let wrap = |source| CpuEngineError::Weights {
             layer: layer.to_string(),
             source,
         };
-        let (c_out, c_in, kh, kw) = conv.weight.dims4().map_err(wrap)?;
+        let (c_out, c_in, kh, kw) = weight.dims4().map_err(wrap)?;
         if kh != kw {
             return Err(CpuEngineError::Unsupported {
                 layer: layer.to_string(),
@@ -82,16 +93,8 @@ impl FoldedConv {
             });
         }
         let k = kh;
-        let w = read(&conv.weight).map_err(wrap)?;
-        let (scale, shift) = bn.scale_shift().map_err(wrap)?;
-        let scale = read(&scale).map_err(wrap)?;
-        let shift = read(&shift).map_err(wrap)?;
-        if scale.len() != c_out || shift.len() != c_out {
-            return Err(CpuEngineError::Unsupported {
-                layer: layer.to_string(),
-                what: format!("{} BatchNorm channels for {c_out} outputs", scale.len()),
-            });
-        }
+        let w = read_f32(weight).map_err(wrap)?;
+        let (scale, shift) = folded_batch_norm(bn, c_out, layer)?;
         // Row (ky, kx, ci) of the GEMM: kernel row ky is one tap of k * c_in floats.
         let mut m = vec![0f32; k * k * c_in * c_out];
         for o in 0..c_out {
@@ -107,8 +110,8 @@ impl FoldedConv {
         Ok(FoldedConv {
             weights: PackedWeights::pack(&m, k, k * c_in, c_out, &shift),
             kernel: k,
-            stride: conv.stride,
-            padding: conv.padding,
+            stride,
+            padding,
             c_in,
         })
     }
@@ -130,7 +133,7 @@ impl FoldedConv {
     }
 
     /// Runs into `output` (laid out as `out`, border re-zeroed). With `residual`, the output
-    /// buffer's current interior is added before the ReLU.
+    /// buffer's current interior is added before the activation.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -139,7 +142,7 @@ impl FoldedConv {
         output: &mut [f32],
         out: Grid,
         residual: bool,
-        relu: bool,
+        activation: Activation,
         kernel: KernelKind,
     ) {
         debug_assert_eq!(in_grid.c, self.c_in);
@@ -151,12 +154,38 @@ impl FoldedConv {
             tap_offsets: &taps,
             weights: &self.weights,
             residual: residual.then(|| out.interior()),
-            relu,
+            activation,
             output_map: out.interior(),
         }
         .run(output, kernel);
         ops::zero_border(output, out);
     }
+}
+
+/// A tensor's values as f32 on the CPU.
+fn read_f32(t: &Tensor) -> std::result::Result<Vec<f32>, candle_core::Error> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+/// Inference-mode `bn` as per-channel `(scale, shift)`, checked to have `channels` entries.
+fn folded_batch_norm(bn: &BatchNorm, channels: usize, layer: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let wrap = |source| CpuEngineError::Weights {
+        layer: layer.to_string(),
+        source,
+    };
+    let (scale, shift) = bn.scale_shift().map_err(wrap)?;
+    let scale = read_f32(&scale).map_err(wrap)?;
+    let shift = read_f32(&shift).map_err(wrap)?;
+    if scale.len() != channels || shift.len() != channels {
+        return Err(CpuEngineError::Unsupported {
+            layer: layer.to_string(),
+            what: format!("{} BatchNorm channels for {channels} outputs", scale.len()),
+        });
+    }
+    Ok((scale, shift))
 }
 
 #[derive(Debug, Clone)]
@@ -221,10 +250,19 @@ struct Workspace {
     d: Vec<f32>,
 }
 
+/// The folded layers of one of the networks the engine runs.
+enum Network {
+    ResNet {
+        stem: FoldedConv,
+        blocks: Vec<FoldedBlock>,
+    },
+    EfficientNet(efficientnet::FoldedEfficientNet),
+}
+
 /// The folded network (see the module docs).
 pub struct CpuEncoder {
-    stem: FoldedConv,
-    blocks: Vec<FoldedBlock>,
+    network: Network,
+    in_channels: usize,
     out_channels: usize,
     kernel: KernelKind,
     workspaces: Mutex<Vec<Workspace>>,
@@ -234,8 +272,13 @@ pub struct CpuEncoder {
 
 impl std::fmt::Debug for CpuEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (network, blocks) = match &self.network {
+            Network::ResNet { blocks, .. } => ("ResNet", blocks.len()),
+            Network::EfficientNet(net) => ("EfficientNet", net.blocks()),
+        };
         f.debug_struct("CpuEncoder")
-            .field("blocks", &self.blocks.len())
+            .field("network", &network)
+            .field("blocks", &blocks)
             .field("out_channels", &self.out_channels)
             .field("kernel", &self.kernel)
             .field("parameters", &self.parameters)
@@ -307,12 +350,32 @@ impl CpuEncoder {
             .map(|c| c.weights.len())
             .sum();
         Ok(CpuEncoder {
-            stem,
-            blocks,
+            in_channels: stem.c_in,
+            network: Network::ResNet { stem, blocks },
             out_channels: net.out_channels(),
             kernel,
             workspaces: Mutex::new(Vec::new()),
             parameters,
+            images_per_pass: 1,
+        })
+    }
+
+    /// Folds the current tensors of an EfficientNet-Lite trunk, with the fastest kernel this CPU
+    /// runs.
+    pub fn from_efficientnet(net: &EfficientNetLite) -> Result<Self> {
+        Self::from_efficientnet_with(net, KernelKind::detect())
+    }
+
+    /// Folds the current tensors of an EfficientNet-Lite trunk for `kernel`.
+    pub fn from_efficientnet_with(net: &EfficientNetLite, kernel: KernelKind) -> Result<Self> {
+        let folded = efficientnet::FoldedEfficientNet::fold(net)?;
+        Ok(CpuEncoder {
+            in_channels: folded.in_channels(),
+            out_channels: folded.out_channels(),
+            parameters: folded.parameters(),
+            network: Network::EfficientNet(folded),
+            kernel,
+            workspaces: Mutex::new(Vec::new()),
             images_per_pass: 1,
         })
     }
@@ -336,7 +399,9 @@ impl CpuEncoder {
         }
         let dims = images.dims().to_vec();
         let (n, c, h, w) = match dims[..] {
-            [n, c, h, w] if n > 0 && h > 0 && w > 0 && c == self.stem.c_in && s > 0 => (n, c, h, w),
+            [n, c, h, w] if n > 0 && h > 0 && w > 0 && c == self.in_channels && s > 0 => {
+                (n, c, h, w)
+            }
             _ => return Err(CpuEngineError::InputShape(dims)),
         };
         let images = images.contiguous()?;
@@ -398,6 +463,25 @@ impl CpuEncoder {
     fn run(
         &self,
         images: &[f32],
+        shape: (usize, usize, usize, usize),
+        s: usize,
+        ws: &mut Workspace,
+        out: &mut [f32],
+    ) {
+        match &self.network {
+            Network::ResNet { stem, blocks } => {
+                self.run_resnet(stem, blocks, images, shape, s, ws, out)
+            }
+            Network::EfficientNet(net) => net.run(images, shape, s, ws, out, self.kernel),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_resnet(
+        &self,
+        stem: &FoldedConv,
+        blocks: &[FoldedBlock],
+        images: &[f32],
         (n, c, h, w): (usize, usize, usize, usize),
         s: usize,
         ws: &mut Workspace,
@@ -410,14 +494,21 @@ impl CpuEncoder {
             h,
             w,
             c,
-            pad: self.stem.padding,
+            pad: stem.padding,
         };
         ops::ensure_len(&mut ws.input, in_grid.floats());
         ops::pack_nchw(images, in_grid, &mut ws.input);
-        let stem_grid = self.stem.output_grid(in_grid);
+        let stem_grid = stem.output_grid(in_grid);
         ops::ensure_len(&mut ws.t1, stem_grid.floats());
-        self.stem
-            .run(&ws.input, in_grid, &mut ws.t1, stem_grid, false, true, k);
+        stem.run(
+            &ws.input,
+            in_grid,
+            &mut ws.t1,
+            stem_grid,
+            false,
+            Activation::Relu,
+            k,
+        );
         // Max-pool 3x3/2, padding 1 (the stem output is >= 0 after its ReLU).
         let size = |x: usize| (x + 2 - 3) / 2 + 1;
         let mut x_grid = stem_grid.with(size(stem_grid.h), size(stem_grid.w), stem_grid.c);
@@ -425,7 +516,7 @@ impl CpuEncoder {
         ops::zero_border(&mut ws.x, x_grid);
         ops::max_pool(&ws.t1, stem_grid, 3, 2, 1, &mut ws.x, x_grid);
 
-        for block in &self.blocks {
+        for block in blocks {
             x_grid = self.block(block, x_grid, ws);
         }
 
@@ -443,11 +534,11 @@ impl CpuEncoder {
         let (last, inner) = block.convs.split_last().expect("checked when built");
         let g1 = inner[0].output_grid(x_grid);
         ops::ensure_len(t1, g1.floats());
-        inner[0].run(x, x_grid, t1, g1, false, true, k);
+        inner[0].run(x, x_grid, t1, g1, false, Activation::Relu, k);
         let (src, src_grid): (&[f32], Grid) = if let Some(second) = inner.get(1) {
             let g2 = second.output_grid(g1);
             ops::ensure_len(t2, g2.floats());
-            second.run(t1, g1, t2, g2, false, true, k);
+            second.run(t1, g1, t2, g2, false, Activation::Relu, k);
             (t2, g2)
         } else {
             (t1, g1)
@@ -457,11 +548,11 @@ impl CpuEncoder {
         match &block.downsample {
             Some(ds) => {
                 ops::ensure_len(d, out_grid.floats());
-                ds.run(x, x_grid, d, out_grid, false, false, k);
-                last.run(src, src_grid, d, out_grid, true, true, k);
+                ds.run(x, x_grid, d, out_grid, false, Activation::Identity, k);
+                last.run(src, src_grid, d, out_grid, true, Activation::Relu, k);
                 std::mem::swap(x, d);
             }
-            None => last.run(src, src_grid, x, out_grid, true, true, k),
+            None => last.run(src, src_grid, x, out_grid, true, Activation::Relu, k),
         }
         out_grid
     }
@@ -501,6 +592,12 @@ mod tests {
         let mut t = random_tensors(cfg, seed, &Device::Cpu).unwrap();
         let mut rng = SplitMix64::new(seed);
         for (name, tensor) in t.iter_mut() {
+            // He initialisation counts a depthwise filter's fan as k * k, not C * k * k.
+            if name.contains("_depthwise_conv.") {
+                let c = tensor.dim(0).unwrap() as f64;
+                *tensor = (&*tensor * c.sqrt()).unwrap();
+                continue;
+            }
             let (lo, hi) = match name.rsplit('.').next().unwrap() {
                 "running_mean" | "bias" => (-0.3, 0.3),
                 "running_var" => (0.5, 2.0),
@@ -637,17 +734,12 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    #[test]
-    fn engine_follows_weight_and_statistics_updates() {
-        let cfg = config(BlockKind::Bottleneck, [1, 1, 1, 1], 8, 2);
-        let mut weights = Weights::new(tensors(&cfg, 2), &Device::Cpu);
-        // Fine-tuning makes layer2..layer4 trainable.
-        let vars: Vec<(String, Var)> = weights
-            .make_trainable(|n| {
-                n.starts_with("encoder.resnet.5.") || n.starts_with("encoder.resnet.7.")
-            })
-            .unwrap();
-        let enc = encoder(&cfg, &weights);
+    /// The engine's output follows an optimiser step on `changed` (made trainable with the
+    /// tensors `trainable` selects) and a training-mode forward (BatchNorm statistics).
+    fn engine_follows_updates(cfg: &ModelConfig, trainable: fn(&str) -> bool, changed: &str) {
+        let mut weights = Weights::new(tensors(cfg, 2), &Device::Cpu);
+        let vars: Vec<(String, Var)> = weights.make_trainable(trainable).unwrap();
+        let enc = encoder(cfg, &weights);
         let x = images(2, 40, 40, 4);
         let before = enc.forward(&x).unwrap();
         assert_close("before", &before, &enc.forward_reference(&x).unwrap());
@@ -655,8 +747,8 @@ mod tests {
         // An optimiser step changes a weight in place.
         let (name, var) = vars
             .iter()
-            .find(|(n, _)| n.ends_with("resnet.7.0.conv2.weight"))
-            .unwrap();
+            .find(|(n, _)| n.ends_with(changed))
+            .expect("the changed tensor is trainable");
         let doubled = (var.as_tensor() * 2.0).unwrap();
         var.set(&doubled).unwrap();
         let after = enc.forward(&x).unwrap();
@@ -681,6 +773,75 @@ mod tests {
             relative_change(&after, &after_train) > 1e-3,
             "the statistics update must reach the output"
         );
+    }
+
+    #[test]
+    fn engine_follows_weight_and_statistics_updates() {
+        // Fine-tuning makes layer2..layer4 trainable.
+        engine_follows_updates(
+            &config(BlockKind::Bottleneck, [1, 1, 1, 1], 8, 2),
+            |n| n.starts_with("encoder.resnet.5.") || n.starts_with("encoder.resnet.7."),
+            "resnet.7.0.conv2.weight",
+        );
+    }
+
+    #[test]
+    fn efficientnet_engine_follows_weight_and_statistics_updates() {
+        engine_follows_updates(
+            &efficientnet_config(2),
+            |n| n.starts_with("encoder.efficientnet._blocks.5.") || n.contains("_conv_head"),
+            "_blocks.5._project_conv.weight",
+        );
+    }
+
+    fn efficientnet_config(s: usize) -> ModelConfig {
+        ModelConfig {
+            encoder: EncoderConfig::EfficientnetLite0,
+            ..config(BlockKind::Basic, [1, 1, 1, 1], 1, s)
+        }
+    }
+
+    #[test]
+    fn efficientnet_matches_reference_on_random_weights() {
+        // Batches of 1 and 3, odd sizes (asymmetric "same" padding), a map smaller than 1x1
+        // before the head would be (9x7 -> 1x1).
+        engine_matches_reference(
+            &efficientnet_config(3),
+            &[(1, 64, 64), (3, 45, 38), (1, 255, 257), (2, 9, 7)],
+        );
+    }
+
+    #[test]
+    fn efficientnet_matches_reference_on_pretrained_weights() {
+        let cfg = efficientnet_config(14);
+        let tensors =
+            crate::model::encoder::efficientnet::pretrained_tensors(&Device::Cpu, false).unwrap();
+        let weights = Weights::new(tensors, &Device::Cpu);
+        let enc = encoder(&cfg, &weights);
+        let net = crate::model::encoder::efficientnet::EfficientNetLite::load(
+            &weights.pp("encoder").pp("efficientnet"),
+            false,
+        );
+        for (i, &(n, h, w)) in [(1, 256, 256), (3, 45, 38), (1, 255, 257)]
+            .iter()
+            .enumerate()
+        {
+            let x = images(n, h, w, 10 + i as u64);
+            let want = enc.forward_reference(&x).unwrap();
+            let got = enc.forward(&x).unwrap();
+            let r = assert_close(&format!("pretrained {n}x{h}x{w}"), &got, &want);
+            eprintln!(
+                "pretrained EfficientNet-Lite0 {n}x3x{h}x{w}: max difference / max value {r:e}"
+            );
+            if i == 1 {
+                // The portable kernels and image groups give the same.
+                let mut engine =
+                    super::CpuEncoder::from_efficientnet_with(&net, KernelKind::Portable).unwrap();
+                engine.set_images_per_pass(2);
+                let got = engine.forward(&x, 14).unwrap();
+                assert_close("pretrained, portable kernels", &got, &want);
+            }
+        }
     }
 
     /// Largest difference relative to the largest value of `a`.

@@ -1,6 +1,6 @@
 //! The non-convolution steps of the CPU engine, on NHWC buffers with a zero border: the layout
 //! of a feature map ([`Grid`]), input packing, border clearing, max pooling and adaptive
-//! average pooling.
+//! average pooling. (The depthwise convolution has its own module, [`super::depthwise`].)
 
 use rayon::prelude::*;
 
@@ -47,13 +47,28 @@ impl Grid {
     /// The top-left corners of the windows of a convolution with `conv_pad` padding and
     /// `stride`, for an `out_h x out_w` output. The border must be at least `conv_pad`.
     pub fn windows(&self, out_h: usize, out_w: usize, stride: usize, conv_pad: usize) -> PixelMap {
-        assert!(conv_pad <= self.pad, "border narrower than the padding");
-        let skip = self.pad - conv_pad;
+        self.windows_at(out_h, out_w, stride, conv_pad, conv_pad)
+    }
+
+    /// As [`Grid::windows`], with padding `top` above and `left` to the left (TensorFlow's
+    /// "same" padding is asymmetric); what lies below and to the right comes from the border.
+    pub fn windows_at(
+        &self,
+        out_h: usize,
+        out_w: usize,
+        stride: usize,
+        top: usize,
+        left: usize,
+    ) -> PixelMap {
+        assert!(
+            top <= self.pad && left <= self.pad,
+            "border narrower than the padding"
+        );
         PixelMap {
             images: self.n,
             height: out_h,
             width: out_w,
-            base: skip * (self.row_len() + self.c),
+            base: (self.pad - top) * self.row_len() + (self.pad - left) * self.c,
             image_step: self.image_len(),
             row_step: stride * self.row_len(),
             col_step: stride * self.c,

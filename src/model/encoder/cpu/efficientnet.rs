@@ -1,0 +1,392 @@
+//! EfficientNet-Lite on the CPU engine: the stem, MBConv blocks and head of
+//! [`crate::model::encoder::efficientnet`] with BatchNorm folded, in NHWC.
+//!
+//! - Stem (3x3, stride 2), expansion, projection and head convolutions are implicit GEMMs
+//!   ([`super::kernel`]) with bias and ReLU6 (or nothing, for the projection) in the epilogue;
+//!   a projection with an identity shortcut adds the block input in place.
+//! - Depthwise convolutions run [`super::depthwise`].
+//! - TensorFlow "same" padding puts more zeros after than before for stride 2 and some sizes;
+//!   every buffer a padded convolution reads has a zero border as wide as the larger side
+//!   (`k / 2`), and the windows start `before` pixels into it, so no padded copy is made.
+
+use rayon::prelude::*;
+
+use super::depthwise::{depthwise, DepthwiseWeights};
+use super::kernel::{Activation, ConvGemm, KernelKind};
+use super::ops::{self, Grid};
+use super::{folded_batch_norm, read_f32, CpuEngineError, FoldedConv, Result, Workspace};
+use crate::model::encoder::efficientnet::{same_padding, ConvBn, EfficientNetLite};
+
+/// One MBConv block, folded.
+#[derive(Debug, Clone)]
+struct FoldedMbConv {
+    expand: Option<FoldedConv>,
+    depthwise: DepthwiseWeights,
+    project: FoldedConv,
+    skip: bool,
+}
+
+/// The folded trunk.
+#[derive(Debug, Clone)]
+pub(super) struct FoldedEfficientNet {
+    stem: FoldedConv,
+    blocks: Vec<FoldedMbConv>,
+    head: FoldedConv,
+    /// Border of the block inputs and outputs: wide enough for a block without expansion,
+    /// whose depthwise convolution reads its input directly.
+    x_pad: usize,
+}
+
+/// The border a "same" convolution with a `kernel`-wide window needs after the image.
+fn same_border(kernel: usize) -> usize {
+    kernel / 2
+}
+
+fn fold_conv(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
+    if conv.depthwise {
+        return Err(CpuEngineError::Unsupported {
+            layer: layer.to_string(),
+            what: "a depthwise convolution where a full one belongs".into(),
+        });
+    }
+    FoldedConv::fold_weight(&conv.weight, conv.stride, 0, &conv.bn, layer)
+}
+
+fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
+    let wrap = |source| CpuEngineError::Weights {
+        layer: layer.to_string(),
+        source,
+    };
+    let (c, one, kh, kw) = conv.weight.dims4().map_err(wrap)?;
+    if !conv.depthwise || one != 1 || kh != kw || kh != conv.kernel || kh % 2 == 0 {
+        return Err(CpuEngineError::Unsupported {
+            layer: layer.to_string(),
+            what: format!("depthwise weight of shape {:?}", conv.weight.dims()),
+        });
+    }
+    let w = read_f32(&conv.weight).map_err(wrap)?;
+    let (scale, shift) = folded_batch_norm(&conv.bn, c, layer)?;
+    Ok(DepthwiseWeights::fold(&w, &scale, &shift, kh, conv.stride))
+}
+
+impl FoldedMbConv {
+    fn fold(block: &crate::model::encoder::efficientnet::MbConv, i: usize) -> Result<Self> {
+        let name = |part: &str| format!("_blocks.{i}.{part}");
+        let folded = FoldedMbConv {
+            expand: block
+                .expand
+                .as_ref()
+                .map(|e| fold_conv(e, &name("_expand_conv")))
+                .transpose()?,
+            depthwise: fold_depthwise(&block.depthwise, &name("_depthwise_conv"))?,
+            project: fold_conv(&block.project, &name("_project_conv"))?,
+            skip: block.skip,
+        };
+        folded.check(&name(""))?;
+        Ok(folded)
+    }
+
+    fn c_in(&self) -> usize {
+        match &self.expand {
+            Some(e) => e.c_in,
+            None => self.depthwise.channels(),
+        }
+    }
+
+    /// 1x1 expansion and projection, channels that chain, a shortcut only where shapes match.
+    fn check(&self, layer: &str) -> Result<()> {
+        let fail = |what: String| {
+            Err(CpuEngineError::Unsupported {
+                layer: layer.trim_end_matches('.').to_string(),
+                what,
+            })
+        };
+        for conv in self.expand.iter().chain([&self.project]) {
+            if conv.kernel != 1 || conv.stride != 1 {
+                return fail(format!(
+                    "{k}x{k} stride {s} pointwise convolution",
+                    k = conv.kernel,
+                    s = conv.stride
+                ));
+            }
+        }
+        let mid = self
+            .expand
+            .as_ref()
+            .map(|e| e.c_out())
+            .unwrap_or(self.c_in());
+        if mid != self.depthwise.channels() || self.project.c_in != mid {
+            return fail(format!(
+                "channels do not chain: {} expanded, {} depthwise, {} projected",
+                mid,
+                self.depthwise.channels(),
+                self.project.c_in
+            ));
+        }
+        if self.skip && (self.depthwise.stride() != 1 || self.project.c_out() != self.c_in()) {
+            return fail("a shortcut around a block that changes shape".into());
+        }
+        Ok(())
+    }
+}
+
+impl FoldedEfficientNet {
+    pub(super) fn fold(net: &EfficientNetLite) -> Result<Self> {
+        let stem = fold_conv(&net.stem, "_conv_stem")?;
+        let head = fold_conv(&net.head, "_conv_head")?;
+        // Folding reads every weight once: spread it over the threads.
+        let blocks = net
+            .blocks
+            .par_iter()
+            .enumerate()
+            .map(|(i, b)| FoldedMbConv::fold(b, i))
+            .collect::<Result<Vec<_>>>()?;
+        let mut c = stem.c_out();
+        for (i, b) in blocks.iter().enumerate() {
+            if b.c_in() != c {
+                return Err(CpuEngineError::Unsupported {
+                    layer: format!("_blocks.{i}"),
+                    what: format!("{} input channels after {c}", b.c_in()),
+                });
+            }
+            c = b.project.c_out();
+        }
+        if head.c_in != c || head.kernel != 1 || head.stride != 1 {
+            return Err(CpuEngineError::Unsupported {
+                layer: "_conv_head".into(),
+                what: format!(
+                    "{k}x{k} stride {s} convolution of {} channels after {c}",
+                    head.c_in,
+                    k = head.kernel,
+                    s = head.stride
+                ),
+            });
+        }
+        let x_pad = blocks
+            .iter()
+            .filter(|b| b.expand.is_none())
+            .map(|b| same_border(b.depthwise.kernel()))
+            .max()
+            .unwrap_or(0);
+        Ok(FoldedEfficientNet {
+            stem,
+            blocks,
+            head,
+            x_pad,
+        })
+    }
+
+    pub(super) fn in_channels(&self) -> usize {
+        self.stem.c_in
+    }
+
+    pub(super) fn out_channels(&self) -> usize {
+        self.head.c_out()
+    }
+
+    pub(super) fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Floats held by the folded weights.
+    pub(super) fn parameters(&self) -> usize {
+        let convs: usize = [&self.stem, &self.head]
+            .into_iter()
+            .chain(
+                self.blocks
+                    .iter()
+                    .flat_map(|b| b.expand.iter().chain([&b.project])),
+            )
+            .map(|c| c.weights.len())
+            .sum();
+        convs + self.blocks.iter().map(|b| b.depthwise.len()).sum::<usize>()
+    }
+
+    /// `images` (NCHW, `shape`) through the trunk, then adaptive average pooling to `s x s` into
+    /// `out` (`(n, s, s, C)`).
+    pub(super) fn run(
+        &self,
+        images: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        s: usize,
+        ws: &mut Workspace,
+        out: &mut [f32],
+        kernel: KernelKind,
+    ) {
+        let in_grid = Grid {
+            n,
+            h,
+            w,
+            c,
+            pad: same_border(self.stem.kernel),
+        };
+        ops::ensure_len(&mut ws.input, in_grid.floats());
+        ops::pack_nchw(images, in_grid, &mut ws.input);
+        let stride = self.stem.stride;
+        let mut x_grid = Grid {
+            n,
+            h: h.div_ceil(stride),
+            w: w.div_ceil(stride),
+            c: self.stem.c_out(),
+            pad: self.x_pad,
+        };
+        ops::ensure_len(&mut ws.x, x_grid.floats());
+        same_conv(
+            &self.stem,
+            &ws.input,
+            in_grid,
+            &mut ws.x,
+            x_grid,
+            false,
+            Activation::Relu6,
+            kernel,
+        );
+        for block in &self.blocks {
+            x_grid = self.block(block, x_grid, ws, kernel);
+        }
+        let head_grid = Grid {
+            c: self.head.c_out(),
+            pad: 0,
+            ..x_grid
+        };
+        ops::ensure_len(&mut ws.t2, head_grid.floats());
+        same_conv(
+            &self.head,
+            &ws.x,
+            x_grid,
+            &mut ws.t2,
+            head_grid,
+            false,
+            Activation::Relu6,
+            kernel,
+        );
+        let rows = crate::model::encoder::adaptive_pool_matrix(head_grid.h, s);
+        let cols = crate::model::encoder::adaptive_pool_matrix(head_grid.w, s);
+        ops::adaptive_avg_pool(&ws.t2, head_grid, s, &rows, &cols, out);
+    }
+
+    /// One MBConv block from `ws.x` (laid out as `x_grid`) back into `ws.x`; returns the new
+    /// layout.
+    fn block(
+        &self,
+        block: &FoldedMbConv,
+        x_grid: Grid,
+        ws: &mut Workspace,
+        kernel: KernelKind,
+    ) -> Grid {
+        let Workspace { x, t1, t2, d, .. } = ws;
+        let (k, stride) = (block.depthwise.kernel(), block.depthwise.stride());
+        // Expansion (1x1, ReLU6) into a buffer bordered for the depthwise window.
+        let (dw_in, dw_in_grid): (&[f32], Grid) = match &block.expand {
+            Some(expand) => {
+                let g = Grid {
+                    c: expand.c_out(),
+                    pad: same_border(k),
+                    ..x_grid
+                };
+                ops::ensure_len(t1, g.floats());
+                same_conv(expand, x, x_grid, t1, g, false, Activation::Relu6, kernel);
+                (t1.as_slice(), g)
+            }
+            None => (x.as_slice(), x_grid),
+        };
+        let dw_grid = Grid {
+            n: x_grid.n,
+            h: x_grid.h.div_ceil(stride),
+            w: x_grid.w.div_ceil(stride),
+            c: block.depthwise.channels(),
+            pad: 0,
+        };
+        ops::ensure_len(t2, dw_grid.floats());
+        let top = same_padding(x_grid.h, k, stride).0;
+        let left = same_padding(x_grid.w, k, stride).0;
+        depthwise(
+            dw_in,
+            dw_in_grid,
+            (top, left),
+            &block.depthwise,
+            Activation::Relu6,
+            t2,
+            dw_grid,
+            kernel,
+        );
+        // Projection (1x1, no activation), adding the block input in place for a shortcut.
+        let out_grid = Grid {
+            c: block.project.c_out(),
+            pad: self.x_pad,
+            ..dw_grid
+        };
+        if block.skip {
+            debug_assert_eq!(out_grid, x_grid, "checked when folded");
+            same_conv(
+                &block.project,
+                t2,
+                dw_grid,
+                x,
+                out_grid,
+                true,
+                Activation::Identity,
+                kernel,
+            );
+        } else {
+            ops::ensure_len(d, out_grid.floats());
+            same_conv(
+                &block.project,
+                t2,
+                dw_grid,
+                d,
+                out_grid,
+                false,
+                Activation::Identity,
+                kernel,
+            );
+            std::mem::swap(x, d);
+        }
+        out_grid
+    }
+}
+
+/// A convolution with TensorFlow "same" padding from `input` (laid out as `in_grid`, border at
+/// least `k / 2`) into `output` (laid out as `out`, border re-zeroed). With `residual`, the
+/// output's current interior is added before the activation.
+#[allow(clippy::too_many_arguments)]
+fn same_conv(
+    conv: &FoldedConv,
+    input: &[f32],
+    in_grid: Grid,
+    output: &mut [f32],
+    out: Grid,
+    residual: bool,
+    activation: Activation,
+    kernel: KernelKind,
+) {
+    let (k, stride) = (conv.kernel, conv.stride);
+    let (top, bottom) = same_padding(in_grid.h, k, stride);
+    let (left, right) = same_padding(in_grid.w, k, stride);
+    assert!(
+        bottom <= in_grid.pad && right <= in_grid.pad,
+        "border narrower than the padding"
+    );
+    assert_eq!(
+        (out.n, out.h, out.w, out.c),
+        (
+            in_grid.n,
+            in_grid.h.div_ceil(stride),
+            in_grid.w.div_ceil(stride),
+            conv.c_out()
+        ),
+        "output grid"
+    );
+    let taps = in_grid.kernel_rows(k);
+    ConvGemm {
+        input,
+        input_map: in_grid.windows_at(out.h, out.w, stride, top, left),
+        tap_offsets: &taps,
+        weights: &conv.weights,
+        residual: residual.then(|| out.interior()),
+        activation,
+        output_map: out.interior(),
+    }
+    .run(output, kernel);
+    ops::zero_border(output, out);
+}
