@@ -44,6 +44,8 @@ enum Command {
     Prepare(cli::prepare::PrepareArgs),
     /// Write a captioned synthetic dataset (Karpathy JSON and JPEG images).
     Synth(cli::synth::SynthArgs),
+    /// The whole system in a few minutes: synthetic data, training, evaluation, the daemon.
+    Demo(cli::demo::DemoArgs),
     /// Train a captioning model on prepared files (the tutorial's training, with real validation).
     Train(cli::train::TrainArgs),
     /// Watch folders and caption images as they arrive, into SQLite.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Synth(args) => cli::synth::run(args),
         Command::Train(args) => cli::train::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
         Command::Status(args) => cli::status::run(args),
         Command::Query(args) => cli::query::run(args),

@@ -171,12 +171,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let total = opts
         .max_images
         .map_or(split.image_count(), |m| m.min(split.image_count()));
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(total);
     bar.set_message(format!("beams {:?}", opts.beam_sizes));
     let evaluation = eval::evaluate(&model, &split, &opts, &mut |p| match p {
         EvalProgress::Captioned { done, .. } => bar.set_position(done as u64),
@@ -316,7 +311,8 @@ fn model_report(source: &ModelSource, model: &gaze::model::CaptionModel) -> Resu
 }
 
 /// The people-facing table: one row per beam size, metrics rounded to 4 digits.
-fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> String {
+/// The results table, one row per beam size.
+pub(crate) fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> String {
     let mut out = format!(
         "{data_name} {split}: {} images, {} references each\n",
         evaluation.images, evaluation.references_per_image
@@ -372,4 +368,15 @@ fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> String {
         }
     }
     out
+}
+
+/// The evaluation progress bar (images captioned).
+pub(crate) fn progress_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
 }

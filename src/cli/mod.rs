@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_train;
 pub mod caption;
+pub mod demo;
 pub mod eval;
 pub mod import;
 pub mod model;

@@ -189,7 +189,7 @@ fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
 
 /// Draws one picture per matched caption from the stored weights, over the image file if it
 /// is still there (a grey panel if not, and it says so).
-fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<ExitCode> {
+pub(crate) fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<ExitCode> {
     let with_caption: Vec<&ResultRow> = rows.iter().filter(|r| r.caption_id.is_some()).collect();
     if with_caption.is_empty() {
         eprintln!("no caption among the matches, so no attention picture to draw");
