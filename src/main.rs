@@ -47,7 +47,7 @@ enum Command {
     /// The whole system in a few minutes: synthetic data, training, evaluation, the daemon.
     Demo(cli::demo::DemoArgs),
     /// Train a captioning model on prepared files (the tutorial's training, with real validation).
-    Train(cli::train::TrainArgs),
+    Train(Box<cli::train::TrainArgs>),
     /// Watch folders and caption images as they arrive, into SQLite.
     Watch(cli::watch::WatchArgs),
     /// Show the captioning store's counts, rate, backlog and active model.
@@ -65,7 +65,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `watch` sets up logging itself, from its layered settings.
     if !matches!(cli.command, Command::Watch(_)) {
-        cli::init_logging(cli.log_level.as_deref().unwrap_or("info"));
+        // The demo prints its own story; the daemon's per-caption log lines would drown it.
+        let default = if matches!(cli.command, Command::Demo(_)) {
+            "warn"
+        } else {
+            "info"
+        };
+        cli::init_logging(cli.log_level.as_deref().unwrap_or(default));
     }
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),
@@ -76,7 +82,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Synth(args) => cli::synth::run(args),
-        Command::Train(args) => cli::train::run(args),
+        Command::Train(args) => cli::train::run(*args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
         Command::Status(args) => cli::status::run(args),

@@ -161,7 +161,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     print!("{}", super::eval::table(&evaluation, &base, "test"));
 
-    step(5, "Watching an inbox folder: the test images are dropped in one by one");
+    step(
+        5,
+        "Watching an inbox folder: the test images are dropped in one by one",
+    );
     let inbox = dir.join("inbox");
     let db = dir.join("gaze.db");
     reset_daemon_state(&inbox, &db)?;
@@ -246,8 +249,7 @@ fn reset_daemon_state(inbox: &Path, db: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let path = PathBuf::from(format!("{}{suffix}", db.display()));
         if path.exists() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("removing {}", path.display()))?;
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
