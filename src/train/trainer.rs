@@ -646,8 +646,11 @@ fn encode_all(
     let mut cache = FeatureCache::new(mode, count, p, e, dir)?;
     let bar = progress_bar(opts.progress, count as u64, what);
     let chunk = cfg.batch_size.clamp(1, 32);
+    // A stop requested while encoding (Ctrl-C) abandons the run: there is no epoch to
+    // checkpoint yet. One already set when training starts still lets the first batch run.
+    let stop_was_set = opts.stop.load(Ordering::SeqCst);
     for start in (0..count).step_by(chunk) {
-        if opts.stop.load(Ordering::SeqCst) {
+        if !stop_was_set && opts.stop.load(Ordering::SeqCst) {
             return Err(TrainError::Interrupted);
         }
         let ids: Vec<usize> = (start..(start + chunk).min(count)).collect();
