@@ -49,6 +49,11 @@ pub enum CacheError {
     },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(
+        "encoder output {value} for image {image} is outside float16's range (the cache stores \
+         float16); encoder weights this far off (random or wrong ones?) need --feature-cache off"
+    )]
+    OutOfRange { image: usize, value: f32 },
 }
 
 impl FeatureCache {
@@ -105,6 +110,16 @@ impl FeatureCache {
     /// Stores encoder outputs (`(n, S, S, E)` or `(n, P, E)`) for images `first..first + n`.
     pub fn put(&mut self, first: usize, features: &Tensor) -> Result<(), CacheError> {
         let values: Vec<f32> = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        // Beyond ±65504 float16 holds infinity, which would turn the loss into NaN later.
+        if let Some(k) = values
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32())
+        {
+            return Err(CacheError::OutOfRange {
+                image: first + k / self.row.max(1),
+                value: values[k],
+            });
+        }
         let mut halves = vec![f16::ZERO; values.len()];
         halves.convert_from_f32_slice(&values);
         let offset = first * self.row;
@@ -174,6 +189,21 @@ mod tests {
             let want: Vec<f32> = (18..24).chain(0..6).map(|v| v as f32).collect();
             assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
             assert_eq!(cache.in_memory(), mode == CacheMode::Memory);
+        }
+    }
+
+    #[test]
+    fn values_beyond_float16_are_refused_with_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = FeatureCache::new(CacheMode::Memory, 3, 2, 2, dir.path()).unwrap();
+        let feats = Tensor::new(
+            &[[[0f32, 1.0], [2.0, 3.0]], [[4.0, 1e6], [0.0, 0.0]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        match cache.put(1, &feats) {
+            Err(CacheError::OutOfRange { image, value }) => assert_eq!((image, value), (2, 1e6)),
+            other => panic!("expected OutOfRange, got {other:?}"),
         }
     }
 }
