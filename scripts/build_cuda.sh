@@ -102,18 +102,72 @@ EOF
     cc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$STUB" "$HOME_DIR/lib/stubs/libcuda_stub.c"
 fi
 
-# 3. The build.
+# 3. candle-kernels without its statically compiled GGUF/MoE kernels. Those 15 sources (quantised
+# matrix products for GGUF models and mixture-of-experts layers) take about 25 minutes each to
+# compile for sm_90 on two cores; gaze calls none of them (it uses no quantised weights and no
+# MoE layers). A copy of candle-kernels, patched in with `--config patch...` so that the
+# project's Cargo.toml stays as it is, links a stand-in library instead: each of its functions
+# prints which kernel is missing and aborts. The PTX kernels gaze does use (affine, binary, cast,
+# conv, fill, indexing, reduce, sort, ternary, unary, and quantized.cu's PTX) are built exactly
+# as candle ships them.
+KERNELS_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features cuda 2>/dev/null |
+    "$PYTHON" -c 'import json, sys, os
+meta = json.load(sys.stdin)
+pkgs = [p for p in meta["packages"] if p["name"] == "candle-kernels"]
+print(os.path.dirname(pkgs[0]["manifest_path"]) + " " + pkgs[0]["version"] if pkgs else "")')
+read -r KERNELS_DIR KERNELS_VERSION <<<"$KERNELS_SRC" || true
+[[ -n ${KERNELS_DIR:-} && -f $KERNELS_DIR/src/ffi.rs ]] ||
+    die "candle-kernels' sources not found (run cargo fetch first)"
+PATCHED=$TOOLCHAIN/candle-kernels-$KERNELS_VERSION-without-gguf-moe
+if [[ ! -f $PATCHED/.gaze-patched || $KERNELS_DIR/build.rs -nt $PATCHED/.gaze-patched ]]; then
+    say "patching candle-kernels $KERNELS_VERSION: GGUF/MoE kernels replaced by an aborting stand-in"
+    rm -rf "$PATCHED"
+    cp -r "$KERNELS_DIR" "$PATCHED"
+    chmod -R u+w "$PATCHED"
+    "$PYTHON" - "$PATCHED" <<'PATCH'
+import re, sys, pathlib
+root = pathlib.Path(sys.argv[1])
+names = sorted(set(re.findall(r"pub fn ([A-Za-z0-9_]+)\(", (root / "src/ffi.rs").read_text())))
+if len(names) < 10:
+    sys.exit(f"only {len(names)} functions found in candle-kernels' src/ffi.rs")
+stub = ["/* Stand-in for candle's GGUF/MoE CUDA kernels, written by scripts/build_cuda.sh. */",
+        "#include <stdio.h>", "#include <stdlib.h>",
+        "static void missing(const char *name) {",
+        '    fprintf(stderr, "gaze: the CUDA kernel %s (GGUF/MoE) is not in this build\\n", name);',
+        "    abort();", "}"]
+stub += [f'void {n}(void) {{ missing("{n}"); }}' for n in names]
+(root / "gguf_moe_stub.c").write_text("\n".join(stub) + "\n")
+build = (root / "build.rs").read_text()
+call = 'moe_builder.build_lib(out_dir.join("libmoe.a"))?;'
+if call not in build:
+    sys.exit("candle-kernels' build.rs has changed: cannot find where it builds libmoe.a")
+build = build.replace(call, """let _ = moe_builder;
+    let stub = env::var("GAZE_GGUF_MOE_STUB").expect("GAZE_GGUF_MOE_STUB (set by build_cuda.sh)");
+    std::fs::copy(&stub, out_dir.join("libmoe.a")).expect("copy the GGUF/MoE stand-in library");""")
+(root / "build.rs").write_text(build)
+PATCH
+    cc -c -fPIC -O1 -o "$PATCHED/gguf_moe_stub.o" "$PATCHED/gguf_moe_stub.c"
+    ar rcs "$PATCHED/libgguf_moe_stub.a" "$PATCHED/gguf_moe_stub.o"
+    touch "$PATCHED/.gaze-patched"
+fi
+export GAZE_GGUF_MOE_STUB=$PATCHED/libgguf_moe_stub.a
+
+# 4. The build.
 export PATH=$CU/bin:$PATH
 export CUDA_HOME=$HOME_DIR CUDA_ROOT=$HOME_DIR CUDA_PATH=$HOME_DIR
 export CUDA_COMPUTE_CAP CUDAFORGE_THREADS=$JOBS
 export CARGO_TARGET_DIR=$TARGET_DIR
 say "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP, $JOBS job(s), target $TARGET_DIR)"
 build_started=$(date +%s)
-(cd "$ROOT" && cargo build --release --features cuda -j "$JOBS")
+# The patch would be written into Cargo.lock: put the project's lock file back afterwards.
+cp "$ROOT/Cargo.lock" "$TOOLCHAIN/Cargo.lock.saved"
+trap 'cp "$TOOLCHAIN/Cargo.lock.saved" "$ROOT/Cargo.lock"' EXIT
+(cd "$ROOT" && cargo build --release --features cuda -j "$JOBS" \
+    --config "patch.crates-io.candle-kernels.path=\"$PATCHED\"")
 build_seconds=$(($(date +%s) - build_started))
 BIN=$TARGET_DIR/release/gaze
 
-# 4. The bundle.
+# 5. The bundle.
 say "assembling $BUNDLE"
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/fixtures/parity" "$BUNDLE/fixtures/efficientnet"
