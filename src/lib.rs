@@ -19,6 +19,7 @@ pub mod device;
 pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod progress;
 pub mod pth;
 pub mod retrain;
 pub mod rng;

@@ -13,7 +13,7 @@ use gaze::data::PreparedSplit;
 use gaze::eval::{self, BeamEvaluation, EvalOptions, EvalProgress, Evaluation};
 use gaze::metrics::{CorpusMetrics, ImageMetrics};
 use gaze::model::BeamOptions;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::ModelSource;
@@ -372,11 +372,5 @@ pub(crate) fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> St
 
 /// The evaluation progress bar (images captioned).
 pub(crate) fn progress_bar(total: usize) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} images {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
+    gaze::progress::bar(total as u64, "eval images")
 }

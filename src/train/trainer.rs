@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::adam::Adam;
@@ -663,17 +663,11 @@ fn encode_all(
 }
 
 fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
+    if enabled {
+        crate::progress::bar(len, prefix)
+    } else {
+        ProgressBar::hidden()
     }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
 }
 
 /// Model tensors as they are now: parameters, current BatchNorm statistics.

@@ -47,7 +47,7 @@ pub fn validate(
     };
     let chunk = cfg.batch_size.clamp(1, 64);
     let bar = if progress {
-        indicatif::ProgressBar::new(count as u64)
+        crate::progress::bar(count as u64, "validate")
     } else {
         indicatif::ProgressBar::hidden()
     };
