@@ -1,22 +1,17 @@
-//! Held-out scoring for the promotion rule: batched beam search over the first images of a
-//! prepared split, scored against its reference captions with the metrics module (the words
-//! are the prepared files' tokens, so no further tokenisation is applied).
-//!
-//! Kept small and self-contained; both models of a run are scored the same way on the same
-//! images, which is all the rule needs.
+//! Held-out scoring for the promotion rule: both models of a run are scored by
+//! [`crate::eval::evaluate`] on the same first images of a prepared split, exactly as
+//! `gaze eval` would score them.
 
-use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::data::hdf5::IMAGE_BYTES;
-use crate::data::image::normalize_chw;
 use crate::data::karpathy::Split;
 use crate::data::PreparedSplit;
+use crate::eval::{evaluate, EvalError, EvalOptions};
 use crate::metrics::CorpusMetrics;
-use crate::model::{BeamOptions, CaptionModel};
+use crate::model::CaptionModel;
 
 /// Images captioned together.
-const CHUNK: usize = 16;
+const BATCH: usize = 16;
 
 /// A model's scores on a held-out split.
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +52,8 @@ pub fn metric_names() -> Vec<&'static str> {
     ]
 }
 
-/// Captions the first `max_images` images of `split` with `model` and scores them.
+/// Captions the first `max_images` images of `split` with `model` and scores them, through
+/// [`crate::eval::evaluate`] as `gaze eval` does.
 pub fn score_split(
     model: &CaptionModel,
     split: &PreparedSplit,
@@ -65,45 +61,21 @@ pub fn score_split(
     beam_size: usize,
 ) -> Result<HeldOutScores, String> {
     let started = std::time::Instant::now();
-    let count = split.image_count().min(max_images);
-    if count == 0 {
-        return Err("the held-out split has no images".into());
-    }
-    let beam = BeamOptions {
-        beam_size: beam_size.max(1),
-        ..BeamOptions::default()
+    let opts = EvalOptions {
+        beam_sizes: vec![beam_size.max(1)],
+        batch_size: BATCH,
+        max_images: Some(max_images),
+        ..EvalOptions::default()
     };
-    let side = crate::data::image::TUTORIAL_SIZE as usize;
-    let mut hypotheses = Vec::with_capacity(count);
-    let mut references = Vec::with_capacity(count);
-    let mut bytes = vec![0u8; IMAGE_BYTES];
-    for start in (0..count).step_by(CHUNK) {
-        let ids: Vec<usize> = (start..(start + CHUNK).min(count)).collect();
-        let mut pixels = vec![0f32; ids.len() * IMAGE_BYTES];
-        for (k, &i) in ids.iter().enumerate() {
-            split
-                .read_image_into(i, &mut bytes)
-                .map_err(|e| e.to_string())?;
-            normalize_chw(&bytes, &mut pixels[k * IMAGE_BYTES..(k + 1) * IMAGE_BYTES]);
-        }
-        let images = Tensor::from_vec(pixels, (ids.len(), 3, side, side), &model.device)
-            .map_err(|e| e.to_string())?;
-        let captions = model
-            .caption_images(&images, &beam)
-            .map_err(|e| format!("captioning held-out images: {e}"))?;
-        for (cap, &i) in captions.into_iter().zip(&ids) {
-            hypotheses.push(cap.words.join(" "));
-            references.push(
-                split
-                    .reference_captions(i)
-                    .into_iter()
-                    .map(|words| words.join(" "))
-                    .collect::<Vec<String>>(),
-            );
-        }
-    }
-    let scores = crate::metrics::score_tokenized(&references, &hypotheses)
-        .map_err(|e| format!("scoring the held-out split: {e}"))?;
+    let evaluation = evaluate(model, split, &opts, &mut |_| {}).map_err(|e| match e {
+        EvalError::EmptySplit { .. } => "the held-out split has no images".to_string(),
+        other => format!("scoring the held-out split: {other}"),
+    })?;
+    let beam = evaluation
+        .beams
+        .into_iter()
+        .next()
+        .ok_or("the evaluation returned no beam size")?;
     Ok(HeldOutScores {
         split: match split.split() {
             Split::Train => "train",
@@ -111,9 +83,9 @@ pub fn score_split(
             Split::Test => "test",
         }
         .into(),
-        images: count,
+        images: evaluation.images,
         beam_size: beam.beam_size,
-        corpus: scores.corpus,
+        corpus: beam.scores.metrics.corpus,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
