@@ -41,6 +41,20 @@ pub struct ScoreArgs {
     /// Exit 0 even when some images of the split have no caption in the results.
     #[arg(long)]
     pub allow_missing: bool,
+    /// What the results' image_id is: auto (cocoid when every image of the split has one,
+    /// else imgid), cocoid, imgid, or index: the image's position among the split's images in
+    /// the Karpathy file, which is what `gaze eval --results-dir` writes (the prepared files
+    /// keep that order, unless `gaze prepare` skipped unreadable images).
+    #[arg(long, value_enum, default_value_t = IdChoice::Auto)]
+    pub image_ids: IdChoice,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IdChoice {
+    Auto,
+    Cocoid,
+    Imgid,
+    Index,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -61,6 +75,7 @@ struct ResultEntry {
 pub enum IdField {
     Cocoid,
     Imgid,
+    Index,
 }
 
 /// Results paired with the split's references, in split order.
@@ -107,13 +122,14 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
             args.results.display()
         )
     })?;
-    let matched = match_results(&dataset, args.split, &results).with_context(|| {
-        format!(
-            "{} against {}",
-            args.results.display(),
-            args.karpathy_json.display()
-        )
-    })?;
+    let matched =
+        match_results(&dataset, args.split, args.image_ids, &results).with_context(|| {
+            format!(
+                "{} against {}",
+                args.results.display(),
+                args.karpathy_json.display()
+            )
+        })?;
 
     let started = Instant::now();
     let scores = metrics::score_corpus(&matched.references, &matched.hypotheses)?;
@@ -168,6 +184,7 @@ fn id_name(field: IdField) -> &'static str {
     match field {
         IdField::Cocoid => "cocoid",
         IdField::Imgid => "imgid",
+        IdField::Index => "index in the split",
     }
 }
 
@@ -175,6 +192,7 @@ fn id_name(field: IdField) -> &'static str {
 fn match_results(
     dataset: &KarpathyDataset,
     split: Split,
+    ids: IdChoice,
     results: &[ResultEntry],
 ) -> Result<Matched> {
     let images: Vec<_> = dataset
@@ -185,16 +203,24 @@ fn match_results(
     if images.is_empty() {
         bail!("the Karpathy file has no {split} images");
     }
-    let id_field = if images.iter().all(|im| im.cocoid.is_some()) {
-        IdField::Cocoid
-    } else if images.iter().all(|im| im.imgid.is_some()) {
-        IdField::Imgid
-    } else {
-        bail!("some {split} images have neither a cocoid nor an imgid, so results cannot be matched to them");
+    let all_cocoids = images.iter().all(|im| im.cocoid.is_some());
+    let all_imgids = images.iter().all(|im| im.imgid.is_some());
+    let id_field = match ids {
+        IdChoice::Index => IdField::Index,
+        IdChoice::Cocoid if all_cocoids => IdField::Cocoid,
+        IdChoice::Imgid if all_imgids => IdField::Imgid,
+        IdChoice::Auto if all_cocoids => IdField::Cocoid,
+        IdChoice::Auto if all_imgids => IdField::Imgid,
+        IdChoice::Cocoid | IdChoice::Imgid => bail!(
+            "some {split} images have no {}, so results cannot be matched by it",
+            if ids == IdChoice::Cocoid { "cocoid" } else { "imgid" }
+        ),
+        IdChoice::Auto => bail!("some {split} images have neither a cocoid nor an imgid, so results cannot be matched to them (--image-ids index matches by position)"),
     };
-    let id_of = |im: &gaze::data::karpathy::KarpathyImage| match id_field {
+    let id_of = |position: usize, im: &gaze::data::karpathy::KarpathyImage| match id_field {
         IdField::Cocoid => im.cocoid.unwrap_or_default(),
         IdField::Imgid => im.imgid.unwrap_or_default(),
+        IdField::Index => position as u64,
     };
 
     let mut captions: HashMap<u64, &str> = HashMap::with_capacity(results.len());
@@ -213,7 +239,11 @@ fn match_results(
             preview(&duplicates)
         );
     }
-    let split_ids: std::collections::HashSet<u64> = images.iter().map(|im| id_of(im)).collect();
+    let split_ids: std::collections::HashSet<u64> = images
+        .iter()
+        .enumerate()
+        .map(|(position, im)| id_of(position, im))
+        .collect();
     let mut unknown: Vec<u64> = captions
         .keys()
         .copied()
@@ -222,7 +252,7 @@ fn match_results(
     if !unknown.is_empty() {
         unknown.sort_unstable();
         bail!(
-            "{} image_id(s) are not {split} images (matched against {}): {}; check --split and the dataset",
+            "{} image_id(s) are not {split} images (matched against {}): {}; check --split, the dataset and --image-ids",
             unknown.len(),
             id_name(id_field),
             preview(&unknown)
@@ -236,8 +266,8 @@ fn match_results(
         hypotheses: Vec::new(),
         missing: Vec::new(),
     };
-    for im in images {
-        let id = id_of(im);
+    for (position, im) in images.into_iter().enumerate() {
+        let id = id_of(position, im);
         let Some(caption) = captions.get(&id) else {
             matched.missing.push(id);
             continue;
@@ -333,6 +363,7 @@ mod tests {
         let m = match_results(
             &dataset(true),
             Split::Test,
+            IdChoice::Auto,
             &[entry(101, "A cat."), entry(100, "a dog")],
         )
         .unwrap();
@@ -347,19 +378,73 @@ mod tests {
             vec!["a dog".to_string(), "A cat.".to_string()]
         );
         assert!(m.missing.is_empty());
-        let m = match_results(&dataset(false), Split::Test, &[entry(1, "a cat")]).unwrap();
+        let m = match_results(
+            &dataset(false),
+            Split::Test,
+            IdChoice::Auto,
+            &[entry(1, "a cat")],
+        )
+        .unwrap();
         assert_eq!(m.id_field, IdField::Imgid);
         assert_eq!(m.missing, vec![0]);
     }
 
     #[test]
+    fn matches_by_position_or_by_the_named_field() {
+        // gaze eval's results: image_id is the position among the split's images.
+        let m = match_results(
+            &dataset(true),
+            Split::Test,
+            IdChoice::Index,
+            &[entry(1, "a cat"), entry(0, "a dog")],
+        )
+        .unwrap();
+        assert_eq!(m.id_field, IdField::Index);
+        assert_eq!(m.image_ids, vec![0, 1]);
+        assert_eq!(m.hypotheses, vec!["a dog".to_string(), "a cat".to_string()]);
+        assert_eq!(m.references[1], vec!["a cat".to_string()]);
+        let err = match_results(
+            &dataset(true),
+            Split::Test,
+            IdChoice::Index,
+            &[entry(2, "a")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("index in the split"), "{err}");
+        // imgid asked for on a COCO file, and cocoid on a Flickr one.
+        let m = match_results(
+            &dataset(true),
+            Split::Test,
+            IdChoice::Imgid,
+            &[entry(1, "a")],
+        )
+        .unwrap();
+        assert_eq!((m.id_field, m.image_ids.clone()), (IdField::Imgid, vec![1]));
+        let err = match_results(
+            &dataset(false),
+            Split::Test,
+            IdChoice::Cocoid,
+            &[entry(1, "a")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no cocoid"), "{err}");
+    }
+
+    #[test]
     fn duplicates_and_foreign_ids_are_errors() {
         let d = dataset(true);
-        let err = match_results(&d, Split::Test, &[entry(100, "a"), entry(100, "b")]).unwrap_err();
+        let err = match_results(
+            &d,
+            Split::Test,
+            IdChoice::Auto,
+            &[entry(100, "a"), entry(100, "b")],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("more than once"), "{err}");
-        let err = match_results(&d, Split::Test, &[entry(102, "a bus")]).unwrap_err();
+        let err =
+            match_results(&d, Split::Test, IdChoice::Auto, &[entry(102, "a bus")]).unwrap_err();
         assert!(err.to_string().contains("not TEST images"), "{err}");
-        let err = match_results(&d, Split::Val, &[entry(100, "a")]).unwrap_err();
+        let err = match_results(&d, Split::Val, IdChoice::Auto, &[entry(100, "a")]).unwrap_err();
         assert!(err.to_string().contains("no VAL images"), "{err}");
     }
 
@@ -368,6 +453,7 @@ mod tests {
         let m = match_results(
             &dataset(true),
             Split::Test,
+            IdChoice::Auto,
             &[entry(100, "a dog runs"), entry(101, "a cat")],
         )
         .unwrap();
