@@ -16,9 +16,13 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Args;
 use gaze::data::{DataError, WordMap};
+use gaze::model::{init, EncoderConfig, ModelConfig};
 use gaze::rng::SplitMix64;
 use gaze::train::data::{ImageStore, SplitData, TrainData};
 use gaze::train::features::CacheMode;
@@ -103,6 +107,27 @@ fn synthetic_split(images: usize, side: usize, word_map: &WordMap, seed: u64) ->
     }
 }
 
+/// Random ImageNet-style weights for a ResNet encoder, written to `dir`, with each residual
+/// branch's last BatchNorm scale at zero (torchvision's `zero_init_residual`). Plain random
+/// weights would do for speed, but a random ResNet-101's outputs reach about 1e5, beyond the
+/// float16 feature cache's range, and training would refuse them. `None` for other encoders.
+fn random_resnet_encoder(encoder: &str, dir: &std::path::Path) -> Result<Option<PathBuf>> {
+    let Some(config @ EncoderConfig::Resnet { .. }) = EncoderConfig::named(encoder) else {
+        return Ok(None);
+    };
+    let cfg = ModelConfig {
+        encoder: config,
+        ..ModelConfig::tutorial(8)
+    };
+    let mut tensors = init::random_tensors(&cfg, 0, &Device::Cpu)?;
+    init::zero_init_residual(&cfg, &mut tensors)?;
+    tensors.retain(|name, _| name.starts_with("encoder."));
+    let path = dir.join("random_encoder.safetensors");
+    candle_core::safetensors::save(&tensors, &path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(path))
+}
+
 pub fn run(b: TrainBench) -> Result<ExitCode> {
     if b.vocab < 8 || b.batch_size == 0 || b.captions == 0 {
         bail!("--vocab must be at least 8, --batch-size and --captions at least 1");
@@ -132,6 +157,10 @@ pub fn run(b: TrainBench) -> Result<ExitCode> {
         ..Default::default()
     };
     let out = tempfile::tempdir().context("cannot make a temporary folder for checkpoints")?;
+    let cfg = TrainConfig {
+        encoder_weights: random_resnet_encoder(&b.encoder, out.path())?,
+        ..cfg
+    };
     let opts = TrainOptions {
         out_dir: out.path().to_path_buf(),
         checkpoint: None,

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{BlockKind, EncoderConfig, ModelConfig};
+use super::encoder::resnet::FIRST_LAYER_INDEX;
 use super::error::Result;
 use super::weights::Weights;
 use super::{Decoder, Encoder};
@@ -89,6 +90,34 @@ fn init_values(
     uniform(rng, 1.0 / (fan_in as f64).sqrt())
 }
 
+/// Zeroes the scale of the last BatchNorm in every residual branch of a ResNet encoder, as
+/// torchvision's `zero_init_residual=True` does: each block then starts as the identity on its
+/// shortcut. Without it a randomly initialised deep ResNet's outputs grow block by block
+/// (ResNet-101's reach about 1e5, beyond the float16 feature cache's range). Other encoders are
+/// left as they are.
+pub fn zero_init_residual(cfg: &ModelConfig, tensors: &mut HashMap<String, Tensor>) -> Result<()> {
+    let EncoderConfig::Resnet { block, layers, .. } = cfg.encoder else {
+        return Ok(());
+    };
+    let last = match block {
+        BlockKind::Basic => 2,
+        BlockKind::Bottleneck => 3,
+    };
+    for (stage, &blocks) in layers.iter().enumerate() {
+        for i in 0..blocks {
+            let name = format!(
+                "encoder.resnet.{}.{i}.bn{last}.weight",
+                FIRST_LAYER_INDEX + stage
+            );
+            if let Some(t) = tensors.get(&name) {
+                let zeros = t.zeros_like()?;
+                tensors.insert(name, zeros);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
@@ -116,7 +145,6 @@ pub fn random_model(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{BlockKind, EncoderConfig};
 
     fn small() -> ModelConfig {
         ModelConfig {
@@ -158,5 +186,44 @@ mod tests {
             .unwrap();
         assert_eq!(a, b);
         assert!(a.iter().all(|v| v.abs() <= 1.0 / 32f32.sqrt()));
+    }
+
+    #[test]
+    fn zero_init_residual_zeroes_only_the_last_norm_of_each_branch() {
+        for (block, last) in [(BlockKind::Basic, 2), (BlockKind::Bottleneck, 3)] {
+            let mut cfg = small();
+            cfg.encoder = EncoderConfig::Resnet {
+                block,
+                layers: [2, 1, 1, 1],
+                width: 4,
+            };
+            let before = random_tensors(&cfg, 3, &Device::Cpu).unwrap();
+            let mut after = before.clone();
+            zero_init_residual(&cfg, &mut after).unwrap();
+            let mut zeroed = Vec::new();
+            for (name, t) in &after {
+                let sum: f32 = t.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                let same = (t - &before[name])
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    == 0.0;
+                if sum == 0.0 && !same {
+                    zeroed.push(name.clone());
+                } else {
+                    assert!(same, "{name} changed");
+                }
+            }
+            zeroed.sort();
+            let expected: Vec<String> = [(4, 0), (4, 1), (5, 0), (6, 0), (7, 0)]
+                .iter()
+                .map(|(s, i)| format!("encoder.resnet.{s}.{i}.bn{last}.weight"))
+                .collect();
+            assert_eq!(zeroed, expected);
+        }
     }
 }
