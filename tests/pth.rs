@@ -421,17 +421,18 @@ fn gaze(args: &[&str]) -> std::process::Output {
 }
 
 fn caption_json(model: &Path) -> Vec<Json> {
+    caption_json_with(&["--model", model.to_str().unwrap()])
+}
+
+/// `gaze caption --beam-size 3 --json` of the three fixture images, with the model given by
+/// `model_args`.
+fn caption_json_with(model_args: &[&str]) -> Vec<Json> {
     let images: Vec<String> = (0..3)
         .map(|i| fixture(&format!("image_{i}.png")).display().to_string())
         .collect();
-    let mut args = vec![
-        "caption",
-        "--model",
-        model.to_str().unwrap(),
-        "--beam-size",
-        "3",
-        "--json",
-    ];
+    let mut args = vec!["caption"];
+    args.extend_from_slice(model_args);
+    args.extend(["--beam-size", "3", "--json"]);
     args.extend(images.iter().map(String::as_str));
     let out = gaze(&args);
     assert!(
@@ -533,6 +534,28 @@ fn imported_tutorial_checkpoint_captions_like_pytorch() {
     for (a, b) in got.iter().zip(&got2) {
         assert_eq!(a["token_ids"], b["token_ids"]);
         assert_eq!(a["score"], b["score"]);
+    }
+
+    // The same PyTorch files straight to `caption --weights`, with no import step.
+    for (file, grid) in [
+        ("checkpoint_legacy.pth.tar", None),
+        ("state_dict_zip.pth", Some("6")),
+    ] {
+        let weights = fixture(file);
+        let mut args = vec![
+            "--weights",
+            weights.to_str().unwrap(),
+            "--word-map",
+            wm.to_str().unwrap(),
+        ];
+        if let Some(g) = grid {
+            args.extend(["--encoded-image-size", g]);
+        }
+        let direct = caption_json_with(&args);
+        for (a, b) in got.iter().zip(&direct) {
+            assert_eq!(a["token_ids"], b["token_ids"], "{file}");
+            assert_eq!(a["score"], b["score"], "{file}");
+        }
     }
 }
 

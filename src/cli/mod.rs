@@ -18,11 +18,16 @@ pub mod synth;
 pub mod train;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Args;
+use gaze::data::WordMap;
+use gaze::model::file::infer_config;
 use gaze::model::{CaptionModel, LoadOptions};
+use gaze::pth::{self, Checkpoint};
+use serde_json::json;
 
 /// Sets up `tracing` to stderr; `GAZE_LOG` (an env-filter string) overrides `level`.
 pub fn init_logging(level: &str) {
@@ -39,7 +44,8 @@ pub struct ModelSource {
     /// A gaze model file (.safetensors with metadata).
     #[arg(long, conflicts_with = "weights")]
     pub model: Option<PathBuf>,
-    /// Tutorial-named weights (.safetensors state dicts, no metadata); needs --word-map.
+    /// Tutorial-named weights without metadata: a PyTorch file (`torch.save` of state dicts or
+    /// of the tutorial's checkpoint, either format) or a .safetensors state dict; needs --word-map.
     #[arg(long, requires = "word_map")]
     pub weights: Option<PathBuf>,
     /// The tutorial's WORDMAP_*.json (required with --weights; replaces a model's own).
@@ -62,6 +68,9 @@ impl ModelSource {
             }
         };
         let device = gaze::device::open_device(&self.device)?;
+        if self.model.is_none() && !is_safetensors(path) {
+            return self.load_pytorch(path, &device);
+        }
         let opts = LoadOptions {
             word_map: self.word_map.clone(),
             encoded_image_size: self.encoded_image_size,
@@ -69,4 +78,31 @@ impl ModelSource {
         // Model errors name the file themselves.
         Ok(CaptionModel::load(path, &opts, &device)?)
     }
+
+    /// `--weights` given a PyTorch file: read it as `gaze import` does, without writing a file.
+    fn load_pytorch(&self, path: &Path, device: &Device) -> Result<CaptionModel> {
+        let word_map_path = self
+            .word_map
+            .as_ref()
+            .context("--weights needs --word-map WORDMAP.json")?;
+        let word_map = WordMap::load(word_map_path)?;
+        let checkpoint = Checkpoint::open(path)?;
+        let info = checkpoint.training_info();
+        let tensors = pth::tutorial_tensors(&checkpoint, device)?;
+        let grid = self.encoded_image_size.or(info.encoded_image_size);
+        let config = infer_config(&tensors, word_map.len(), grid, path)?;
+        let provenance = json!({
+            "file": path.display().to_string(),
+            "format": format!("pytorch-{}", checkpoint.format().name()),
+        });
+        Ok(CaptionModel::from_parts(
+            tensors, config, word_map, provenance, device, path,
+        )?)
+    }
+}
+
+/// Whether a file is a safetensors file (by its extension; PyTorch files are .pth, .pt, .tar).
+fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
