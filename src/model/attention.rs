@@ -34,7 +34,9 @@ impl Attention {
 
     /// `(B, P, E)` encoder output to its `(B, P, A)` projection.
     pub fn project_encoder(&self, encoder_out: &Tensor) -> Result<Tensor> {
-        self.encoder_att.forward(encoder_out)
+        // Through the fused op, whose backward skips the (frozen) encoder output's gradient.
+        let proj = super::fused::project(encoder_out, &self.encoder_att.weight)?;
+        proj.broadcast_add(&self.encoder_att.bias)
     }
 
     /// Attention for `Q` decoder states per image.
@@ -51,14 +53,12 @@ impl Attention {
         let q = h.dim(1)?;
         let att2 = self.decoder_att.forward(h)?; // (B, Q, A)
         let w = self.full_att.weight.reshape((a, 1))?;
-        // A detached projection marks inference (beam search detaches it): no gradient is
-        // wanted through the scores, so the fused kernel may serve.
-        let inference = !encoder_proj.track_op();
-        let scores = if inference
-            && encoder_proj.device().is_cpu()
+        let scores = if encoder_proj.device().is_cpu()
             && encoder_proj.dtype() == candle_core::DType::F32
+            && att2.dtype() == candle_core::DType::F32
         {
-            // Inference on the CPU: one fused pass instead of three over (B, Q, P, A).
+            // On the CPU: one fused pass instead of three over (B, Q, P, A), and one for
+            // the gradients when training.
             super::fused::attention_scores(encoder_proj, &att2, &w.flatten_all()?)?
         } else {
             let sum = encoder_proj

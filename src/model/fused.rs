@@ -2,8 +2,9 @@
 //! temporaries or compute gradients nobody asked for.
 //!
 //! Attention scores `full_att(relu(proj_p + att2_q))` for every pixel p and decoder state q
-//! would otherwise build a `(B, Q, P, A)` tensor three times (add, ReLU, product); here each
-//! score is one pass over `A` values held in cache (inference).
+//! would otherwise build a `(B, Q, P, A)` tensor three times (add, ReLU, product), and as many
+//! again for their gradients; here each score is one pass over `A` values held in cache, and
+//! the backward pass is one more that recomputes the ReLU mask.
 //!
 //! The attention-weighted encoding `alpha x encoder_out` is a batched matrix product, but
 //! candle's backward pass of a product always computes the gradient of both operands. With a
@@ -12,7 +13,11 @@
 //! [`attention_weighted_sum`] computes the same product and skips that gradient unless
 //! `encoder_out` is tracked (fine-tuning).
 //!
-//! GPU path: both ops have only a CPU implementation and are called for f32 on the CPU only;
+//! The encoder projection `encoder_att(encoder_out)` has the same waste once per batch: its
+//! `(B, P, E)` input gradient is as much work as the projection itself. [`project`] skips it
+//! for an untracked input.
+//!
+//! GPU path: these ops have only a CPU implementation and are called for f32 on the CPU only;
 //! on every other device (CUDA) the same results come from candle ops (broadcast add, ReLU,
 //! matmul), which run on the GPU.
 
@@ -20,10 +25,11 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 /// `scores[b, q, p] = sum_a w[a] * max(proj[b, p, a] + att2[b, q, a], 0)`, for `proj`
-/// `(B, P, A)`, `att2` `(B, Q, A)` and `w` `(A)`. Forward only (no gradient); f32 on the CPU.
+/// `(B, P, A)`, `att2` `(B, Q, A)` and `w` `(A)`; f32 on the CPU. The backward pass
+/// recomputes the ReLU mask in one pass instead of keeping `(B, Q, P, A)` temporaries.
 pub fn attention_scores(proj: &Tensor, att2: &Tensor, w: &Tensor) -> Result<Tensor> {
     proj.contiguous()?
-        .apply_op3_no_bwd(&att2.contiguous()?, &w.contiguous()?, &AttentionScores)
+        .apply_op3(&att2.contiguous()?, &w.contiguous()?, AttentionScores)
 }
 
 struct AttentionScores;
@@ -95,6 +101,63 @@ impl CustomOp3 for AttentionScores {
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, q, p))))
+    }
+
+    fn bwd(
+        &self,
+        proj: &Tensor,
+        att2: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, p, a) = proj.dims3()?;
+        let q = att2.dim(1)?;
+        let xs: Vec<f32> = proj.flatten_all()?.to_vec1()?;
+        let ys: Vec<f32> = att2.flatten_all()?.to_vec1()?;
+        let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gs: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let mut d_proj = vec![0f32; b * p * a];
+        let mut d_att2 = vec![0f32; b * q * a];
+        // Each image owns its rows of d_proj and d_att2; d_w is summed over images.
+        let d_w = d_proj
+            .par_chunks_mut(p * a)
+            .zip(d_att2.par_chunks_mut(q * a))
+            .enumerate()
+            .map(|(bi, (dx_img, dy_img))| {
+                let mut d_w = vec![0f32; a];
+                for qi in 0..q {
+                    let y = &ys[(bi * q + qi) * a..][..a];
+                    let dy = &mut dy_img[qi * a..][..a];
+                    let g_row = &gs[(bi * q + qi) * p..][..p];
+                    for (pi, &g) in g_row.iter().enumerate() {
+                        let x = &xs[(bi * p + pi) * a..][..a];
+                        let dx = &mut dx_img[pi * a..][..a];
+                        for ai in 0..a {
+                            let sum = x[ai] + y[ai];
+                            let on = if sum > 0.0 { 1.0 } else { 0.0 };
+                            let gw = g * ws[ai] * on;
+                            dx[ai] += gw;
+                            dy[ai] += gw;
+                            d_w[ai] += g * sum.max(0.0);
+                        }
+                    }
+                }
+                d_w
+            })
+            .reduce(
+                || vec![0f32; a],
+                |mut acc, part| {
+                    acc.iter_mut().zip(part).for_each(|(t, v)| *t += v);
+                    acc
+                },
+            );
+        let device = proj.device();
+        Ok((
+            Some(Tensor::from_vec(d_proj, (b, p, a), device)?),
+            Some(Tensor::from_vec(d_att2, (b, q, a), device)?),
+            Some(Tensor::from_vec(d_w, w.shape(), device)?),
+        ))
     }
 }
 
@@ -169,6 +232,102 @@ impl CustomOp2 for WeightedSum {
             None
         };
         Ok((Some(alpha_grad), values_grad))
+    }
+}
+
+/// `x W^T` for `x` `(B, P, K)` and `weight` `(N, K)`: a linear layer without its bias, whose
+/// backward pass computes the gradient of `x` only when `x` tracks gradients. f32 on the CPU;
+/// elsewhere a plain broadcast matmul.
+pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && weight.dtype() == candle_core::DType::F32;
+    if cpu_f32 {
+        x.contiguous()?.apply_op2(&weight.contiguous()?, Projection)
+    } else {
+        x.broadcast_matmul(&weight.t()?)
+    }
+}
+
+struct Projection;
+
+impl CustomOp2 for Projection {
+    fn name(&self) -> &'static str {
+        "projection"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (&[b, p, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("projection: expected (B, P, K) and (N, K)");
+        };
+        if k != k2 {
+            candle_core::bail!(
+                "projection: shapes {:?} and {:?} do not agree",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let m = b * p;
+        let mut out = vec![0f32; m * n];
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // out (m x n, row-major) = x (m x k, row-major) times W^T (k x n: W read column-wise).
+        // SAFETY: the pointers cover m*n, m*k and n*k floats, as the strides say.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, p, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, p, k) = x.dims3()?;
+        let n = weight.dim(0)?;
+        let grad2 = grad.reshape((b * p, n))?;
+        // d W = grad^T x; d x = grad W, only when someone needs it.
+        let weight_grad = grad2.t()?.matmul(&x.reshape((b * p, k))?)?;
+        let x_grad = if x.track_op() {
+            Some(grad2.matmul(weight)?.reshape((b, p, k))?)
+        } else {
+            None
+        };
+        Ok((x_grad, Some(weight_grad)))
     }
 }
 
@@ -248,5 +407,69 @@ mod tests {
         let grads = loss(&out).backward().unwrap();
         assert!(max_diff(grads.get(alpha).unwrap(), g_plain.get(alpha).unwrap()) < 1e-5);
         assert!(grads.get(&frozen).is_none());
+    }
+
+    #[test]
+    fn projection_and_its_gradients_match_broadcast_matmul() {
+        let dev = Device::Cpu;
+        let x_var = candle_core::Var::randn(0f32, 1.0, (3, 5, 19), &dev).unwrap();
+        let w_var = candle_core::Var::randn(0f32, 1.0, (11, 19), &dev).unwrap();
+        let (x, w) = (x_var.as_tensor(), w_var.as_tensor());
+        let weights = Tensor::randn(0f32, 1.0, (3, 5, 11), &dev).unwrap();
+
+        let fused = project(x, w).unwrap();
+        let plain = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(fused.dims(), &[3, 5, 11]);
+        assert!(max_diff(&fused, &plain) < 1e-4);
+
+        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+        let g_fused = loss(&fused).backward().unwrap();
+        let g_plain = loss(&plain).backward().unwrap();
+        for t in [x, w] {
+            let (a, b) = (g_fused.get(t).unwrap(), g_plain.get(t).unwrap());
+            assert!(max_diff(a, b) < 1e-4);
+        }
+
+        // A frozen input: the weight's gradient is the same and the input gets none.
+        let frozen = x.detach();
+        let out = project(&frozen, w).unwrap();
+        let grads = loss(&out).backward().unwrap();
+        assert!(max_diff(grads.get(w).unwrap(), g_plain.get(w).unwrap()) < 1e-4);
+        assert!(grads.get(&frozen).is_none());
+    }
+
+    #[test]
+    fn attention_score_gradients_match_the_unfused_computation() {
+        let dev = Device::Cpu;
+        let proj_var = candle_core::Var::randn(0f32, 1.0, (2, 7, 37), &dev).unwrap();
+        let att2_var = candle_core::Var::randn(0f32, 1.0, (2, 3, 37), &dev).unwrap();
+        let w_var = candle_core::Var::randn(0f32, 1.0, 37, &dev).unwrap();
+        let (proj, att2, w) = (
+            proj_var.as_tensor(),
+            att2_var.as_tensor(),
+            w_var.as_tensor(),
+        );
+        let weights = Tensor::randn(0f32, 1.0, (2, 3, 7), &dev).unwrap();
+        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+
+        let fused = attention_scores(proj, att2, w).unwrap();
+        let plain = proj
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_add(&att2.unsqueeze(2).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap()
+            .broadcast_mul(&w.reshape((1, 1, 1, 37)).unwrap())
+            .unwrap()
+            .sum(3)
+            .unwrap();
+        let g_fused = loss(&fused).backward().unwrap();
+        let g_plain = loss(&plain).backward().unwrap();
+        for t in [proj, att2, w] {
+            let (a, b) = (g_fused.get(t).unwrap(), g_plain.get(t).unwrap());
+            assert_eq!(a.dims(), b.dims());
+            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        }
     }
 }
