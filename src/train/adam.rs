@@ -54,9 +54,12 @@ impl Adam {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            // Detached: a gradient carries the graph of the step that made it, and moments
+            // built from it would keep every step's activations alive.
+            let grad = grad.detach();
             let grad = match clip {
                 Some(c) => grad.clamp(-c, c)?,
-                None => grad.clone(),
+                None => grad,
             };
             p.step += 1;
             p.exp_avg = ((&p.exp_avg * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
@@ -142,6 +145,11 @@ mod tests {
             "{p:?}"
         );
         assert_eq!(adam.steps()["p"], 3);
+        // The gradient of p^2 is built from p, so it carries a graph; the moments must not
+        // (they would keep every step's graph alive).
+        for (name, t) in adam.state_tensors("opt") {
+            assert!(!t.track_op(), "{name} keeps a graph");
+        }
     }
 
     #[test]
