@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use gaze::data::WordMap;
-use gaze::model::file::{infer_config, write_model_file};
+use gaze::model::file::write_model_file;
 use gaze::model::weights::Weights;
 use gaze::model::CaptionModel;
-use gaze::pth::{self, Checkpoint};
+use gaze::pth::Checkpoint;
 use serde_json::json;
 
 #[derive(Args, Debug)]
@@ -55,12 +55,8 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
         ),
     };
     let device = Device::Cpu;
-    let tensors = pth::tutorial_tensors(&ckpt, &device)?;
-    let encoded_image_size = args.encoded_image_size.or(info.encoded_image_size);
-    let mut config = infer_config(&tensors, word_map.len(), encoded_image_size, path)?;
-    if let Some(p) = info.dropout {
-        config.dropout = p as f32;
-    }
+    let (tensors, config) =
+        super::pytorch_model_parts(&ckpt, word_map.len(), args.encoded_image_size, &device)?;
 
     let file_name = path
         .file_name()

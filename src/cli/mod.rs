@@ -18,14 +18,15 @@ pub mod synth;
 pub mod train;
 pub mod watch;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::Args;
 use gaze::data::WordMap;
 use gaze::model::file::infer_config;
-use gaze::model::{CaptionModel, LoadOptions};
+use gaze::model::{CaptionModel, LoadOptions, ModelConfig};
 use gaze::pth::{self, Checkpoint};
 use serde_json::json;
 
@@ -87,10 +88,8 @@ impl ModelSource {
             .context("--weights needs --word-map WORDMAP.json")?;
         let word_map = WordMap::load(word_map_path)?;
         let checkpoint = Checkpoint::open(path)?;
-        let info = checkpoint.training_info();
-        let tensors = pth::tutorial_tensors(&checkpoint, device)?;
-        let grid = self.encoded_image_size.or(info.encoded_image_size);
-        let config = infer_config(&tensors, word_map.len(), grid, path)?;
+        let (tensors, config) =
+            pytorch_model_parts(&checkpoint, word_map.len(), self.encoded_image_size, device)?;
         let provenance = json!({
             "file": path.display().to_string(),
             "format": format!("pytorch-{}", checkpoint.format().name()),
@@ -99,6 +98,25 @@ impl ModelSource {
             tensors, config, word_map, provenance, device, path,
         )?)
     }
+}
+
+/// The tutorial-named tensors of a PyTorch checkpoint and the architecture they imply: the
+/// attention grid from `grid`, else from the checkpoint; dropout from the checkpoint when it
+/// records one.
+pub(crate) fn pytorch_model_parts(
+    checkpoint: &Checkpoint,
+    vocab_size: usize,
+    grid: Option<usize>,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, ModelConfig)> {
+    let info = checkpoint.training_info();
+    let tensors = pth::tutorial_tensors(checkpoint, device)?;
+    let grid = grid.or(info.encoded_image_size);
+    let mut config = infer_config(&tensors, vocab_size, grid, checkpoint.path())?;
+    if let Some(p) = info.dropout {
+        config.dropout = p as f32;
+    }
+    Ok((tensors, config))
 }
 
 /// Whether a file is a safetensors file (by its extension; PyTorch files are .pth, .pt, .tar).
