@@ -34,6 +34,13 @@ pub fn attention_scores(proj: &Tensor, att2: &Tensor, w: &Tensor) -> Result<Tens
 
 struct AttentionScores;
 
+/// Whether the CPU kernels here can take these operands.
+fn cpu_f32(a: &Tensor, b: &Tensor) -> bool {
+    a.device().is_cpu()
+        && a.dtype() == candle_core::DType::F32
+        && b.dtype() == candle_core::DType::F32
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
@@ -166,10 +173,7 @@ impl CustomOp3 for AttentionScores {
 /// gradient of `values` when `values` does not track gradients. f32 on the CPU; elsewhere a
 /// plain matmul.
 pub fn attention_weighted_sum(alpha: &Tensor, values: &Tensor) -> Result<Tensor> {
-    let cpu_f32 = alpha.device().is_cpu()
-        && alpha.dtype() == candle_core::DType::F32
-        && values.dtype() == candle_core::DType::F32;
-    if cpu_f32 {
+    if cpu_f32(alpha, values) {
         alpha
             .contiguous()?
             .apply_op2(&values.contiguous()?, WeightedSum)
@@ -239,10 +243,7 @@ impl CustomOp2 for WeightedSum {
 /// backward pass computes the gradient of `x` only when `x` tracks gradients. f32 on the CPU;
 /// elsewhere a plain broadcast matmul.
 pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let cpu_f32 = x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && weight.dtype() == candle_core::DType::F32;
-    if cpu_f32 {
+    if cpu_f32(x, weight) {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Projection)
     } else {
         x.broadcast_matmul(&weight.t()?)
@@ -343,29 +344,23 @@ mod tests {
         let att2 = Tensor::randn(0f32, 1.0, (2, 3, 37), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, 37, &dev).unwrap();
         let fused = attention_scores(&proj, &att2, &w).unwrap();
-        let sum = proj
-            .unsqueeze(1)
+        let diff = max_diff(&fused, &unfused_scores(&proj, &att2, &w));
+        assert!(diff < 1e-4, "{diff}");
+    }
+
+    /// The scores through candle's ops: the `(B, Q, P, A)` broadcast, ReLU, product and sum.
+    fn unfused_scores(proj: &Tensor, att2: &Tensor, w: &Tensor) -> Tensor {
+        let a = w.dim(0).unwrap();
+        proj.unsqueeze(1)
             .unwrap()
             .broadcast_add(&att2.unsqueeze(2).unwrap())
             .unwrap()
             .relu()
-            .unwrap();
-        let plain = sum
-            .broadcast_mul(&w.reshape((1, 1, 1, 37)).unwrap())
+            .unwrap()
+            .broadcast_mul(&w.reshape((1, 1, 1, a)).unwrap())
             .unwrap()
             .sum(3)
-            .unwrap();
-        let diff: f32 = (fused - plain)
             .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-4, "{diff}");
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -453,17 +448,7 @@ mod tests {
         let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
 
         let fused = attention_scores(proj, att2, w).unwrap();
-        let plain = proj
-            .unsqueeze(1)
-            .unwrap()
-            .broadcast_add(&att2.unsqueeze(2).unwrap())
-            .unwrap()
-            .relu()
-            .unwrap()
-            .broadcast_mul(&w.reshape((1, 1, 1, 37)).unwrap())
-            .unwrap()
-            .sum(3)
-            .unwrap();
+        let plain = unfused_scores(proj, att2, w);
         let g_fused = loss(&fused).backward().unwrap();
         let g_plain = loss(&plain).backward().unwrap();
         for t in [proj, att2, w] {
