@@ -10,13 +10,15 @@
 //! - [`store`]: the SQLite store (migrations, queries).
 //! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings.
 //! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
-//! - [`viz`]: attention pictures.
+//! - [`viz`]: attention pictures; [`files`]: opening user-named files safely (no FIFOs,
+//!   devices or endless reads).
 
 pub mod config;
 pub mod daemon;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod progress;

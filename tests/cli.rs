@@ -63,6 +63,48 @@ fn caption_reports_bad_files_and_captions_the_rest() {
 }
 
 #[test]
+fn caption_refuses_pipes_and_endless_devices_at_once_and_captions_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("pipe.jpg");
+    assert!(Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap()
+        .success());
+    let zero = dir.path().join("zero.png");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let start = std::time::Instant::now();
+    let out = gaze()
+        .args(["caption", "--beam-size", "1", "--weights"])
+        .arg(fixture("parity/weights.safetensors"))
+        .arg("--word-map")
+        .arg(fixture("parity/WORDMAP_parity.json"))
+        .arg(&pipe)
+        .arg(fixture("images/red_circle.png"))
+        .arg(&zero)
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("red_circle.png"), "{stdout}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("pipe.jpg") && l.contains("named pipe")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("zero.png") && l.contains("character device")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn caption_plain_output_and_missing_word_map() {
     let out = gaze()
         .args(["caption", "--beam-size", "1", "--weights"])

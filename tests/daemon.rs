@@ -1118,3 +1118,281 @@ fn scheduled_retraining_promotes_then_rejects_and_swaps_between_batches() {
     assert_eq!(count(&db, "SELECT id FROM models WHERE active = 1"), m1_id);
     eprintln!("retraining test took {:.1?}", started.elapsed());
 }
+
+fn mkfifo(path: &Path) {
+    let out = Command::new("mkfifo").arg(path).output().unwrap();
+    assert!(out.status.success(), "mkfifo {}", path.display());
+}
+
+/// Puts `make` (something that is not a regular file) at `path` in one rename, as an attacker
+/// or an odd program would swap a queued file.
+fn swap_in(path: &Path, make: impl FnOnce(&Path)) {
+    let tmp = path.with_extension("swap.tmp");
+    make(&tmp);
+    fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn pipes_devices_and_odd_names_never_hang_the_daemon_and_are_all_recorded() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let folder = root.join("in");
+    fs::create_dir(&folder).unwrap();
+    let db = root.join("gaze.db");
+    let log = root.join("watch.log");
+    let model = tiny_model(&root, 7);
+
+    // Sitting in the folder from the start: a pipe and a link to an endless device (with
+    // links followed, so the link is looked through), a good image, and a good image whose
+    // name is not UTF-8.
+    fs::write(folder.join("good.png"), png(40, 30, 1)).unwrap();
+    mkfifo(&folder.join("pipe.jpg"));
+    std::os::unix::fs::symlink("/dev/zero", folder.join("zero.png")).unwrap();
+    let odd_name = std::ffi::OsStr::from_bytes(b"caf\xE9 \xFF.png");
+    let odd = folder.join(odd_name);
+    fs::write(&odd, png(32, 32, 2)).unwrap();
+
+    let mut daemon = watch_cmd(
+        &folder,
+        &db,
+        &model,
+        &log,
+        &[("--stable-ms", "150"), ("--decode-threads", "1")],
+    )
+    .env("GAZE_FOLLOW_SYMLINKS", "true")
+    .spawn()
+    .unwrap();
+    wait_started(&mut daemon, &db, &log);
+
+    // Files that are swapped for a pipe or an endless device around the time they settle: some
+    // are queued as regular files and find a pipe or device when read.
+    let mut swapped = Vec::new();
+    for i in 0..12u32 {
+        let p = folder.join(format!("swap-{i}.png"));
+        fs::write(&p, png(24, 24, 100 + i)).unwrap();
+        std::thread::sleep(Duration::from_millis(40 * (i as u64 % 6)));
+        if i % 2 == 0 {
+            swap_in(&p, mkfifo);
+        } else {
+            swap_in(&p, |t| std::os::unix::fs::symlink("/dev/zero", t).unwrap());
+        }
+        swapped.push(p);
+    }
+    fs::write(folder.join("late.png"), png(20, 20, 3)).unwrap();
+
+    let start = Instant::now();
+    wait_for("the good images", Duration::from_secs(60), &log, || {
+        let rows = images(&db);
+        [folder.join("good.png"), folder.join("late.png")]
+            .iter()
+            .all(|p| rows.get(&key(p)).is_some_and(|r| r.status == "done"))
+    });
+    // Everything settles: nothing stays pending, and the daemon still answers SIGTERM at once.
+    wait_for("no pending image", Duration::from_secs(30), &log, || {
+        count(&db, "SELECT count(*) FROM images WHERE status = 'pending'") == 0
+    });
+    terminate(&daemon);
+    let status = wait_exit(&mut daemon, Duration::from_secs(20), &log);
+    assert!(status.success(), "{status}; log:\n{}", log_tail(&log));
+    assert!(start.elapsed() < Duration::from_secs(90));
+
+    let rows = images(&db);
+    let skipped: HashSet<String> = {
+        let conn = reader(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT path FROM skipped_files").unwrap();
+        let paths = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        paths
+    };
+    assert!(
+        skipped.contains(&key(&folder.join("pipe.jpg"))),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped.contains(&key(&folder.join("zero.png"))),
+        "{skipped:?}"
+    );
+    for p in &swapped {
+        let k = key(p);
+        // Either seen as what it became (skipped), or read after the swap and failed with a
+        // reason; never pending, never done from a pipe or device.
+        match rows.get(&k) {
+            Some(r) if r.status == "failed" => {
+                let e = r.error.as_deref().unwrap_or("");
+                assert!(
+                    e.contains("named pipe") || e.contains("character device"),
+                    "{k}: {e}"
+                );
+            }
+            Some(r) if r.status == "pending" => panic!("{k} is still pending"),
+            Some(r) if r.status == "done" => {
+                // Captioned while it was still the PNG (read before the swap).
+                assert!(r.hash.is_some(), "{k}");
+            }
+            _ => assert!(skipped.contains(&k), "{k} is neither recorded nor skipped"),
+        }
+    }
+
+    // The name that is not UTF-8 is captioned and stored losslessly.
+    let mut escaped = String::from("bytes:");
+    escaped.push_str(&key(&folder));
+    escaped.push_str("/caf\\xE9 \\xFF.png");
+    let row = rows
+        .get(&escaped)
+        .unwrap_or_else(|| panic!("no row {escaped}: {rows:?}"));
+    assert_eq!(row.status, "done", "{row:?}");
+    assert_eq!(row.hash.as_deref(), Some(hash_of(&odd).as_str()));
+    let (code, stdout, stderr) = output(
+        gaze()
+            .args(["query", "--format", "json", "--db"])
+            .arg(&db)
+            .arg("--path")
+            .arg(&odd),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("caf\\\\xE9"), "{stdout}");
+
+    // gaze status counts the skipped entries.
+    let (code, stdout, stderr) = output(gaze().args(["status", "--json", "--db"]).arg(&db));
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["skipped"].as_i64().unwrap() >= 2, "{stdout}");
+
+    // A restart finds nothing to do and exits at once: nothing was left pending.
+    let status = run_once(&folder, &db, &model, &log);
+    assert!(status.success());
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM images WHERE status = 'pending'"),
+        0
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_under_another_name_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let folder = root.join("in");
+    fs::create_dir(&folder).unwrap();
+    fs::create_dir(root.join("elsewhere")).unwrap();
+    let db = root.join("gaze.db");
+    let log = root.join("watch.log");
+    let model = tiny_model(&root, 3);
+    fs::write(folder.join("a.png"), png(30, 30, 5)).unwrap();
+
+    let mut first = watch_cmd(&folder, &db, &model, &log, &[]).spawn().unwrap();
+    wait_started(&mut first, &db, &log);
+    let hard = root.join("elsewhere/hard.db");
+    fs::hard_link(&db, &hard).unwrap();
+    let soft = root.join("soft.db");
+    std::os::unix::fs::symlink(&db, &soft).unwrap();
+    for (name, other) in [
+        ("the same path", &db),
+        ("a hard link", &hard),
+        ("a symlink", &soft),
+    ] {
+        let second_log = root.join("second.log");
+        let mut second = watch_cmd(&folder, other, &model, &second_log, &[])
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut second, Duration::from_secs(30), &second_log);
+        let text = fs::read_to_string(&second_log).unwrap();
+        assert!(
+            !status.success(),
+            "{name}: a second daemon ran; log:\n{text}"
+        );
+        assert!(
+            text.contains("already using this database"),
+            "{name}: {text}"
+        );
+    }
+    assert!(!root.join("elsewhere/hard.db-wal").exists());
+    // `gaze status` sees the daemon through its names. (Not through the hard link: the
+    // daemon's commits sit in `gaze.db-wal`, which SQLite only finds beside the name it used.)
+    for other in [&db, &soft] {
+        let (code, stdout, stderr) = output(gaze().args(["status", "--json", "--db"]).arg(other));
+        assert_eq!(code, Some(0), "{}: {stderr}", other.display());
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["daemon_running"], true, "{}", other.display());
+    }
+    terminate(&first);
+    assert!(wait_exit(&mut first, Duration::from_secs(30), &log).success());
+    let conn = Connection::open(&db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let (_, stdout, _) = output(gaze().args(["status", "--json", "--db"]).arg(&soft));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["daemon_running"], false);
+    assert!(!gaze::daemon::is_running(&hard));
+}
+
+/// Runs `cmd` as an unprivileged user when the tests run as root (root ignores file
+/// permissions, so a read-only folder would not be read-only for it).
+fn unprivileged(mut cmd: Command) -> Command {
+    if unsafe { libc::geteuid() } != 0 {
+        return cmd;
+    }
+    let mut wrapped = Command::new("setpriv");
+    wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    wrapped.arg(cmd.get_program());
+    wrapped.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    cmd = wrapped;
+    cmd
+}
+
+#[test]
+fn status_and_query_read_a_copy_in_a_read_only_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let folder = root.join("in");
+    fs::create_dir(&folder).unwrap();
+    let db = root.join("gaze.db");
+    let log = root.join("watch.log");
+    let model = tiny_model(&root, 4);
+    for i in 0..3 {
+        fs::write(folder.join(format!("{i}.png")), png(30, 30, 40 + i)).unwrap();
+    }
+    assert!(run_once(&folder, &db, &model, &log).success());
+
+    // A backup copy in a folder nobody may write, as a read-only share would be.
+    let backup = root.join("backup");
+    fs::create_dir(&backup).unwrap();
+    fs::copy(&db, backup.join("gaze.db")).unwrap();
+    fs::set_permissions(backup.join("gaze.db"), fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(&backup, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = backup.join("gaze.db");
+
+    // The binary may lie under a folder the unprivileged user cannot enter.
+    let bin = root.join("gaze-bin");
+    fs::copy(BIN, &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut status = Command::new(&bin);
+    status.args(["status", "--json", "--db"]).arg(&copy);
+    let (code, stdout, stderr) = output(&mut unprivileged(status));
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["images"], 3, "{stdout}");
+
+    let mut query = Command::new(&bin);
+    query
+        .args(["query", "--format", "json", "--recent", "3", "--db"])
+        .arg(&copy);
+    let (code, stdout, stderr) = output(&mut unprivileged(query));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.matches("\"image_id\"").count(), 3, "{stdout}");
+    assert!(!backup.join("gaze.db-shm").exists());
+    fs::set_permissions(&backup, fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -65,10 +65,8 @@ impl QueryArgs {
                 Err(_) if p.is_absolute() => p.clone(),
                 Err(_) => std::env::current_dir()?.join(p),
             };
-            let Some(s) = abs.to_str() else {
-                bail!("{}: the path is not valid UTF-8", p.display());
-            };
-            Selection::Path(s.to_string())
+            // Paths that are not UTF-8 are stored escaped; look them up the same way.
+            Selection::Path(gaze::store::path_key::path_key(&abs))
         } else if let Some(words) = &self.search {
             let words = words.join(" ");
             if words.trim().is_empty() {
@@ -240,14 +238,15 @@ pub(crate) fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -
 /// unreadable.
 fn background(row: &ResultRow) -> RgbImage {
     let grey = || RgbImage::from_pixel(256, 256, Rgb([128, 128, 128]));
-    let path = Path::new(&row.path);
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let path = gaze::store::path_key::key_path(&row.path);
+    let read = gaze::files::read_limited(&path, gaze::files::DEFAULT_MAX_FILE_BYTES, true, None);
+    let bytes = match read {
+        Ok((b, _)) => b,
         Err(e) => {
-            let why = if e.kind() == std::io::ErrorKind::NotFound {
+            let why = if e.is_not_found() {
                 "is gone (deleted or moved since it was captioned)".to_string()
             } else {
-                format!("cannot be read ({e})")
+                format!("cannot be read ({})", e.reason())
             };
             eprintln!(
                 "note: {} {why}; drawing the attention maps over a plain grey image",
@@ -264,7 +263,7 @@ fn background(row: &ResultRow) -> RgbImage {
             );
         }
     }
-    match decode_bytes(&bytes, path, &DecodeOptions::default()) {
+    match decode_bytes(&bytes, &path, &DecodeOptions::default()) {
         Ok(img) => img.to_rgb8(),
         Err(e) => {
             eprintln!("note: {e}; drawing the attention maps over a plain grey image");

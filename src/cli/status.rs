@@ -19,9 +19,10 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    // Before the connection opens: see gaze::daemon::is_running.
+    let running = gaze::daemon::is_running(&args.db);
     let store = Store::open_read_only(&args.db)?;
     let report = read::status(store.conn(), store.schema_version()?, unix_now())?;
-    let running = gaze::daemon::is_running(&args.db);
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["db"] = args.db.display().to_string().into();
@@ -65,6 +66,12 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         report.captions, report.models
     );
     println!("backlog:       {} pending", report.backlog);
+    if report.skipped > 0 {
+        println!(
+            "skipped:       {} (named pipes, devices or sockets in watched folders: never read)",
+            report.skipped
+        );
+    }
     println!(
         "rate:          {:.2} images/s over the last minute ({} done)",
         report.images_per_second, report.done_last_minute

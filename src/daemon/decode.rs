@@ -16,6 +16,7 @@ pub(crate) struct Worker {
     pub writer: Sender<WriterMsg>,
     pub decode: DecodeOptions,
     pub max_file_bytes: u64,
+    pub follow_symlinks: bool,
     pub shutdown: Shutdown,
 }
 
@@ -36,7 +37,8 @@ impl Worker {
             if self.shutdown.is_requested() {
                 continue;
             }
-            let msg = match decode_job(job, &self.decode, self.max_file_bytes) {
+            let msg = match decode_job(job, &self.decode, self.max_file_bytes, self.follow_symlinks)
+            {
                 Ok(decoded) => {
                     if self.tx.send(decoded).is_err() {
                         return;
@@ -57,20 +59,24 @@ pub(crate) fn decode_job(
     mut job: Job,
     opts: &DecodeOptions,
     max_file_bytes: u64,
+    follow_symlinks: bool,
 ) -> Result<Decoded, (Job, Failure)> {
     let bad = |hash: Option<String>, error: String| Failure::Bad { hash, error };
-    let meta = match std::fs::metadata(&job.path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((job, Failure::Vanished)),
-        Err(e) => return Err((job, bad(None, format!("cannot read the file: {e}")))),
+    // Opened without blocking and checked on the handle: a FIFO, a device or (with links not
+    // followed) a link swapped in after the watcher saw a regular file is refused here.
+    let (bytes, meta) = match crate::files::read_limited(
+        &job.path,
+        max_file_bytes,
+        follow_symlinks,
+        Some("limits.max_file_bytes"),
+    ) {
+        Ok(read) => read,
+        Err(e) if e.is_not_found() => return Err((job, Failure::Vanished)),
+        Err(e) => {
+            let reason = e.reason();
+            return Err((job, bad(None, reason)));
+        }
     };
-    if meta.len() > max_file_bytes {
-        let error = format!(
-            "the file is {} bytes, over the limit of {max_file_bytes} (limits.max_file_bytes)",
-            meta.len()
-        );
-        return Err((job, bad(None, error)));
-    }
     // Record what was read, not what the watcher saw earlier: a later change then shows.
     job.size = meta.len();
     if let Some(t) = meta
@@ -79,18 +85,6 @@ pub(crate) fn decode_job(
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
     {
         job.mtime_ns = t.as_nanos().min(i64::MAX as u128) as i64;
-    }
-    let bytes = match std::fs::read(&job.path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((job, Failure::Vanished)),
-        Err(e) => return Err((job, bad(None, format!("cannot read the file: {e}")))),
-    };
-    if bytes.len() as u64 > max_file_bytes {
-        let error = format!(
-            "the file is {} bytes, over the limit of {max_file_bytes} (limits.max_file_bytes)",
-            bytes.len()
-        );
-        return Err((job, bad(None, error)));
     }
     let hash = blake3::hash(&bytes).to_hex().to_string();
     let decoded = catch_unwind(AssertUnwindSafe(|| {
@@ -139,7 +133,7 @@ mod tests {
         image::RgbImage::from_pixel(40, 30, image::Rgb([10, 200, 30]))
             .save(&good)
             .unwrap();
-        let d = decode_job(job(&good), &DecodeOptions::default(), 1 << 20)
+        let d = decode_job(job(&good), &DecodeOptions::default(), 1 << 20, false)
             .ok()
             .unwrap();
         assert_eq!((d.width, d.height), (40, 30));
@@ -154,20 +148,28 @@ mod tests {
 
         let empty = dir.path().join("empty.jpg");
         std::fs::write(&empty, b"").unwrap();
-        match decode_job(job(&empty), &DecodeOptions::default(), 1 << 20) {
+        match decode_job(job(&empty), &DecodeOptions::default(), 1 << 20, false) {
             Err((_, Failure::Bad { hash, error })) => {
                 assert!(hash.is_some());
                 assert!(error.contains("empty"), "{error}");
             }
             _ => panic!("an empty file must fail"),
         }
-        match decode_job(job(&good), &DecodeOptions::default(), 10) {
+        match decode_job(job(&good), &DecodeOptions::default(), 10, false) {
             Err((_, Failure::Bad { error, .. })) => {
                 assert!(error.contains("max_file_bytes"), "{error}")
             }
             _ => panic!("an oversized file must fail"),
         }
-        match decode_job(job(&good), &DecodeOptions { max_pixels: 100 }, 1 << 20) {
+        match decode_job(
+            job(&good),
+            &DecodeOptions {
+                max_pixels: 100,
+                ..DecodeOptions::default()
+            },
+            1 << 20,
+            false,
+        ) {
             Err((_, Failure::Bad { error, .. })) => {
                 assert!(error.contains("decompression bomb"), "{error}")
             }
@@ -175,8 +177,40 @@ mod tests {
         }
         let missing = dir.path().join("missing.png");
         assert!(matches!(
-            decode_job(job(&missing), &DecodeOptions::default(), 1 << 20),
+            decode_job(job(&missing), &DecodeOptions::default(), 1 << 20, false),
             Err((_, Failure::Vanished))
         ));
+    }
+
+    #[test]
+    fn special_files_fail_fast_and_are_never_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jpg");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let zero = dir.path().join("zero.jpg");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let start = std::time::Instant::now();
+        for follow in [false, true] {
+            for (path, want) in [
+                (&fifo, "named pipe"),
+                (
+                    &zero,
+                    if follow {
+                        "character device"
+                    } else {
+                        "symbolic link"
+                    },
+                ),
+            ] {
+                match decode_job(job(path), &DecodeOptions::default(), 1 << 20, follow) {
+                    Err((_, Failure::Bad { hash: None, error })) => {
+                        assert!(error.contains(want), "{error}")
+                    }
+                    _ => panic!("{} must fail", path.display()),
+                }
+            }
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 }

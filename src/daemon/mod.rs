@@ -62,8 +62,11 @@ pub enum DaemonError {
     NotAFolder { path: PathBuf },
     #[error("glob {pattern:?}: {reason}")]
     Glob { pattern: String, reason: String },
-    #[error("{db}: another `gaze watch` is already using this database (it holds {lock})")]
-    Locked { db: PathBuf, lock: PathBuf },
+    #[error(
+        "{db}: another `gaze watch` is already using this database (perhaps under another \
+         name: the lock is on the file itself)"
+    )]
+    Locked { db: PathBuf },
     #[error("cannot watch for changes: {0}")]
     Notify(String),
     #[error("{path}: cannot record the model: {source}")]
@@ -134,6 +137,7 @@ impl DaemonOptions {
             },
             decode: DecodeOptions {
                 max_pixels: cfg.limits.max_pixels,
+                max_file_bytes: cfg.limits.max_file_bytes,
             },
             max_file_bytes: cfg.limits.max_file_bytes,
             max_attempts: cfg.limits.max_attempts.max(1),
@@ -278,6 +282,15 @@ pub(crate) enum WriterMsg {
     Gone {
         key: String,
     },
+    /// A pipe, device or socket the include globs take: counted, never read.
+    Skipped {
+        key: String,
+        kind: &'static str,
+    },
+    /// A skipped entry went, or is no longer a pipe, device or socket.
+    Unskipped {
+        key: String,
+    },
     /// A queued file disappeared before it was read.
     Vanished {
         job: Job,
@@ -393,19 +406,61 @@ pub(crate) fn load_registered(
         .map_err(|e| e.to_string())
 }
 
-/// The lock file beside a database that one running daemon holds.
-pub fn lock_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    db.with_file_name(name)
+/// Takes the single-writer lock of the database at `db`: an advisory lock (`flock`) on the
+/// database file itself, so every name that reaches it (a symbolic link, a hard link, another
+/// path) meets the same lock. The file is created empty if missing (SQLite reads a 0-byte file
+/// as an empty database).
+///
+/// SQLite locks with POSIX record locks, which `flock` does not touch; but closing *any*
+/// descriptor of a file drops a process's record locks on it. So the returned descriptor stays
+/// open until the daemon has ended, and [`is_running`] is called before a connection is opened.
+fn lock_database(db: &Path) -> Result<File, DaemonError> {
+    let io = |source| DaemonError::Io {
+        path: db.to_path_buf(),
+        source,
+    };
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(db)
+            .map_err(io)?
+    };
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other(format!(
+            "not a regular file (it is {})",
+            crate::files::kind_of(meta.file_type())
+        ))));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked {
+            db: db.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
 }
 
-/// Whether a daemon holds the database's lock now.
+/// Whether a daemon holds the database's lock now (under any of the file's names). Call it
+/// before opening a connection in this process (see [`lock_database`]).
 pub fn is_running(db: &Path) -> bool {
-    let Ok(file) = File::open(lock_path(db)) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(db)
+    else {
         return false;
     };
-    match file.try_lock() {
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    match file.try_lock_shared() {
         Ok(()) => false,
         Err(std::fs::TryLockError::WouldBlock) => true,
         Err(std::fs::TryLockError::Error(_)) => false,
@@ -420,28 +475,7 @@ impl Daemon {
         model: Arc<crate::model::CaptionModel>,
         opts: DaemonOptions,
     ) -> Result<Daemon, DaemonError> {
-        let lock_file = lock_path(db);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_file)
-            .map_err(|source| DaemonError::Io {
-                path: lock_file.clone(),
-                source,
-            })?;
-        if let Err(e) = lock.try_lock() {
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => DaemonError::Locked {
-                    db: db.to_path_buf(),
-                    lock: lock_file,
-                },
-                std::fs::TryLockError::Error(source) => DaemonError::Io {
-                    path: lock_file,
-                    source,
-                },
-            });
-        }
+        let lock = lock_database(db)?;
 
         let mut store = Store::open(db)?;
         let active = choose_model(&mut store, model)?;
@@ -584,6 +618,7 @@ impl Daemon {
                 writer: write_tx.clone(),
                 decode: opts.decode,
                 max_file_bytes: opts.max_file_bytes,
+                follow_symlinks: opts.follow_symlinks,
                 shutdown: shutdown.clone(),
             };
             spawn(

@@ -28,6 +28,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use rusqlite::Connection;
 
 use super::{DaemonError, InFlight, Job, Shutdown, WriterMsg};
+use crate::store::path_key::{key_path, path_key};
 use crate::store::write::{self, ImageStatus};
 
 /// Include and exclude globs, matched case-insensitively against a file's path relative to its
@@ -125,6 +126,8 @@ pub(crate) struct Watcher {
     /// would otherwise wait for the next rescan.
     recheck_dirs: VecDeque<(Instant, PathBuf)>,
     ready: VecDeque<Job>,
+    /// Pipes, devices and sockets already recorded as skipped (each is logged once).
+    special_seen: HashSet<PathBuf>,
 }
 
 /// How long after a new folder appears it is scanned a second time.
@@ -184,6 +187,7 @@ impl Watcher {
             due: VecDeque::new(),
             recheck_dirs: VecDeque::new(),
             ready: VecDeque::new(),
+            special_seen: HashSet::new(),
         })
     }
 
@@ -292,7 +296,12 @@ impl Watcher {
                 found.push((path, meta))
             });
         for (path, meta) in found {
-            if !self.saw_file(path, &meta, false) {
+            let alive = if meta.is_file() {
+                self.saw_file(path, &meta, false)
+            } else {
+                self.saw_special(path, &meta)
+            };
+            if !alive {
                 return false;
             }
         }
@@ -313,12 +322,34 @@ impl Watcher {
                 return true;
             }
         };
+        // Skipped entries that went, or became folders or regular files, lose their row.
+        match write::skipped_paths(&self.p.db) {
+            Ok(skipped) => {
+                for key in skipped {
+                    let path = key_path(&key);
+                    let meta = if self.p.follow_symlinks {
+                        fs::metadata(&path)
+                    } else {
+                        fs::symlink_metadata(&path)
+                    };
+                    let special = meta
+                        .is_ok_and(|m| !m.is_dir() && !m.is_file() && !m.file_type().is_symlink());
+                    if !special {
+                        self.special_seen.remove(&path);
+                        if self.p.writer.send(WriterMsg::Unskipped { key }).is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list skipped entries"),
+        }
         for key in paths {
-            let path = Path::new(&key);
+            let path = key_path(&key);
             if !self.p.roots.iter().any(|r| path.starts_with(r)) {
                 continue;
             }
-            if matches!(fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+            if matches!(fs::symlink_metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
                 && !self.p.in_flight.contains(&key)
                 && self.p.writer.send(WriterMsg::Gone { key }).is_err()
             {
@@ -338,16 +369,14 @@ impl Watcher {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.settling.remove(&path);
-                return match path.to_str() {
-                    Some(key) => self
-                        .p
-                        .writer
-                        .send(WriterMsg::Gone {
-                            key: key.to_string(),
-                        })
-                        .is_ok(),
-                    None => true,
-                };
+                self.special_seen.remove(&path);
+                return self
+                    .p
+                    .writer
+                    .send(WriterMsg::Gone {
+                        key: path_key(&path),
+                    })
+                    .is_ok();
             }
             Err(_) => return true,
         };
@@ -374,8 +403,25 @@ impl Watcher {
         } else if meta.is_file() {
             self.saw_file(path, &meta, closed)
         } else {
-            true
+            self.saw_special(path, &meta)
         }
+    }
+
+    /// A named pipe, device or socket was seen: never read (a pipe would block, a device never
+    /// ends), recorded once as skipped so `gaze status` counts it. Returns false when the
+    /// pipeline is gone.
+    fn saw_special(&mut self, path: PathBuf, meta: &Metadata) -> bool {
+        let Some(rel) = self.relative(&path) else {
+            return true;
+        };
+        if !self.p.filter.accepts(rel) || self.special_seen.contains(&path) {
+            return true;
+        }
+        let kind = crate::files::kind_of(meta.file_type());
+        tracing::debug!(path = %path.display(), kind, "skipped: not a regular file");
+        let key = path_key(&path);
+        self.special_seen.insert(path);
+        self.p.writer.send(WriterMsg::Skipped { key, kind }).is_ok()
     }
 
     /// Scans again the new folders whose time has come, once the scan before has finished.
@@ -408,13 +454,12 @@ impl Watcher {
         if !self.p.filter.accepts(rel) {
             return true;
         }
-        let Some(key) = path.to_str() else {
-            tracing::warn!(path = ?path, "skipped: the path is not valid UTF-8");
-            return true;
-        };
+        // A path that is not UTF-8 is stored losslessly (see store::path_key).
+        let key = path_key(&path);
+        self.special_seen.remove(&path);
         let (size, mtime_ns) = (meta.len(), mtime_ns(meta));
         let settled = closed || age(meta) >= self.p.stable_window;
-        if settled && !self.p.in_flight.contains(key) {
+        if settled && !self.p.in_flight.contains(&key) {
             self.settling.remove(&path);
             return self.consider(path, size, mtime_ns);
         }
@@ -457,7 +502,7 @@ impl Watcher {
             };
             let (size, mtime_ns) = (meta.len(), mtime_ns(&meta));
             let unchanged = entry.size == size && entry.mtime_ns == mtime_ns;
-            let busy = path.to_str().is_some_and(|k| self.p.in_flight.contains(k));
+            let busy = self.p.in_flight.contains(&path_key(&path));
             if unchanged && !busy {
                 self.settling.remove(&path);
                 if !self.consider(path, size, mtime_ns) {
@@ -482,9 +527,7 @@ impl Watcher {
     /// Queues a complete file unless the database says it is done (or has failed too often).
     /// Returns false when the pipeline is gone.
     fn consider(&mut self, path: PathBuf, size: u64, mtime_ns: i64) -> bool {
-        let Some(key) = path.to_str().map(str::to_string) else {
-            return true;
-        };
+        let key = path_key(&path);
         if self.p.in_flight.contains(&key) {
             return true;
         }
@@ -639,8 +682,9 @@ impl Scan {
         }
     }
 
-    /// Looks at up to `budget` entries, reporting regular files. Returns true when the walk
-    /// is finished.
+    /// Looks at up to `budget` entries, reporting everything that is not a folder (regular
+    /// files, and pipes, devices and sockets, which the caller skips). Returns true when the
+    /// walk is finished.
     fn step(
         &mut self,
         budget: usize,
@@ -688,8 +732,8 @@ impl Scan {
             };
             match meta {
                 Ok(m) if m.is_dir() => self.push_dir(&path, &m),
-                Ok(m) if m.is_file() => on_file(path, m),
-                _ => {}
+                Ok(m) => on_file(path, m),
+                Err(_) => {}
             }
         }
         self.is_idle()

@@ -91,7 +91,11 @@ impl Writer {
             match m {
                 WriterMsg::Vanished { job } | WriterMsg::Failed { job, .. } => keys.push(&job.key),
                 WriterMsg::Batch(b) => keys.extend(b.items.iter().map(|i| i.job.key.as_str())),
-                WriterMsg::Pending { .. } | WriterMsg::Gone { .. } | WriterMsg::Swapped { .. } => {}
+                WriterMsg::Pending { .. }
+                | WriterMsg::Gone { .. }
+                | WriterMsg::Skipped { .. }
+                | WriterMsg::Unskipped { .. }
+                | WriterMsg::Swapped { .. } => {}
             }
         }
         self.in_flight.remove_all(keys);
@@ -120,7 +124,10 @@ impl Writer {
                     requeued = tally.requeued,
                     "stored images queued again for the new model"
                 ),
-                WriterMsg::Pending { .. } | WriterMsg::Gone { .. } => {}
+                WriterMsg::Pending { .. }
+                | WriterMsg::Gone { .. }
+                | WriterMsg::Skipped { .. }
+                | WriterMsg::Unskipped { .. } => {}
             }
         }
     }
@@ -181,6 +188,8 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
             WriterMsg::Vanished { job } => {
                 write::mark_gone(&tx, &job.key, now)?;
             }
+            WriterMsg::Skipped { key, kind } => write::mark_skipped(&tx, key, kind, now)?,
+            WriterMsg::Unskipped { key } => write::unmark_skipped(&tx, key)?,
             WriterMsg::Swapped {
                 model_id,
                 recaption,

@@ -27,6 +27,8 @@ pub enum DataError {
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]
     Hdf5(#[from] super::hdf5::Hdf5Error),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 impl DataError {

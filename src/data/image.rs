@@ -23,6 +23,8 @@ pub const TUTORIAL_SIZE: u32 = 256;
 pub struct DecodeOptions {
     /// Images with more pixels than this are refused before their pixels are allocated.
     pub max_pixels: u64,
+    /// [`decode_file`] refuses files larger than this, reading at most this many bytes plus one.
+    pub max_file_bytes: u64,
 }
 
 impl Default for DecodeOptions {
@@ -30,13 +32,16 @@ impl Default for DecodeOptions {
         // 120 megapixels: larger than any camera image, smaller than a bomb.
         DecodeOptions {
             max_pixels: 120_000_000,
+            max_file_bytes: crate::files::DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
 
-/// Reads and decodes an image file.
+/// Reads and decodes an image file. The file must be a regular file (links are followed: the
+/// user named it) of at most `opts.max_file_bytes`; named pipes and devices are refused without
+/// blocking ([`crate::files::read_limited`]).
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<DynamicImage, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let (bytes, _) = crate::files::read_limited(path, opts.max_file_bytes, true, None)?;
     decode_bytes(&bytes, path, opts)
 }
 
@@ -228,7 +233,10 @@ mod tests {
         let e = decode_bytes(
             &bytes,
             Path::new("big.png"),
-            &DecodeOptions { max_pixels: 5000 },
+            &DecodeOptions {
+                max_pixels: 5000,
+                ..DecodeOptions::default()
+            },
         )
         .unwrap_err();
         assert!(e.to_string().contains("decompression bomb"), "{e}");

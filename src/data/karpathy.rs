@@ -96,7 +96,7 @@ impl std::fmt::Display for Split {
 
 impl KarpathyDataset {
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = crate::files::read_file(path).map_err(|e| DataError::io(path, e))?;
         serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
             path: path.to_path_buf(),
             source,

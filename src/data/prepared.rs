@@ -104,7 +104,7 @@ impl PreparedSplit {
         let captions_path = files.captions(split);
         let (captions, padded_len, caption_count) = read_captions(&captions_path)?;
         let caplens_path = files.caplens(split);
-        let bytes = std::fs::read(&caplens_path).map_err(|e| DataError::io(&caplens_path, e))?;
+        let bytes = crate::files::read_file(&caplens_path).map_err(|e| DataError::io(&caplens_path, e))?;
         let lengths: Vec<u32> =
             serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
                 path: caplens_path.clone(),
@@ -294,7 +294,7 @@ impl PreparedSplit {
 
 /// Reads a captions file into one flat array; returns it, the padded length and the count.
 fn read_captions(path: &Path) -> Result<(Vec<u32>, usize, usize), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = crate::files::read_file(path).map_err(|e| DataError::io(path, e))?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let flat = FlatCaptions::default();
     let flat = DeserializeSeed::deserialize(flat, &mut de)

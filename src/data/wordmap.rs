@@ -83,7 +83,7 @@ impl WordMap {
 
     /// Reads a `WORDMAP_*.json` file.
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = crate::files::read_file(path).map_err(|e| DataError::io(path, e))?;
         Self::from_json_bytes(&bytes, path)
     }
 

@@ -112,7 +112,7 @@ pub fn tensors_from_safetensors(
 
 /// Reads a model file (or a plain state-dict safetensors with `opts.word_map`).
 pub fn read_model_file(path: &Path, opts: &LoadOptions, device: &Device) -> Result<ModelFile> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = crate::files::read_file(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -11,6 +11,7 @@
 //! caption has committed, which is what makes a SIGKILL at any moment harmless.
 
 pub mod attention;
+pub mod path_key;
 pub mod read;
 pub mod registry;
 pub mod write;
@@ -56,6 +57,12 @@ pub enum StoreError {
         found: usize,
         supported: usize,
     },
+    #[error(
+        "{path}: cannot be read here: its folder is read-only and {wal} holds commits not yet \
+         in the database file; read it where it is writable, or let `gaze watch` stop cleanly \
+         first (which folds them in)"
+    )]
+    ReadOnlyWal { path: PathBuf, wal: PathBuf },
     #[error("{path}: not a gaze database (it has tables but no gaze schema version)")]
     NotGaze { path: PathBuf },
     #[error("{path}: migrating the schema: {reason}")]
@@ -138,20 +145,33 @@ impl Store {
         })
     }
 
-    /// Opens an existing database read-only; it must be at the current schema version.
+    /// Opens an existing database read-only; it must be at the current schema version (or
+    /// [`OLDEST_READABLE_VERSION`] or later).
+    ///
+    /// A WAL database needs its `-shm` file, which SQLite creates beside it. Where it cannot
+    /// (a read-only folder or mount, a backup copy) and no `-wal` file holds commits that the
+    /// database file lacks, the file is opened as immutable instead, so it can still be read.
     pub fn open_read_only(path: &Path) -> Result<Store> {
         if !path.is_file() {
             return Err(StoreError::Missing {
                 path: path.to_path_buf(),
             });
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
-        configure(&conn, path)?;
-        let found = user_version(&conn, path)?;
+        let (conn, found) = match open_reader(path, false) {
+            Ok(opened) => opened,
+            Err(e) if needs_write_access(&e) => {
+                let wal = wal_path(path);
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(StoreError::ReadOnlyWal {
+                        path: path.to_path_buf(),
+                        wal,
+                    });
+                }
+                tracing::debug!(db = %path.display(), "read-only location: reading the file as immutable");
+                open_reader(path, true)?
+            }
+            Err(e) => return Err(e),
+        };
         let supported = supported_version();
         if found > supported {
             return Err(StoreError::TooNew {
@@ -160,7 +180,7 @@ impl Store {
                 supported,
             });
         }
-        if found < supported {
+        if found < OLDEST_READABLE_VERSION {
             if found == 0 && has_tables(&conn, path)? {
                 return Err(StoreError::NotGaze {
                     path: path.to_path_buf(),
@@ -201,6 +221,61 @@ impl Store {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| StoreError::sqlite(&self.path, "checking integrity", e))
     }
+}
+
+/// The oldest schema version readers accept as it is: version 4 only adds `skipped_files`, which
+/// readers treat as empty when it is absent.
+pub const OLDEST_READABLE_VERSION: usize = 3;
+
+/// A read-only connection and the schema version it reads; `immutable` tells SQLite that nothing
+/// changes the file, so it needs no `-shm` file and takes no locks.
+fn open_reader(path: &Path, immutable: bool) -> Result<(Connection, usize)> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let uri = format!("file:{}?immutable=1", uri_escape(path));
+        Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    }
+    .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
+    configure(&conn, path)?;
+    let found = user_version(&conn, path)?;
+    Ok((conn, found))
+}
+
+/// True for the errors SQLite gives when it cannot create the `-shm` file of a WAL database.
+fn needs_write_access(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } => matches!(
+            f.code,
+            rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+        ),
+        _ => false,
+    }
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// A path as the path part of an SQLite `file:` URI.
+fn uri_escape(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<()> {

@@ -215,6 +215,9 @@ pub struct StatusReport {
     pub images_per_second: f64,
     pub active_model: Option<ModelRow>,
     pub models: i64,
+    /// Entries of watched folders that are not regular files (pipes, devices, sockets), which
+    /// are never read.
+    pub skipped: i64,
 }
 
 pub fn status(
@@ -273,7 +276,21 @@ pub fn status(
         images_per_second: done_last_minute as f64 / 60.0,
         active_model,
         models: count("SELECT count(*) FROM models", &[])?,
+        // Version 3 databases (readable as they are) have no such table.
+        skipped: if table_exists(conn, "skipped_files")? {
+            count("SELECT count(*) FROM skipped_files", &[])?
+        } else {
+            0
+        },
     })
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )
 }
 
 #[cfg(test)]

@@ -83,7 +83,8 @@ pub fn mark_pending(
              updated_at = excluded.updated_at",
     )?
     .execute(params![path, size, mtime_ns, now])?;
-    Ok(())
+    // An entry that was a pipe or device is a regular file now.
+    unmark_skipped(conn, path)
 }
 
 /// What an image looked like when it was read.
@@ -149,12 +150,27 @@ pub fn mark_failed(
 /// changed.
 pub fn mark_gone(conn: &Connection, path: &str, now: f64) -> rusqlite::Result<usize> {
     let prefix = format!("{}/", path.trim_end_matches('/'));
+    // Files under the folder whose names are not UTF-8 are stored escaped (store::path_key).
+    let escaped_prefix = match path.strip_prefix(super::path_key::BYTES_PREFIX) {
+        Some(_) => prefix.clone(),
+        None => format!(
+            "{}{}",
+            super::path_key::BYTES_PREFIX,
+            super::path_key::escape(prefix.as_bytes())
+        ),
+    };
+    conn.prepare_cached(
+        "DELETE FROM skipped_files
+         WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2 OR substr(path, 1, length(?3)) = ?3",
+    )?
+    .execute(params![path, prefix, escaped_prefix])?;
     conn.prepare_cached(
         "UPDATE images SET status = 'gone', updated_at = ?3
          WHERE status != 'gone'
-           AND (path = ?1 OR substr(path, 1, length(?2)) = ?2)",
+           AND (path = ?1 OR substr(path, 1, length(?2)) = ?2
+                OR substr(path, 1, length(?4)) = ?4)",
     )?
-    .execute(params![path, prefix, now])
+    .execute(params![path, prefix, now, escaped_prefix])
 }
 
 /// Whether `content_hash` already has a caption by `model_id`.
@@ -290,6 +306,30 @@ pub fn requeue_for_model(conn: &Connection, model_id: i64, now: f64) -> rusqlite
                            WHERE c.content_hash = images.content_hash AND c.model_id = ?1)",
         params![model_id, now],
     )
+}
+
+/// Records an entry of a watched folder that is not a regular file (see `skipped_files`).
+pub fn mark_skipped(conn: &Connection, path: &str, kind: &str, now: f64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO skipped_files (path, kind, seen_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (path) DO UPDATE SET kind = excluded.kind, seen_at = excluded.seen_at",
+    )?
+    .execute(params![path, kind, now])?;
+    Ok(())
+}
+
+/// Forgets a skipped entry.
+pub fn unmark_skipped(conn: &Connection, path: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM skipped_files WHERE path = ?1")?
+        .execute([path])?;
+    Ok(())
+}
+
+/// Paths recorded as skipped (for the rescan that finds deleted entries).
+pub fn skipped_paths(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT path FROM skipped_files")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// Paths of images not marked gone (for the rescan that finds deleted files).

@@ -32,7 +32,7 @@ pub fn load_into(
     embedding: &mut [f32],
     dim: usize,
 ) -> Result<usize, GloveError> {
-    let file = std::fs::File::open(path).map_err(|source| GloveError::Io {
+    let file = crate::files::open_file(path).map_err(|source| GloveError::Io {
         path: path.into(),
         source,
     })?;

@@ -141,7 +141,7 @@ pub fn load_encoder_weights(
     if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Ok(crate::pth::torchvision_resnet_encoder(path, device)?);
     }
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
+    let bytes = crate::files::read_file(path).map_err(|source| TrainError::Io {
         path: path.into(),
         source,
     })?;

@@ -92,7 +92,7 @@ pub struct ImagesFile {
 impl ImagesFile {
     /// Opens the file and checks its layout; reads only metadata.
     pub fn open(path: &Path) -> Result<Self, Hdf5Error> {
-        let file = File::open(path).map_err(|e| Hdf5Error::io(path, e))?;
+        let file = crate::files::open_file(path).map_err(|e| Hdf5Error::io(path, e))?;
         let content = |reason: String| Hdf5Error::Content {
             path: path.to_path_buf(),
             reason,
