@@ -479,3 +479,139 @@ fn eval_refuses_a_word_map_that_does_not_fit_the_model() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("beam size must be at least 1"), "{stderr}");
 }
+
+/// `gaze` without any GAZE_* variable of the environment the tests run in.
+fn gaze_clean() -> Command {
+    let mut cmd = gaze();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GAZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Runs a command expected to be refused: exit 2, no panic; returns stderr.
+fn refused(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+    let out = cmd.borrow_mut().output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+    stderr
+}
+
+#[test]
+fn settings_that_cannot_be_met_are_refused_naming_key_and_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("gaze.db");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    let model = tmp.path().join("model.safetensors");
+
+    // A log level that is not one fails every subcommand instead of silencing its log.
+    let err = refused(
+        gaze_clean()
+            .args(["status", "--db"])
+            .arg(&db)
+            .env("GAZE_LOG", "loud"),
+    );
+    assert!(
+        err.contains("\"loud\" (from environment variable GAZE_LOG)")
+            && err.contains("is not a log level")
+            && err.contains("error, warn, info, debug, trace or off"),
+        "{err}"
+    );
+    let err = refused(
+        gaze_clean()
+            .args(["status", "--log-level", "loud", "--db"])
+            .arg(&db),
+    );
+    assert!(
+        err.contains("(from command-line flag --log-level)"),
+        "{err}"
+    );
+    let out = gaze_clean()
+        .args(["status", "--log-level", "WARN", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("log level"),
+        "a level in capitals is a level"
+    );
+
+    // The daemon's settings: the file, the environment and the flags are each named.
+    let watch = |extra: &[&str]| {
+        let mut cmd = gaze_clean();
+        cmd.args(["watch", "--exit-when-idle", "--db"])
+            .arg(&db)
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .arg(&dir);
+        cmd
+    };
+    let config = tmp.path().join("huge.toml");
+    std::fs::write(&config, "[pipeline]\nbatch_size = 100000000000\n").unwrap();
+    let err = refused(watch(&["--config", config.to_str().unwrap()]));
+    assert!(
+        err.contains(&format!(
+            "pipeline.batch_size = 100000000000 (from config file {}) is outside 1..=4096",
+            config.display()
+        )),
+        "{err}"
+    );
+    let err = refused(watch(&[]).env("GAZE_CONFIG", &config));
+    assert!(err.contains("huge.toml"), "{err}");
+    let err = refused(watch(&[]).env("GAZE_DECODE_THREADS", "100000"));
+    assert!(
+        err.contains(
+            "pipeline.decode_threads = 100000 (from environment variable GAZE_DECODE_THREADS) \
+             is outside 1..=1024"
+        ),
+        "{err}"
+    );
+    let err = refused(watch(&[]).env("GAZE_QUEUE_DEPTH", "100000000000"));
+    assert!(err.contains("pipeline.queue_depth"), "{err}");
+    let err = refused(watch(&["--batch-size", "100000000000"]));
+    assert!(
+        err.contains("pipeline.batch_size = 100000000000 (from command-line flag --batch-size)"),
+        "{err}"
+    );
+    let loud = tmp.path().join("loud.toml");
+    std::fs::write(&loud, "[log]\nlevel = \"loud\"\n").unwrap();
+    let err = refused(watch(&["--config", loud.to_str().unwrap()]));
+    assert!(
+        err.contains(&format!(
+            "log.level = \"loud\" (from config file {})",
+            loud.display()
+        )),
+        "{err}"
+    );
+    let err = refused(watch(&["--log-level", "loud"]).env("GAZE_LOG", "info"));
+    assert!(
+        err.contains("(from command-line flag --log-level)"),
+        "{err}"
+    );
+    // A later layer replaces a bad value of an earlier one: the flag wins over the file.
+    let err = refused(watch(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]));
+    assert!(!err.contains("batch_size"), "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    // `gaze retrain` checks its settings the same way.
+    let err = refused(
+        gaze_clean()
+            .args(["retrain", "--now", "--threads", "100000", "--db"])
+            .arg(&db),
+    );
+    assert!(
+        err.contains("retrain.threads = 100000 (from command-line flag --threads)"),
+        "{err}"
+    );
+}
