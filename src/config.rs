@@ -5,11 +5,17 @@
 //! `config.toml` at the repository root documents every key with its default; a unit test keeps
 //! it equal to [`Config::default`]. Relative paths in a file are taken relative to that file's
 //! folder; relative paths from the environment or flags, relative to the working directory.
-//! Unknown keys are refused (a typo should not be silently ignored).
+//! Unknown keys are refused (a typo should not be silently ignored). Every numeric setting
+//! has a range ([`Config::check_settings`]); an error names the key, the layer its value came
+//! from (the file, the variable or the flag) and the range.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
 
 /// The environment variable naming a config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "GAZE_CONFIG";
@@ -32,6 +38,107 @@ pub enum ConfigError {
     },
     #[error("invalid setting: {0}")]
     Invalid(String),
+    #[error("{key} = {value}{origin} is outside {allowed}")]
+    OutOfRange {
+        key: String,
+        value: String,
+        origin: Origin,
+        allowed: String,
+    },
+    #[error("{key} = {value:?}{origin}: {reason}")]
+    LogLevel {
+        key: String,
+        value: String,
+        origin: Origin,
+        reason: String,
+    },
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A config file (the key was present in it).
+    File(PathBuf),
+    /// An environment variable, by name.
+    Env(&'static str),
+    /// A command-line flag, by name (`--batch-size`).
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "config file {}", path.display()),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::Flag(flag) => write!(f, "command-line flag {flag}"),
+        }
+    }
+}
+
+/// A source in an error message: " (from ...)", or nothing for a default or a value set in
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin(pub Option<Source>);
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(source) => write!(f, " (from {source})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The source of each key set by a layer above the defaults ("pipeline.batch_size").
+/// Provenance is not a setting: two configs with the same values are equal wherever their
+/// values came from, so this always compares equal.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(BTreeMap<String, Source>);
+
+impl Sources {
+    fn set(&mut self, key: &str, source: Source) {
+        self.0.insert(key.to_string(), source);
+    }
+}
+
+impl PartialEq for Sources {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The log levels a bare word may name (any case).
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Parses a log level: one of [`LOG_LEVELS`] (any case), or `tracing` env-filter directives
+/// (`gaze=debug,warn`). `EnvFilter` takes an unknown bare word ("loud") as a target name and
+/// then logs nothing at all, so a bare word must be a level; other directives need `=`.
+/// `key` and `origin` name the setting in the error.
+pub fn log_filter(key: &str, spec: &str, origin: Option<Source>) -> Result<EnvFilter, ConfigError> {
+    let accepted = "expected error, warn, info, debug, trace or off (any case), \
+                    or tracing directives such as \"gaze=debug,warn\"";
+    let err = |reason: String| ConfigError::LogLevel {
+        key: key.to_string(),
+        value: spec.to_string(),
+        origin: Origin(origin.clone()),
+        reason,
+    };
+    let mut directives = Vec::new();
+    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if d.contains('=') {
+            directives.push(d.to_string());
+        } else if LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+            directives.push(d.to_ascii_lowercase());
+        } else {
+            return Err(err(format!("{d:?} is not a log level; {accepted}")));
+        }
+    }
+    if directives.is_empty() {
+        return Err(err(format!("no log level given; {accepted}")));
+    }
+    EnvFilter::builder()
+        .parse(directives.join(","))
+        .map_err(|e| err(format!("not a valid filter ({e}); {accepted}")))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -44,6 +151,9 @@ pub struct Config {
     pub limits: LimitsSection,
     pub log: LogSection,
     pub retrain: RetrainSection,
+    /// Where each key's value came from, for error messages.
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 /// What to watch and how.
@@ -338,6 +448,123 @@ impl RetrainSection {
     }
 }
 
+/// One `GAZE_*` variable: its name, the key it sets, and how it sets it.
+struct EnvVar {
+    var: &'static str,
+    key: &'static str,
+    set: fn(&mut Config, &'static str, &str) -> Result<(), ConfigError>,
+}
+
+/// A table row: the variable, the field it sets (which also spells its key), the conversion.
+macro_rules! env_var {
+    ($var:literal => $section:ident . $field:ident, $convert:expr) => {
+        EnvVar {
+            var: $var,
+            key: concat!(stringify!($section), ".", stringify!($field)),
+            set: |cfg, var, value| {
+                cfg.$section.$field = $convert(var, value)?;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every environment variable and its key.
+const ENV_VARS: &[EnvVar] = &[
+    env_var!("GAZE_FOLDERS" => watch.folders, folders),
+    env_var!("GAZE_INCLUDE" => watch.include, list),
+    env_var!("GAZE_EXCLUDE" => watch.exclude, list),
+    env_var!("GAZE_FOLLOW_SYMLINKS" => watch.follow_symlinks, boolean),
+    env_var!("GAZE_POLL" => watch.poll, boolean),
+    env_var!("GAZE_POLL_INTERVAL_MS" => watch.poll_interval_ms, parse),
+    env_var!("GAZE_RESCAN_INTERVAL_SECS" => watch.rescan_interval_secs, parse),
+    env_var!("GAZE_STABLE_MS" => watch.stable_ms, parse),
+    env_var!("GAZE_DB" => database.path, path),
+    env_var!("GAZE_MODEL" => model.path, some_path),
+    env_var!("GAZE_WORD_MAP" => model.word_map, some_path),
+    env_var!("GAZE_DEVICE" => model.device, text),
+    env_var!("GAZE_BEAM_SIZE" => model.beam_size, parse),
+    env_var!("GAZE_MAX_STEPS" => model.max_steps, parse),
+    env_var!("GAZE_BATCH_SIZE" => pipeline.batch_size, parse),
+    env_var!("GAZE_MAX_WAIT_MS" => pipeline.max_wait_ms, parse),
+    env_var!("GAZE_DECODE_THREADS" => pipeline.decode_threads, parse),
+    env_var!("GAZE_QUEUE_DEPTH" => pipeline.queue_depth, parse),
+    env_var!("GAZE_MAX_PIXELS" => limits.max_pixels, parse),
+    env_var!("GAZE_MAX_FILE_BYTES" => limits.max_file_bytes, parse),
+    env_var!("GAZE_MAX_ATTEMPTS" => limits.max_attempts, parse),
+    env_var!("GAZE_LOG" => log.level, text),
+    env_var!("GAZE_RETRAIN" => retrain.enabled, boolean),
+    env_var!("GAZE_RETRAIN_SCHEDULE" => retrain.schedule, text),
+    env_var!("GAZE_RETRAIN_WORK_DIR" => retrain.work_dir, path),
+    env_var!("GAZE_RETRAIN_PREPARED" => retrain.prepared, some_path),
+    env_var!("GAZE_RETRAIN_DATA_NAME" => retrain.data_name, some_text),
+    env_var!("GAZE_RETRAIN_IMAGES" => retrain.images, some_path),
+    env_var!("GAZE_RETRAIN_EPOCHS" => retrain.epochs, parse),
+    env_var!("GAZE_RETRAIN_MAX_MINUTES" => retrain.max_minutes, parse),
+    env_var!("GAZE_RETRAIN_METRIC" => retrain.metric, text),
+    env_var!("GAZE_RETRAIN_MARGIN" => retrain.margin, parse),
+    env_var!("GAZE_RETRAIN_THREADS" => retrain.threads, parse),
+    env_var!("GAZE_RETRAIN_RECAPTION" => retrain.recaption, parse),
+];
+
+// Conversions of a variable's value; `var` names it in errors.
+
+fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+        var: var.into(),
+        value: value.into(),
+        reason: e.to_string(),
+    })
+}
+
+fn boolean(var: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var: var.into(),
+            value: value.into(),
+            reason: "expected true/false, yes/no, on/off or 1/0".into(),
+        }),
+    }
+}
+
+/// A ','-separated list.
+fn list(_: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    Ok(value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Paths separated as in PATH (':' on Unix).
+fn folders(_: &str, value: &str) -> Result<Vec<PathBuf>, ConfigError> {
+    Ok(std::env::split_paths(value)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect())
+}
+
+fn path(_: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    Ok(PathBuf::from(value))
+}
+
+fn some_path(_: &str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
+    Ok(Some(PathBuf::from(value)))
+}
+
+fn text(_: &str, value: &str) -> Result<String, ConfigError> {
+    Ok(value.trim().to_string())
+}
+
+fn some_text(_: &str, value: &str) -> Result<Option<String>, ConfigError> {
+    Ok(Some(value.trim().to_string()))
+}
+
 impl Config {
     /// Defaults, then `file` (if any), then the environment as `env` reports it
     /// (`|k| std::env::var(k).ok()` in the binary).
@@ -363,6 +590,17 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         })?;
+        // The text parsed as a Config just above, so it is a table of tables.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for (section, keys) in &table {
+                for key in keys.as_table().into_iter().flat_map(|t| t.keys()) {
+                    cfg.sources.set(
+                        &format!("{section}.{key}"),
+                        Source::File(path.to_path_buf()),
+                    );
+                }
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_relative_to(base);
         Ok(cfg)
@@ -396,213 +634,131 @@ impl Config {
         }
     }
 
-    /// Applies every `GAZE_*` variable that `env` reports. The names are listed in
-    /// `config.toml` beside their keys.
+    /// Applies every `GAZE_*` variable that `env` reports (the table [`ENV_VARS`]; the names
+    /// are listed in `config.toml` beside their keys) and records each as its key's source.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-                var: var.into(),
-                value: value.into(),
-                reason: e.to_string(),
-            })
-        }
-        fn boolean(var: &str, value: &str) -> Result<bool, ConfigError> {
-            match value.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" | "" => Ok(false),
-                _ => Err(ConfigError::Env {
-                    var: var.into(),
-                    value: value.into(),
-                    reason: "expected true/false, yes/no, on/off or 1/0".into(),
-                }),
+        for e in ENV_VARS {
+            if let Some(value) = env(e.var) {
+                (e.set)(self, e.var, &value)?;
+                self.sources.set(e.key, Source::Env(e.var));
             }
         }
-        let list = |v: &str| -> Vec<String> {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        };
-        let set = |var: &str,
-                   apply: &mut dyn FnMut(&str) -> Result<(), ConfigError>|
-         -> Result<(), ConfigError> {
-            match env(var) {
-                Some(v) => apply(&v),
-                None => Ok(()),
-            }
-        };
-        let w = &mut self.watch;
-        set("GAZE_FOLDERS", &mut |v| {
-            w.folders = std::env::split_paths(v)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect();
-            Ok(())
-        })?;
-        set("GAZE_INCLUDE", &mut |v| {
-            w.include = list(v);
-            Ok(())
-        })?;
-        set("GAZE_EXCLUDE", &mut |v| {
-            w.exclude = list(v);
-            Ok(())
-        })?;
-        set("GAZE_FOLLOW_SYMLINKS", &mut |v| {
-            w.follow_symlinks = boolean("GAZE_FOLLOW_SYMLINKS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_POLL", &mut |v| {
-            w.poll = boolean("GAZE_POLL", v)?;
-            Ok(())
-        })?;
-        set("GAZE_POLL_INTERVAL_MS", &mut |v| {
-            w.poll_interval_ms = parse("GAZE_POLL_INTERVAL_MS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RESCAN_INTERVAL_SECS", &mut |v| {
-            w.rescan_interval_secs = parse("GAZE_RESCAN_INTERVAL_SECS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_STABLE_MS", &mut |v| {
-            w.stable_ms = parse("GAZE_STABLE_MS", v)?;
-            Ok(())
-        })?;
-        let d = &mut self.database;
-        set("GAZE_DB", &mut |v| {
-            d.path = PathBuf::from(v);
-            Ok(())
-        })?;
-        let m = &mut self.model;
-        set("GAZE_MODEL", &mut |v| {
-            m.path = Some(PathBuf::from(v));
-            Ok(())
-        })?;
-        set("GAZE_WORD_MAP", &mut |v| {
-            m.word_map = Some(PathBuf::from(v));
-            Ok(())
-        })?;
-        set("GAZE_DEVICE", &mut |v| {
-            m.device = v.trim().to_string();
-            Ok(())
-        })?;
-        set("GAZE_BEAM_SIZE", &mut |v| {
-            m.beam_size = parse("GAZE_BEAM_SIZE", v)?;
-            Ok(())
-        })?;
-        set("GAZE_MAX_STEPS", &mut |v| {
-            m.max_steps = parse("GAZE_MAX_STEPS", v)?;
-            Ok(())
-        })?;
-        let p = &mut self.pipeline;
-        set("GAZE_BATCH_SIZE", &mut |v| {
-            p.batch_size = parse("GAZE_BATCH_SIZE", v)?;
-            Ok(())
-        })?;
-        set("GAZE_MAX_WAIT_MS", &mut |v| {
-            p.max_wait_ms = parse("GAZE_MAX_WAIT_MS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_DECODE_THREADS", &mut |v| {
-            p.decode_threads = parse("GAZE_DECODE_THREADS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_QUEUE_DEPTH", &mut |v| {
-            p.queue_depth = parse("GAZE_QUEUE_DEPTH", v)?;
-            Ok(())
-        })?;
-        let l = &mut self.limits;
-        set("GAZE_MAX_PIXELS", &mut |v| {
-            l.max_pixels = parse("GAZE_MAX_PIXELS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_MAX_FILE_BYTES", &mut |v| {
-            l.max_file_bytes = parse("GAZE_MAX_FILE_BYTES", v)?;
-            Ok(())
-        })?;
-        set("GAZE_MAX_ATTEMPTS", &mut |v| {
-            l.max_attempts = parse("GAZE_MAX_ATTEMPTS", v)?;
-            Ok(())
-        })?;
-        let g = &mut self.log;
-        set("GAZE_LOG", &mut |v| {
-            g.level = v.trim().to_string();
-            Ok(())
-        })?;
-        let r = &mut self.retrain;
-        set("GAZE_RETRAIN", &mut |v| {
-            r.enabled = boolean("GAZE_RETRAIN", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_SCHEDULE", &mut |v| {
-            r.schedule = v.trim().to_string();
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_WORK_DIR", &mut |v| {
-            r.work_dir = PathBuf::from(v);
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_PREPARED", &mut |v| {
-            r.prepared = Some(PathBuf::from(v));
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_DATA_NAME", &mut |v| {
-            r.data_name = Some(v.trim().to_string());
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_IMAGES", &mut |v| {
-            r.images = Some(PathBuf::from(v));
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_EPOCHS", &mut |v| {
-            r.epochs = parse("GAZE_RETRAIN_EPOCHS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_MAX_MINUTES", &mut |v| {
-            r.max_minutes = parse("GAZE_RETRAIN_MAX_MINUTES", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_METRIC", &mut |v| {
-            r.metric = v.trim().to_string();
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_MARGIN", &mut |v| {
-            r.margin = parse("GAZE_RETRAIN_MARGIN", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_THREADS", &mut |v| {
-            r.threads = parse("GAZE_RETRAIN_THREADS", v)?;
-            Ok(())
-        })?;
-        set("GAZE_RETRAIN_RECAPTION", &mut |v| {
-            r.recaption = parse("GAZE_RETRAIN_RECAPTION", v)?;
-            Ok(())
-        })?;
         Ok(())
     }
 
-    /// Checks what the types cannot: counts that must be positive, and that a model is named.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("pipeline.batch_size", self.pipeline.batch_size),
-            ("pipeline.decode_threads", self.pipeline.decode_threads),
-            ("pipeline.queue_depth", self.pipeline.queue_depth),
-            ("model.beam_size", self.model.beam_size),
-            ("model.max_steps", self.model.max_steps),
-            ("limits.max_attempts", self.limits.max_attempts as usize),
+    /// Records where a key's value came from (the command-line layer calls this for its flags).
+    pub fn set_source(&mut self, key: &str, source: Source) {
+        self.sources.set(key, source);
+    }
+
+    /// Where a key's value came from; `None` for a built-in default or a value set in code.
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        self.sources.0.get(key)
+    }
+
+    /// Checks every numeric setting against its range (documented in `config.toml`) and the
+    /// log level, naming the key, where its value came from and what is allowed. The bounds
+    /// keep a typo from aborting the daemon: queues and thread pools are allocated up front.
+    pub fn check_settings(&self) -> Result<(), ConfigError> {
+        const MINUTE_MS: u64 = 60_000;
+        const HOUR_MS: u64 = 60 * MINUTE_MS;
+        const DAY_MS: u64 = 24 * HOUR_MS;
+        const DAY_SECS: u64 = 24 * 3600;
+        let (w, m, p, l, r) = (
+            &self.watch,
+            &self.model,
+            &self.pipeline,
+            &self.limits,
+            &self.retrain,
+        );
+        let counts: [(&str, u64, RangeInclusive<u64>); 18] = [
+            ("watch.poll_interval_ms", w.poll_interval_ms, 1..=DAY_MS),
+            (
+                "watch.rescan_interval_secs",
+                w.rescan_interval_secs,
+                0..=30 * DAY_SECS,
+            ),
+            ("watch.stable_ms", w.stable_ms, 0..=HOUR_MS),
+            ("model.beam_size", m.beam_size as u64, 1..=100),
+            ("model.max_steps", m.max_steps as u64, 1..=1000),
+            ("pipeline.batch_size", p.batch_size as u64, 1..=4096),
+            ("pipeline.max_wait_ms", p.max_wait_ms, 0..=HOUR_MS),
+            ("pipeline.decode_threads", p.decode_threads as u64, 1..=1024),
+            ("pipeline.queue_depth", p.queue_depth as u64, 1..=1_000_000),
+            ("limits.max_pixels", l.max_pixels, 1..=1 << 32),
+            ("limits.max_file_bytes", l.max_file_bytes, 1..=16 << 30),
+            ("limits.max_attempts", l.max_attempts.into(), 1..=1000),
+            (
+                "retrain.captions_per_image",
+                r.captions_per_image.into(),
+                1..=1000,
+            ),
+            (
+                "retrain.min_word_freq",
+                r.min_word_freq.into(),
+                0..=1_000_000,
+            ),
+            ("retrain.epochs", r.epochs as u64, 0..=10_000),
+            (
+                "retrain.holdout_images",
+                r.holdout_images as u64,
+                1..=1_000_000,
+            ),
+            ("retrain.beam_size", r.beam_size as u64, 1..=100),
+            ("retrain.threads", r.threads as u64, 0..=1024),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+        for (key, value, allowed) in counts {
+            if !allowed.contains(&value) {
+                return Err(self.out_of_range(
+                    key,
+                    value.to_string(),
+                    format!("{}..={}", allowed.start(), allowed.end()),
+                ));
             }
         }
-        if self.watch.poll && self.watch.poll_interval_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "watch.poll_interval_ms must be at least 1 when polling".into(),
-            ));
+        let amounts: [(&str, f64, RangeInclusive<f64>); 2] = [
+            (
+                "retrain.max_minutes",
+                r.max_minutes,
+                0.0..=30.0 * 24.0 * 60.0,
+            ),
+            ("retrain.margin", r.margin, -1e6..=1e6),
+        ];
+        for (key, value, allowed) in amounts {
+            // `contains` is false for NaN, so "nan" is refused too.
+            if !allowed.contains(&value) {
+                return Err(self.out_of_range(
+                    key,
+                    value.to_string(),
+                    format!("{}..={}", allowed.start(), allowed.end()),
+                ));
+            }
         }
+        self.log_filter().map(drop)
+    }
+
+    fn out_of_range(&self, key: &str, value: String, allowed: String) -> ConfigError {
+        ConfigError::OutOfRange {
+            key: key.to_string(),
+            value,
+            origin: Origin(self.source(key).cloned()),
+            allowed,
+        }
+    }
+
+    /// The `tracing` filter of `log.level`; an error names where the level came from.
+    pub fn log_filter(&self) -> Result<EnvFilter, ConfigError> {
+        log_filter(
+            "log.level",
+            &self.log.level,
+            self.source("log.level").cloned(),
+        )
+    }
+
+    /// Checks what the types cannot: [`Config::check_settings`], and that a model and folders
+    /// are named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_settings()?;
         if self.model.path.is_none() {
             return Err(ConfigError::Invalid(
                 "no model: set [model] path in the config file, GAZE_MODEL, or --model".into(),
@@ -713,5 +869,149 @@ mod tests {
         cfg.pipeline.batch_size = 1;
         cfg.model.path = None;
         assert!(cfg.validate().unwrap_err().to_string().contains("model"));
+    }
+
+    fn file(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("gaze.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_key_its_source_and_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        // From the file: the path is the source.
+        let path = file(dir.path(), "[pipeline]\nbatch_size = 100000000000\n");
+        let cfg = Config::load(Some(&path), |_| None).unwrap();
+        let e = cfg.check_settings().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "pipeline.batch_size = 100000000000 (from config file {}) is outside 1..=4096",
+                path.display()
+            )
+        );
+        // A later layer takes the key over, and with it the source.
+        let env: HashMap<&str, &str> =
+            [("GAZE_BATCH_SIZE", "16"), ("GAZE_DECODE_THREADS", "100000")].into();
+        let mut cfg = Config::load(Some(&path), |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(cfg.pipeline.batch_size, 16);
+        assert_eq!(
+            cfg.check_settings().unwrap_err().to_string(),
+            "pipeline.decode_threads = 100000 (from environment variable GAZE_DECODE_THREADS) \
+             is outside 1..=1024"
+        );
+        // The command-line layer names its flag.
+        cfg.pipeline.decode_threads = 4;
+        cfg.pipeline.batch_size = 100_000_000_000;
+        cfg.set_source("pipeline.batch_size", Source::Flag("--batch-size"));
+        let e = cfg.check_settings().unwrap_err().to_string();
+        assert!(
+            e.contains("pipeline.batch_size = 100000000000 (from command-line flag --batch-size)")
+                && e.contains("1..=4096"),
+            "{e}"
+        );
+        cfg.pipeline.batch_size = 4096;
+        cfg.check_settings().unwrap();
+        // validate checks the ranges too, and a value set in code names no source.
+        cfg.model.path = Some("m".into());
+        cfg.watch.folders = vec!["f".into()];
+        cfg.model.beam_size = 101;
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "model.beam_size = 101 is outside 1..=100"
+        );
+        // Not a number: NaN is outside every range.
+        let cfg = Config::load(None, |k| {
+            (k == "GAZE_RETRAIN_MARGIN").then(|| "NaN".to_string())
+        })
+        .unwrap();
+        let e = cfg.check_settings().unwrap_err().to_string();
+        assert!(
+            e.contains("retrain.margin = NaN (from environment variable GAZE_RETRAIN_MARGIN)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_numeric_setting_has_a_range() {
+        // Each number in the file, set far too large in turn, is refused by name: a new
+        // numeric key without a range fails here.
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut checked = 0;
+        for (section, table) in value.as_table().unwrap() {
+            for (key, v) in table.as_table().unwrap() {
+                let huge: &[&str] = match v {
+                    toml::Value::Integer(_) => &["9223372036854775807", "4294967295"],
+                    toml::Value::Float(_) => &["1e300"],
+                    _ => continue,
+                };
+                // The first huge value the key's type holds (u32 keys refuse i64::MAX).
+                let cfg = huge
+                    .iter()
+                    .find_map(|h| {
+                        Config::from_toml_str(&format!("[{section}]\n{key} = {h}\n")).ok()
+                    })
+                    .unwrap_or_else(|| panic!("{section}.{key}: no huge value parses"));
+                let e = cfg.check_settings().unwrap_err().to_string();
+                assert!(e.starts_with(&format!("{section}.{key} = ")), "{e}");
+                assert!(e.contains(" is outside "), "{e}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 20);
+        Config::default().check_settings().unwrap();
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_directives() {
+        for ok in [
+            "info",
+            "WARN",
+            " Debug ",
+            "off",
+            "gaze=debug",
+            "gaze=debug,warn",
+        ] {
+            log_filter("log.level", ok, None).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        // A bare word that is not a level would be a target name and silence everything.
+        for bad in ["loud", "info,loud", "", " , ", "gaze=loud", "3"] {
+            assert!(log_filter("log.level", bad, None).is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "[log]\nlevel = \"loud\"\n");
+        let cfg = Config::load(Some(&path), |_| None).unwrap();
+        let e = cfg.check_settings().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "log.level = \"loud\" (from config file {}): \"loud\" is not a log level",
+                path.display()
+            )) && e.contains("error, warn, info, debug, trace or off"),
+            "{e}"
+        );
+        let cfg = Config::load(Some(&path), |k| {
+            (k == "GAZE_LOG").then(|| "loud".to_string())
+        })
+        .unwrap();
+        let e = cfg.log_filter().unwrap_err().to_string();
+        assert!(e.contains("(from environment variable GAZE_LOG)"), "{e}");
+        let cfg = Config::load(Some(&path), |k| {
+            (k == "GAZE_LOG").then(|| "gaze=trace".to_string())
+        })
+        .unwrap();
+        cfg.check_settings().unwrap();
+    }
+
+    #[test]
+    fn every_environment_variable_is_documented() {
+        for e in ENV_VARS {
+            assert!(
+                SHIPPED.contains(e.var),
+                "config.toml does not name {}",
+                e.var
+            );
+        }
+        assert_eq!(ENV_VARS.len(), 34);
     }
 }

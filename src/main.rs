@@ -16,8 +16,9 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace; default info); GAZE_LOG overrides, except
-    /// for `watch`, where this flag overrides GAZE_LOG and the config file.
+    /// Log level: error, warn, info, debug, trace or off (default info), or tracing directives
+    /// such as "gaze=debug,warn"; anything else is an error. GAZE_LOG overrides it, except for
+    /// `watch`, where this flag overrides GAZE_LOG and the config file.
     #[arg(long, global = true)]
     log_level: Option<String>,
     #[command(subcommand)]
@@ -71,7 +72,10 @@ fn main() -> ExitCode {
         } else {
             "info"
         };
-        cli::init_logging(cli.log_level.as_deref().unwrap_or(default));
+        if let Err(err) = cli::init_logging(cli.log_level.as_deref(), default) {
+            eprintln!("error: {}", error_chain(&err));
+            return ExitCode::from(2);
+        }
     }
     let result = match cli.command {
         Command::Caption(args) => cli::caption::run(args),

@@ -521,3 +521,306 @@ fn eval_refuses_a_word_map_that_does_not_fit_the_model() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("beam size must be at least 1"), "{stderr}");
 }
+
+/// `gaze` without any GAZE_* variable of the environment the tests run in.
+fn gaze_clean() -> Command {
+    let mut cmd = gaze();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GAZE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Runs a command expected to be refused: exit 2, no panic; returns stderr.
+fn refused(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+    let out = cmd.borrow_mut().output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+    stderr
+}
+
+#[test]
+fn settings_that_cannot_be_met_are_refused_naming_key_and_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("gaze.db");
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    let model = tmp.path().join("model.safetensors");
+
+    // A log level that is not one fails every subcommand instead of silencing its log.
+    let err = refused(
+        gaze_clean()
+            .args(["status", "--db"])
+            .arg(&db)
+            .env("GAZE_LOG", "loud"),
+    );
+    assert!(
+        err.contains("\"loud\" (from environment variable GAZE_LOG)")
+            && err.contains("is not a log level")
+            && err.contains("error, warn, info, debug, trace or off"),
+        "{err}"
+    );
+    let err = refused(
+        gaze_clean()
+            .args(["status", "--log-level", "loud", "--db"])
+            .arg(&db),
+    );
+    assert!(
+        err.contains("(from command-line flag --log-level)"),
+        "{err}"
+    );
+    let out = gaze_clean()
+        .args(["status", "--log-level", "WARN", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("log level"),
+        "a level in capitals is a level"
+    );
+
+    // The daemon's settings: the file, the environment and the flags are each named.
+    let watch = |extra: &[&str]| {
+        let mut cmd = gaze_clean();
+        cmd.args(["watch", "--exit-when-idle", "--db"])
+            .arg(&db)
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .arg(&dir);
+        cmd
+    };
+    let config = tmp.path().join("huge.toml");
+    std::fs::write(&config, "[pipeline]\nbatch_size = 100000000000\n").unwrap();
+    let err = refused(watch(&["--config", config.to_str().unwrap()]));
+    assert!(
+        err.contains(&format!(
+            "pipeline.batch_size = 100000000000 (from config file {}) is outside 1..=4096",
+            config.display()
+        )),
+        "{err}"
+    );
+    let err = refused(watch(&[]).env("GAZE_CONFIG", &config));
+    assert!(err.contains("huge.toml"), "{err}");
+    let err = refused(watch(&[]).env("GAZE_DECODE_THREADS", "100000"));
+    assert!(
+        err.contains(
+            "pipeline.decode_threads = 100000 (from environment variable GAZE_DECODE_THREADS) \
+             is outside 1..=1024"
+        ),
+        "{err}"
+    );
+    let err = refused(watch(&[]).env("GAZE_QUEUE_DEPTH", "100000000000"));
+    assert!(err.contains("pipeline.queue_depth"), "{err}");
+    let err = refused(watch(&["--batch-size", "100000000000"]));
+    assert!(
+        err.contains("pipeline.batch_size = 100000000000 (from command-line flag --batch-size)"),
+        "{err}"
+    );
+    let loud = tmp.path().join("loud.toml");
+    std::fs::write(&loud, "[log]\nlevel = \"loud\"\n").unwrap();
+    let err = refused(watch(&["--config", loud.to_str().unwrap()]));
+    assert!(
+        err.contains(&format!(
+            "log.level = \"loud\" (from config file {})",
+            loud.display()
+        )),
+        "{err}"
+    );
+    let err = refused(watch(&["--log-level", "loud"]).env("GAZE_LOG", "info"));
+    assert!(
+        err.contains("(from command-line flag --log-level)"),
+        "{err}"
+    );
+    // A later layer replaces a bad value of an earlier one: the flag wins over the file.
+    let err = refused(watch(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--batch-size",
+        "4",
+    ]));
+    assert!(!err.contains("batch_size"), "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    // `gaze retrain` checks its settings the same way.
+    let err = refused(
+        gaze_clean()
+            .args(["retrain", "--now", "--threads", "100000", "--db"])
+            .arg(&db),
+    );
+    assert!(
+        err.contains("retrain.threads = 100000 (from command-line flag --threads)"),
+        "{err}"
+    );
+}
+
+/// A store with `n` captioned images ("a dog ...", done one second apart) and `failed`
+/// failures.
+fn store_with_captions(db: &Path, n: usize, failed: usize) {
+    use gaze::store::write::{self, NewCaption, NewModel, ReadImage};
+    let store = gaze::store::Store::open(db).unwrap();
+    let conn = store.conn();
+    let model = write::register_model(
+        conn,
+        &NewModel {
+            content_hash: "m",
+            path: "/models/m.safetensors",
+            name: "m",
+            config_json: "{}",
+            provenance_json: "{}",
+        },
+        0.0,
+    )
+    .unwrap();
+    for i in 0..n {
+        let (path, hash) = (format!("/photos/{i:04}.png"), format!("h{i}"));
+        let now = 1.0 + i as f64;
+        write::mark_done(
+            conn,
+            &ReadImage {
+                path: &path,
+                size: 1,
+                mtime_ns: 1,
+                content_hash: &hash,
+                width: 4,
+                height: 4,
+            },
+            now,
+        )
+        .unwrap();
+        let tokens = ["<start>", "a", "dog", "<end>"].map(String::from);
+        write::insert_caption(
+            conn,
+            &NewCaption {
+                content_hash: &hash,
+                model_id: model,
+                text: &format!("a dog number {i}"),
+                tokens: &tokens,
+                token_ids: &[0, 1, 2, 3],
+                score: -1.0,
+                finished: true,
+                beam_size: 1,
+                alphas: &[vec![1.0], vec![1.0], vec![1.0]],
+                grid: 1,
+            },
+            now,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    for i in 0..failed {
+        let path = format!("/photos/bad-{i}.jpg");
+        write::mark_failed(conn, &path, 1, 1, None, "not an image", 1.0).unwrap();
+    }
+}
+
+/// Runs `gaze query` on `db`: (exit code, stdout, stderr).
+fn query(db: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = gaze_clean()
+        .arg("query")
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn query_results_cut_by_the_limit_say_so_and_recent_n_gives_n() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("gaze.db");
+    store_with_captions(&db, 150, 3);
+
+    // --recent N gives N rows whatever the default limit (100), most recent first, and a
+    // complete result says nothing more.
+    let (code, out, err) = query(&db, &["--recent", "120"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 121, "header and 120 rows:\n{out}");
+    assert!(lines[1].contains("/photos/0149.png"), "{}", lines[1]);
+    assert!(lines[120].contains("/photos/0030.png"), "{}", lines[120]);
+    assert!(
+        !out.contains("showing") && !err.contains("showing"),
+        "{out}\n{err}"
+    );
+    let (code, out, err) = query(&db, &["--recent", "120", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 120);
+    // More than there are: all of them, not cut.
+    let (_, out, err) = query(&db, &["--recent", "100000"]);
+    assert_eq!(out.lines().count(), 151, "{out}");
+    assert!(
+        !out.contains("showing") && !err.contains("showing"),
+        "{err}"
+    );
+
+    // Cut by the default limit: the table says so in a footer, stderr in a note.
+    let (code, out, err) = query(&db, &["--search", "dog"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 102, "header, 100 rows, footer:\n{out}");
+    assert_eq!(
+        lines[101],
+        "(showing 100 of 150 results; use --limit N for more)"
+    );
+    assert!(
+        err.contains("note: showing 100 of 150 results; use --limit N for more"),
+        "{err}"
+    );
+    // JSON: an object that says so, in place of the array.
+    let (code, out, err) = query(&db, &["--search", "dog", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["truncated"], true, "{out}");
+    assert_eq!(v["limit"], 100);
+    assert_eq!(v["total"], 150);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 100);
+    assert!(err.contains("showing 100 of 150"), "{err}");
+    // CSV keeps its rows clean; stderr says so.
+    let (code, out, err) = query(
+        &db,
+        &["--search", "dog", "--format", "csv", "--limit", "10"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 11, "{out}");
+    assert!(err.contains("showing 10 of 150"), "{err}");
+    // An explicit smaller limit cuts --recent, and says so.
+    let (_, out, err) = query(&db, &["--recent", "5", "--limit", "3"]);
+    assert_eq!(out.lines().count(), 5, "header, 3 rows, footer:\n{out}");
+    assert!(
+        out.ends_with("(showing 3 of 5 results; use --limit N for more)\n"),
+        "{out}"
+    );
+    assert!(err.contains("showing 3 of 5"), "{err}");
+    // A limit exactly the size of the result cuts nothing.
+    let (_, out, err) = query(&db, &["--search", "dog", "--limit", "150"]);
+    assert_eq!(out.lines().count(), 151, "{out}");
+    assert!(!err.contains("showing"), "{err}");
+
+    // Uncut: the array and the table as they always were.
+    let (code, out, err) = query(&db, &["--failed", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(err.is_empty(), "{err}");
+    let (_, out, err) = query(&db, &["--failed"]);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(err.is_empty(), "{err}");
+
+    // Limits that select nothing are refused.
+    let (code, _, err) = query(&db, &["--failed", "--limit", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--limit must be at least 1"), "{err}");
+    let (code, _, err) = query(&db, &["--recent", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -24,20 +24,35 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
+use gaze::config::Source;
 use gaze::data::WordMap;
 use gaze::model::file::infer_config;
 use gaze::model::{CaptionModel, LoadOptions, ModelConfig};
 use gaze::pth::{self, Checkpoint};
 use serde_json::json;
 
-/// Sets up `tracing` to stderr; `GAZE_LOG` (an env-filter string) overrides `level`.
-pub fn init_logging(level: &str) {
-    let filter = std::env::var("GAZE_LOG").unwrap_or_else(|_| level.to_string());
+/// Sets up `tracing` to stderr: `GAZE_LOG` overrides `--log-level` (`flag`), which overrides
+/// `default`. A level that is not one is an error naming where it came from, never a filter
+/// that silently logs nothing.
+pub fn init_logging(flag: Option<&str>, default: &str) -> Result<()> {
+    let env = std::env::var_os(LOG_ENV);
+    let (spec, source) = match (&env, flag) {
+        (Some(v), _) => match v.to_str() {
+            Some(v) => (v, Some(Source::Env(LOG_ENV))),
+            None => bail!("environment variable {LOG_ENV} is not valid UTF-8"),
+        },
+        (None, Some(f)) => (f, Some(Source::Flag("--log-level"))),
+        (None, None) => (default, None),
+    };
+    let filter = gaze::config::log_filter("log level", spec, source)?;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    Ok(())
 }
+
+const LOG_ENV: &str = "GAZE_LOG";
 
 /// Where a model comes from: a gaze model file, or tutorial weights plus a word map.
 #[derive(Args, Debug, Clone)]

@@ -37,7 +37,8 @@ pub struct QueryArgs {
     /// Captions holding all these words (stemmed: "dogs" finds "dog"), best match first.
     #[arg(long, value_name = "WORDS", num_args = 1..)]
     pub search: Option<Vec<String>>,
-    /// The N most recently captioned images.
+    /// The N most recently captioned images: N rows (one per image and caption), whatever
+    /// the default --limit; an explicit smaller --limit cuts them, and says so.
     #[arg(long, value_name = "N")]
     pub recent: Option<usize>,
     /// One image by its id.
@@ -48,9 +49,12 @@ pub struct QueryArgs {
     pub failed: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// At most this many rows.
-    #[arg(long, default_value_t = 100)]
-    pub limit: usize,
+    /// At most this many rows [default: 100; N for --recent N]. A result cut by the limit
+    /// says so: a note on stderr ("showing 100 of 2345 results"), a footer line in the table,
+    /// and in JSON an object {"truncated": true, "limit", "total", "rows": [...]} in place of
+    /// the plain array of rows.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Redraw the attention picture from the stored weights: OUT is the PNG file when one
     /// caption matches, otherwise a folder receiving image-<id>-caption-<id>.png per caption.
     #[arg(long, value_name = "OUT")]
@@ -74,6 +78,9 @@ impl QueryArgs {
             }
             Selection::Search(words)
         } else if let Some(n) = self.recent {
+            if n == 0 {
+                bail!("--recent needs a number of at least 1");
+            }
             Selection::Recent(n)
         } else if let Some(id) = self.image_id {
             Selection::ImageId(id)
@@ -83,24 +90,65 @@ impl QueryArgs {
     }
 }
 
+/// Rows per query when `--limit` is not given (except `--recent N`, which gives N).
+const DEFAULT_LIMIT: usize = 100;
+
 pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let selection = args.selection()?;
+    let limit = match (args.limit, &selection) {
+        (Some(0), _) => bail!("--limit must be at least 1"),
+        (Some(n), _) => n,
+        (None, Selection::Recent(n)) => *n,
+        (None, _) => DEFAULT_LIMIT,
+    };
     let store = Store::open_read_only(&args.db)?;
-    let rows = read::select(store.conn(), &selection, args.limit)
+    let page = read::select_page(store.conn(), &selection, limit)
         .with_context(|| format!("querying {}", args.db.display()))?;
+    let rows = &page.rows;
     if rows.is_empty() {
         eprintln!("nothing matched");
         return Ok(ExitCode::from(1));
     }
+    // A cut result never passes for the whole one.
+    let cut = page.truncated().then(|| {
+        format!(
+            "showing {} of {} results; use --limit N for more",
+            rows.len(),
+            page.total
+        )
+    });
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Table => print_table(&mut out, &rows)?,
-        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
-        Format::Csv => print_csv(&mut out, &rows)?,
+        Format::Table => {
+            print_table(&mut out, rows)?;
+            if let Some(note) = &cut {
+                writeln!(out, "({note})")?;
+            }
+        }
+        // The plain array when complete (as always); an object saying so when cut, which a
+        // reader expecting the array cannot mistake for the whole result.
+        Format::Json => {
+            let text = if cut.is_some() {
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "truncated": true,
+                    "limit": limit,
+                    "total": page.total,
+                    "rows": rows,
+                }))?
+            } else {
+                serde_json::to_string_pretty(rows)?
+            };
+            writeln!(out, "{text}")?;
+        }
+        Format::Csv => print_csv(&mut out, rows)?,
     }
     out.flush()?;
+    drop(out);
+    if let Some(note) = &cut {
+        eprintln!("note: {note}");
+    }
     if let Some(target) = &args.attention_png {
-        return draw_attention(&store, &rows, target);
+        return draw_attention(&store, rows, target);
     }
     Ok(ExitCode::SUCCESS)
 }

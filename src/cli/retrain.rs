@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gaze::config::{Config, CONFIG_ENV};
+use gaze::config::{Config, Source, CONFIG_ENV};
 use gaze::model::{CaptionModel, LoadOptions};
 use gaze::retrain::{run_cycle, CycleOptions, Parent, RunStatus};
 use gaze::store::{registry, Store};
@@ -59,35 +59,48 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
         .clone()
         .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
     let mut cfg = Config::load(file.as_deref(), env)?;
+    // The command-line layer: each flag given replaces its key and becomes its source.
+    let flag = |cfg: &mut Config, key: &str, name: &'static str| {
+        cfg.set_source(key, Source::Flag(name));
+    };
     if let Some(v) = &args.db {
         cfg.database.path = v.clone();
+        flag(&mut cfg, "database.path", "--db");
     }
-    let r = &mut cfg.retrain;
     if let Some(v) = &args.prepared {
-        r.prepared = Some(v.clone());
+        cfg.retrain.prepared = Some(v.clone());
+        flag(&mut cfg, "retrain.prepared", "--prepared");
     }
     if let Some(v) = &args.data_name {
-        r.data_name = Some(v.clone());
+        cfg.retrain.data_name = Some(v.clone());
+        flag(&mut cfg, "retrain.data_name", "--data-name");
     }
     if let Some(v) = &args.images {
-        r.images = Some(v.clone());
+        cfg.retrain.images = Some(v.clone());
+        flag(&mut cfg, "retrain.images", "--images");
     }
     if let Some(v) = args.epochs {
-        r.epochs = v;
+        cfg.retrain.epochs = v;
+        flag(&mut cfg, "retrain.epochs", "--epochs");
     }
     if let Some(v) = args.max_minutes {
-        r.max_minutes = v;
+        cfg.retrain.max_minutes = v;
+        flag(&mut cfg, "retrain.max_minutes", "--max-minutes");
     }
     if let Some(v) = &args.metric {
-        r.metric = v.clone();
+        cfg.retrain.metric = v.clone();
+        flag(&mut cfg, "retrain.metric", "--metric");
     }
     if let Some(v) = args.margin {
-        r.margin = v;
+        cfg.retrain.margin = v;
+        flag(&mut cfg, "retrain.margin", "--margin");
     }
     if let Some(v) = args.threads {
-        r.threads = v;
+        cfg.retrain.threads = v;
+        flag(&mut cfg, "retrain.threads", "--threads");
     }
-    r.validate()?;
+    cfg.check_settings()?;
+    cfg.retrain.validate()?;
 
     let db = cfg.database.path.clone();
     let device = gaze::device::open_device(&cfg.model.device)?;

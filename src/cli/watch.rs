@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gaze::config::{Config, CONFIG_ENV};
+use gaze::config::{Config, Source, CONFIG_ENV};
 use gaze::daemon::{Daemon, DaemonOptions};
 use gaze::model::{CaptionModel, LoadOptions};
 
@@ -67,45 +67,61 @@ pub struct WatchArgs {
 }
 
 impl WatchArgs {
+    /// The command-line layer: each flag given replaces its key and becomes its source.
     fn apply(&self, cfg: &mut Config) {
+        let flag = |cfg: &mut Config, key: &str, name: &'static str| {
+            cfg.set_source(key, Source::Flag(name));
+        };
         if !self.dirs.is_empty() {
             cfg.watch.folders = self.dirs.clone();
         }
         if let Some(v) = &self.db {
             cfg.database.path = v.clone();
+            flag(cfg, "database.path", "--db");
         }
         if let Some(v) = &self.model {
             cfg.model.path = Some(v.clone());
+            flag(cfg, "model.path", "--model");
         }
         if let Some(v) = &self.word_map {
             cfg.model.word_map = Some(v.clone());
+            flag(cfg, "model.word_map", "--word-map");
         }
         if let Some(v) = &self.device {
             cfg.model.device = v.clone();
+            flag(cfg, "model.device", "--device");
         }
         if let Some(v) = self.beam_size {
             cfg.model.beam_size = v;
+            flag(cfg, "model.beam_size", "--beam-size");
         }
         if self.poll {
             cfg.watch.poll = true;
+            flag(cfg, "watch.poll", "--poll");
         }
         if let Some(v) = self.stable_ms {
             cfg.watch.stable_ms = v;
+            flag(cfg, "watch.stable_ms", "--stable-ms");
         }
         if let Some(v) = self.batch_size {
             cfg.pipeline.batch_size = v;
+            flag(cfg, "pipeline.batch_size", "--batch-size");
         }
         if let Some(v) = self.max_wait_ms {
             cfg.pipeline.max_wait_ms = v;
+            flag(cfg, "pipeline.max_wait_ms", "--max-wait-ms");
         }
         if let Some(v) = self.decode_threads {
             cfg.pipeline.decode_threads = v;
+            flag(cfg, "pipeline.decode_threads", "--decode-threads");
         }
         if self.retrain {
             cfg.retrain.enabled = true;
+            flag(cfg, "retrain.enabled", "--retrain");
         }
         if let Some(v) = &self.retrain_schedule {
             cfg.retrain.schedule = v.clone();
+            flag(cfg, "retrain.schedule", "--retrain-schedule");
         }
     }
 }
@@ -120,9 +136,11 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     args.apply(&mut cfg);
     if let Some(level) = log_level_flag {
         cfg.log.level = level.to_string();
+        cfg.set_source("log.level", Source::Flag("--log-level"));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
-        .with_context(|| format!("log level {:?}", cfg.log.level))?;
+    // Before anything is allocated or logged: every range, and a log level that logs.
+    cfg.check_settings()?;
+    let filter = cfg.log_filter()?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -77,62 +77,114 @@ pub fn fts_query(words: &str) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" "))
 }
 
-/// Runs a selection; at most `limit` rows.
-pub fn select(
-    conn: &Connection,
-    sel: &Selection,
-    limit: usize,
-) -> rusqlite::Result<Vec<ResultRow>> {
-    let limit = limit.min(i64::MAX as usize) as i64;
+/// A selection's first rows and how many rows it matches in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub rows: Vec<ResultRow>,
+    /// Every matching row; more than `rows.len()` when the limit cut the result.
+    pub total: usize,
+}
+
+impl Page {
+    /// Whether the limit left matching rows out.
+    pub fn truncated(&self) -> bool {
+        self.total > self.rows.len()
+    }
+}
+
+/// A selection as SQL without a LIMIT, its parameters, and the selection's own bound on the
+/// number of rows (`Recent(n)`); `None` when it can match nothing.
+fn selection_sql(sel: &Selection) -> Option<(String, Vec<rusqlite::types::Value>, Option<usize>)> {
     let joined = "FROM images i
         LEFT JOIN captions c ON c.content_hash = i.content_hash
         LEFT JOIN models m ON m.id = c.model_id";
-    let (sql, args): (String, Vec<rusqlite::types::Value>) = match sel {
+    Some(match sel {
         Selection::Path(p) => (
-            format!("SELECT {COLUMNS} {joined} WHERE i.path = ?1 ORDER BY c.id LIMIT ?2"),
-            vec![p.clone().into(), limit.into()],
+            format!("SELECT {COLUMNS} {joined} WHERE i.path = ?1 ORDER BY c.id"),
+            vec![p.clone().into()],
+            None,
         ),
         Selection::ImageId(id) => (
-            format!("SELECT {COLUMNS} {joined} WHERE i.id = ?1 ORDER BY c.id LIMIT ?2"),
-            vec![(*id).into(), limit.into()],
+            format!("SELECT {COLUMNS} {joined} WHERE i.id = ?1 ORDER BY c.id"),
+            vec![(*id).into()],
+            None,
         ),
         Selection::Recent(n) => (
             format!(
                 "SELECT {COLUMNS} {joined} WHERE i.status = 'done' AND c.id IS NOT NULL
-                 ORDER BY i.done_at DESC, i.id DESC, c.id LIMIT ?1"
+                 ORDER BY i.done_at DESC, i.id DESC, c.id"
             ),
-            vec![(limit.min(*n as i64)).into()],
+            vec![],
+            Some(*n),
         ),
         Selection::Failed => (
             format!(
                 "SELECT {COLUMNS} FROM images i
                  LEFT JOIN captions c ON 0
                  LEFT JOIN models m ON 0
-                 WHERE i.status = 'failed' ORDER BY i.updated_at DESC, i.id DESC LIMIT ?1"
+                 WHERE i.status = 'failed' ORDER BY i.updated_at DESC, i.id DESC"
             ),
-            vec![limit.into()],
+            vec![],
+            None,
         ),
-        Selection::Search(words) => {
-            let Some(q) = fts_query(words) else {
-                return Ok(Vec::new());
-            };
-            (
-                format!(
-                    "SELECT {COLUMNS}
-                     FROM captions_fts f
-                     JOIN captions c ON c.id = f.rowid
-                     JOIN models m ON m.id = c.model_id
-                     JOIN images i ON i.content_hash = c.content_hash
-                     WHERE captions_fts MATCH ?1
-                     ORDER BY bm25(captions_fts), i.id LIMIT ?2"
-                ),
-                vec![q.into(), limit.into()],
-            )
-        }
+        Selection::Search(words) => (
+            format!(
+                "SELECT {COLUMNS}
+                 FROM captions_fts f
+                 JOIN captions c ON c.id = f.rowid
+                 JOIN models m ON m.id = c.model_id
+                 JOIN images i ON i.content_hash = c.content_hash
+                 WHERE captions_fts MATCH ?1
+                 ORDER BY bm25(captions_fts), i.id"
+            ),
+            vec![fts_query(words)?.into()],
+            None,
+        ),
+    })
+}
+
+/// SQLite takes a LIMIT as a signed 64-bit integer.
+fn sql_limit(n: usize) -> i64 {
+    n.min(i64::MAX as usize) as i64
+}
+
+/// Runs a selection; at most `limit` rows.
+pub fn select(
+    conn: &Connection,
+    sel: &Selection,
+    limit: usize,
+) -> rusqlite::Result<Vec<ResultRow>> {
+    let Some((sql, mut args, bound)) = selection_sql(sel) else {
+        return Ok(Vec::new());
     };
-    let mut stmt = conn.prepare(&sql)?;
+    let limit = bound.map_or(limit, |b| b.min(limit));
+    args.push(sql_limit(limit).into());
+    let mut stmt = conn.prepare(&format!("{sql} LIMIT ?{}", args.len()))?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?;
     rows.collect()
+}
+
+/// Runs a selection; at most `limit` rows, and how many match in all (counted only when the
+/// limit was reached), so that a cut result can say so.
+pub fn select_page(conn: &Connection, sel: &Selection, limit: usize) -> rusqlite::Result<Page> {
+    let rows = select(conn, sel, limit)?;
+    if rows.len() < limit {
+        let total = rows.len();
+        return Ok(Page { rows, total });
+    }
+    let Some((sql, args, bound)) = selection_sql(sel) else {
+        return Ok(Page { rows, total: 0 });
+    };
+    let count: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM ({sql})"),
+        rusqlite::params_from_iter(args),
+        |r| r.get(0),
+    )?;
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    Ok(Page {
+        total: bound.map_or(count, |b| b.min(count)).max(rows.len()),
+        rows,
+    })
 }
 
 /// The words and attention maps of a caption, ready for [`crate::viz::render`].
