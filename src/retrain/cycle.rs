@@ -373,7 +373,7 @@ fn judge(
 
         let mut cfg = match &settings.train_config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let text = crate::files::read_text(path)
                     .map_err(|e| plain(format!("{}: {e}", path.display())))?;
                 TrainConfig::from_toml(&text)
                     .map_err(|e| plain(format!("{}: {e}", path.display())))?

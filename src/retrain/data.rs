@@ -122,7 +122,7 @@ fn scan_labelled(root: &Path) -> Result<(Vec<Labelled>, String), String> {
     let mut items = Vec::new();
     for path in files {
         let txt = path.with_extension("txt");
-        let Ok(text) = std::fs::read_to_string(&txt) else {
+        let Ok(text) = crate::files::read_text(&txt) else {
             continue; // not labelled (yet)
         };
         let captions: Vec<String> = text
