@@ -824,3 +824,94 @@ fn query_results_cut_by_the_limit_say_so_and_recent_n_gives_n() {
     let (code, _, err) = query(&db, &["--recent", "0"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// `gaze score` on a Karpathy file whose tokens include punctuation tokens: the NLTK columns
+/// equal NLTK's corpus_bleu on those tokens (tests/fixtures/metrics/make_nltk_punct.py), the
+/// coco columns are those of the PTB-tokenised text.
+#[test]
+fn score_gives_nltk_the_karpathy_tokens_and_coco_the_ptb_tokens() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("metrics/nltk_punct.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let karpathy = dir.path().join("dataset_punct.json");
+    let results = dir.path().join("results.json");
+    std::fs::write(&karpathy, fixture["karpathy"].to_string()).unwrap();
+    std::fs::write(&results, fixture["results"].to_string()).unwrap();
+    let out = gaze()
+        .args(["score", "--format", "json", "--results"])
+        .arg(&results)
+        .arg("--karpathy-json")
+        .arg(&karpathy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gaze score failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images_scored"], 5);
+    let corpus = &report["corpus"];
+    for n in 1..=4 {
+        let got = corpus[format!("bleu_{n}_nltk")].as_f64().unwrap();
+        let want = fixture["nltk_bleu_1_to_4"][n - 1].as_f64().unwrap();
+        assert!(
+            ((got - want) / want).abs() <= 1e-12,
+            "BLEU-{n} (NLTK): gaze {got}, NLTK {want}"
+        );
+    }
+    // The coco columns: the captions and the joined tokens through the PTB subset.
+    let mut references = Vec::new();
+    for image in fixture["karpathy"]["images"].as_array().unwrap() {
+        let refs: Vec<String> = image["sentences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let tokens: Vec<&str> = s["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                gaze::metrics::ptb::tokenize(&tokens.join(" "))
+            })
+            .collect();
+        references.push(refs);
+    }
+    let hypotheses: Vec<String> = fixture["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| gaze::metrics::ptb::tokenize(r["caption"].as_str().unwrap()))
+        .collect();
+    assert!(references[0][0].split(' ').all(|t| t != ":" && t != ","));
+    let ptb = gaze::metrics::score_tokenized(&references, &hypotheses).unwrap();
+    let ptb_json = serde_json::to_value(&ptb.corpus).unwrap();
+    for key in [
+        "bleu_1_coco",
+        "bleu_2_coco",
+        "bleu_3_coco",
+        "bleu_4_coco",
+        "meteor_exact_stem",
+        "rouge_l",
+        "cider_d",
+    ] {
+        // serde_json's float parsing may be one ulp off, hence a tolerance.
+        let (got, want) = (
+            corpus[key].as_f64().unwrap(),
+            ptb_json[key].as_f64().unwrap(),
+        );
+        assert!(
+            ((got - want) / want).abs() <= 1e-12,
+            "{key}: {got} vs {want}"
+        );
+    }
+    // On this corpus the PTB step matters: NLTK over the PTB tokens is another number.
+    for n in 1..=4 {
+        let want = fixture["nltk_bleu_1_to_4"][n - 1].as_f64().unwrap();
+        let on_ptb = ptb_json[format!("bleu_{n}_nltk")].as_f64().unwrap();
+        assert!(
+            ((on_ptb - want) / want).abs() > 1e-3,
+            "BLEU-{n}: {on_ptb} vs {want}"
+        );
+    }
+}

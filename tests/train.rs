@@ -10,7 +10,9 @@ use candle_core::{Device, Tensor};
 use gaze::data::{DataError, WordMap};
 use gaze::train::data::{ImageStore, SplitData, TrainData};
 use gaze::train::features::CacheMode;
-use gaze::train::{train, StopReason, TrainConfig, TrainOptions};
+use gaze::train::{
+    encoder_start, train, EncoderStart, StopReason, TrainConfig, TrainError, TrainOptions,
+};
 
 const SIDE: usize = 32;
 const COLOURS: [(&str, [u8; 3]); 4] = [
@@ -272,6 +274,7 @@ fn the_binary_trains_on_files_written_by_h5py() {
         .args(["--data-name", "tiny_5_cap_per_img_1_min_word_freq", "--out"])
         .arg(dir.path())
         .args([
+            "--random-encoder",
             "--encoder",
             "resnet18",
             "--encoded-image-size",
@@ -313,9 +316,169 @@ fn the_binary_trains_on_files_written_by_h5py() {
         .arg(&fixture)
         .args(["--data-name", "nothing_here", "--out"])
         .arg(dir.path())
+        .arg("--random-encoder")
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("nothing_here"), "{stderr}");
+}
+
+fn h5py_fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h5py/prepared")
+}
+
+/// `gaze train` with only the data (a random ResNet-101 by default) stops at once, before it
+/// reads or caches anything, and names the ways out.
+#[test]
+fn the_binary_refuses_an_encoder_nobody_chose_to_make_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--quiet", "--data-folder"])
+        .arg(h5py_fixture())
+        .args(["--data-name", "tiny_5_cap_per_img_1_min_word_freq", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for option in [
+        "resnet101 would start from random weights",
+        "--encoder-weights resnet101.pth",
+        "torchvision.models.resnet101(weights='IMAGENET1K_V1')",
+        "--encoder efficientnet-lite0",
+        "--random-encoder",
+        "random_encoder = true",
+    ] {
+        assert!(stderr.contains(option), "no {option:?} in: {stderr}");
+    }
+    assert!(!stderr.contains("float16's range"), "{stderr}");
+    // Nothing was started: training creates the output folder first thing.
+    assert!(!out_dir.exists(), "gaze train wrote {}", out_dir.display());
+    assert!(seconds < 10.0, "took {seconds:.1} s to refuse");
+    // The data are not even read: a missing data set gives the same refusal.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--quiet", "--data-folder"])
+        .arg(dir.path().join("no_such_folder"))
+        .args(["--data-name", "x", "--encoder", "resnet18", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("resnet18 would start from random weights"),
+        "{stderr}"
+    );
+}
+
+/// `--random-encoder`: the random ResNet-101 starts with zeroed residual branches, so its
+/// features fit the float16 cache and training runs (without it the cache refuses them).
+#[test]
+fn the_binary_trains_a_random_resnet101_when_asked_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gaze"))
+        .args(["train", "--quiet", "--random-encoder", "--data-folder"])
+        .arg(h5py_fixture())
+        .args(["--data-name", "tiny_5_cap_per_img_1_min_word_freq", "--out"])
+        .arg(dir.path())
+        .args(["--encoder", "resnet101", "--feature-cache", "memory"])
+        .args(["--encoded-image-size", "2", "--emb-dim", "16"])
+        .args(["--attention-dim", "16", "--decoder-dim", "24"])
+        .args(["--batch-size", "8", "--epochs", "1", "--seed", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gaze train failed: {stderr}");
+    assert!(!stderr.contains("float16"), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let record: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(record["train_loss"].as_f64().unwrap().is_finite(), "{log}");
+}
+
+/// The same random ResNet-101 through the library without `random_encoder`: plain random
+/// weights, whose features the float16 cache refuses (why `gaze train` asks first).
+#[test]
+fn a_plain_random_resnet101_overflows_the_float16_cache() {
+    let data = gaze::train::TrainData::from_prepared(
+        &h5py_fixture(),
+        "tiny_5_cap_per_img_1_min_word_freq",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        encoder: "resnet101".into(),
+        epochs: 1,
+        ..config()
+    };
+    let e = train(&cfg, &data, &options(dir.path())).err().unwrap();
+    assert!(e.to_string().contains("outside float16's range"), "{e}");
+}
+
+#[test]
+fn encoder_start_follows_the_settings_and_refuses_unchosen_random_weights() {
+    let base = TrainConfig::default();
+    let start = |cfg: &TrainConfig, checkpoint: Option<&Path>| encoder_start(cfg, checkpoint);
+    match start(&base, None) {
+        Err(TrainError::RandomEncoder { encoder }) => assert_eq!(encoder, "resnet101"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let random = TrainConfig {
+        random_encoder: true,
+        ..base.clone()
+    };
+    assert_eq!(start(&random, None).unwrap(), EncoderStart::Random);
+    let weights = TrainConfig {
+        encoder_weights: Some("resnet101.pth".into()),
+        ..base.clone()
+    };
+    assert_eq!(
+        start(&weights, None).unwrap(),
+        EncoderStart::File("resnet101.pth".into())
+    );
+    let lite = TrainConfig {
+        encoder: "efficientnet-lite0".into(),
+        ..base.clone()
+    };
+    assert_eq!(start(&lite, None).unwrap(), EncoderStart::BuiltIn);
+    // A checkpoint carries its encoder, whatever else is set.
+    let ckpt = Path::new("runs/checkpoint_x.safetensors");
+    assert_eq!(
+        start(&base, Some(ckpt)).unwrap(),
+        EncoderStart::Checkpoint(ckpt.into())
+    );
+    assert_eq!(
+        start(&random, Some(ckpt)).unwrap(),
+        EncoderStart::Checkpoint(ckpt.into())
+    );
+    // Contradictions and unknown names are errors naming the settings.
+    let both = TrainConfig {
+        random_encoder: true,
+        ..weights.clone()
+    };
+    let e = start(&both, None).unwrap_err().to_string();
+    assert!(
+        e.contains("random_encoder") && e.contains("resnet101.pth"),
+        "{e}"
+    );
+    let lite_random = TrainConfig {
+        random_encoder: true,
+        ..lite
+    };
+    let e = start(&lite_random, None).unwrap_err().to_string();
+    assert!(e.contains("built-in ImageNet weights"), "{e}");
+    let unknown = TrainConfig {
+        encoder: "resnet7".into(),
+        ..random
+    };
+    let e = start(&unknown, None).unwrap_err().to_string();
+    assert!(e.contains("unknown encoder \"resnet7\""), "{e}");
+    // The config file key.
+    let from_file =
+        TrainConfig::from_toml("random_encoder = true\nencoder = \"resnet18\"\n").unwrap();
+    assert_eq!(start(&from_file, None).unwrap(), EncoderStart::Random);
 }

@@ -3,8 +3,11 @@
 //! Results are `[{"image_id": ..., "caption": "..."}]`. Image ids are matched to the split's
 //! Karpathy `cocoid` when every image of the split has one (COCO), otherwise to `imgid`
 //! (Flickr files); the report says which. References are each image's Karpathy `tokens`
-//! joined by spaces; both sides then go through the PTB subset, as coco-caption tokenises
-//! both (see `gaze::metrics::score_corpus`).
+//! (the sentences' `raw` text is not read). NLTK BLEU-1..4 scores those tokens as they are
+//! against the captions split on whitespace, as the PyTorch tutorial calls NLTK; the
+//! coco-caption columns (BLEU, METEOR (exact+stem), ROUGE-L, CIDEr-D) score the tokens
+//! joined by spaces and the captions, both through the PTB subset, as coco-caption tokenises
+//! both (see `gaze::metrics::score_karpathy`).
 //!
 //! Policy for mismatched inputs:
 //! - an `image_id` that appears twice, or that is not an image of the split, is an error:
@@ -25,6 +28,13 @@ use gaze::metrics::{self, CorpusScores, ImageMetrics};
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+Tokens: references are each sentence's Karpathy `tokens`. BLEU-1..4 (NLTK), the PyTorch \
+tutorial's BLEU, uses those tokens as they are and the captions split on whitespace, as the \
+tutorial passes them to NLTK's corpus_bleu. BLEU-1..4 (coco), METEOR (exact+stem), ROUGE-L and \
+CIDEr-D use coco-caption's PTB tokenisation of the joined tokens and of the captions, which \
+lowercases, splits clitics ('s) and drops punctuation tokens (: , . - ; ! ?), so the two BLEU \
+families differ on punctuated captions. SPICE is not computed.")]
 pub struct ScoreArgs {
     /// COCO-format results: a JSON array of {"image_id", "caption"}.
     #[arg(long)]
@@ -83,7 +93,11 @@ pub enum IdField {
 struct Matched {
     id_field: IdField,
     image_ids: Vec<u64>,
+    /// Each reference's tokens joined by spaces: the text the coco columns tokenise.
+    #[cfg_attr(not(test), allow(dead_code))]
     references: Vec<Vec<String>>,
+    /// Each reference's Karpathy tokens, as NLTK BLEU gets them.
+    reference_tokens: Vec<Vec<Vec<String>>>,
     hypotheses: Vec<String>,
     /// Images of the split with no result.
     missing: Vec<u64>,
@@ -132,7 +146,7 @@ pub fn run(args: ScoreArgs) -> Result<ExitCode> {
         })?;
 
     let started = Instant::now();
-    let scores = metrics::score_corpus(&matched.references, &matched.hypotheses)?;
+    let scores = metrics::score_karpathy(&matched.reference_tokens, &matched.hypotheses)?;
     let seconds = started.elapsed().as_secs_f64();
 
     if !matched.missing.is_empty() {
@@ -263,6 +277,7 @@ fn match_results(
         id_field,
         image_ids: Vec::new(),
         references: Vec::new(),
+        reference_tokens: Vec::new(),
         hypotheses: Vec::new(),
         missing: Vec::new(),
     };
@@ -283,6 +298,9 @@ fn match_results(
         matched
             .references
             .push(im.sentences.iter().map(|s| s.tokens.join(" ")).collect());
+        matched
+            .reference_tokens
+            .push(im.sentences.iter().map(|s| s.tokens.clone()).collect());
         matched.hypotheses.push(caption.to_string());
     }
     if matched.image_ids.is_empty() {

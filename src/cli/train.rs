@@ -40,9 +40,15 @@ pub struct HyperArgs {
     /// Encoder: resnet18/34/50/101/152 or efficientnet-lite0 [default: resnet101].
     #[arg(long)]
     pub encoder: Option<String>,
-    /// ImageNet weights for the encoder (torchvision resnet*.pth or safetensors).
+    /// ImageNet weights for the encoder (torchvision resnet*.pth or safetensors). Without
+    /// them (and without --checkpoint) a ResNet would be random, which gaze train refuses
+    /// unless --random-encoder is given.
     #[arg(long)]
     pub encoder_weights: Option<PathBuf>,
+    /// Train a randomly initialised ResNet encoder on purpose (its residual branches start
+    /// at zero, so its features fit the float16 feature cache).
+    #[arg(long)]
+    pub random_encoder: bool,
     /// Train layer2..layer4 of the encoder too.
     #[arg(long)]
     pub fine_tune_encoder: bool,
@@ -176,6 +182,9 @@ impl HyperArgs {
         if self.fine_tune_encoder {
             cfg.fine_tune_encoder = true;
         }
+        if self.random_encoder {
+            cfg.random_encoder = true;
+        }
         if self.freeze_embeddings {
             cfg.fine_tune_embeddings = false;
         }
@@ -198,6 +207,9 @@ pub fn config_from(config_file: Option<&PathBuf>, hyper: &HyperArgs) -> Result<T
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let cfg = config_from(args.config.as_ref(), &args.hyper)?;
+    // Before any data is read or feature cached: an encoder nobody chose to make random
+    // would only fail later (float16 cache overflow) or train on noise.
+    gaze::train::encoder_start(&cfg, args.checkpoint.as_deref())?;
     let data = gaze::train::TrainData::from_prepared(&args.data_folder, &args.data_name)?;
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -272,3 +272,89 @@ fn meteor_distance_report() {
         );
     }
 }
+
+/// `tests/fixtures/metrics/make_nltk_punct.py`: NLTK's corpus_bleu on Karpathy tokens that
+/// include punctuation tokens (`:` `,` `'s` `-` `.` `(`), as the tutorial calls it.
+const NLTK_PUNCT: &str = include_str!("../../tests/fixtures/metrics/nltk_punct.json");
+
+#[derive(Deserialize)]
+struct NltkPunct {
+    karpathy: crate::data::karpathy::KarpathyDataset,
+    results: Vec<NltkPunctResult>,
+    nltk_bleu_1_to_4: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct NltkPunctResult {
+    caption: String,
+}
+
+#[test]
+fn karpathy_scoring_gives_nltk_its_tokens_and_coco_the_ptb_ones() {
+    let f: NltkPunct = serde_json::from_str(NLTK_PUNCT).unwrap();
+    let tokens: Vec<Vec<Vec<String>>> = f
+        .karpathy
+        .images
+        .iter()
+        .map(|im| im.sentences.iter().map(|s| s.tokens.clone()).collect())
+        .collect();
+    let hypotheses: Vec<String> = f.results.iter().map(|r| r.caption.clone()).collect();
+    let scores = score_karpathy(&tokens, &hypotheses).unwrap();
+    let m = &scores.corpus;
+    let got = [m.bleu_1_nltk, m.bleu_2_nltk, m.bleu_3_nltk, m.bleu_4_nltk];
+    for (n, (&got, &want)) in got.iter().zip(&f.nltk_bleu_1_to_4).enumerate() {
+        relative_close(got, want, EXACT_TOLERANCE, &format!("NLTK BLEU-{}", n + 1));
+    }
+    assert!(!scores.nltk_bleu_integer_zero);
+    assert!(scores.nltk_bleu_zero_count_orders.is_empty());
+
+    // NLTK over the PTB tokens (what gaze score used to report) is a different number here,
+    // so the check above can tell the two apart.
+    let joined: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|refs| refs.iter().map(|t| t.join(" ")).collect())
+        .collect();
+    let ptb_refs: Vec<Vec<String>> = joined.iter().map(|r| ptb::tokenize_all(r)).collect();
+    let ptb_hyps = ptb::tokenize_all(&hypotheses);
+    let split = |s: &String| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let ptb_ref_tokens: Vec<Vec<Vec<String>>> = ptb_refs
+        .iter()
+        .map(|refs| refs.iter().map(split).collect())
+        .collect();
+    let ptb_hyp_tokens: Vec<Vec<String>> = ptb_hyps.iter().map(split).collect();
+    let on_ptb = bleu_nltk::corpus_bleu(
+        &ptb_ref_tokens,
+        &ptb_hyp_tokens,
+        &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
+    )
+    .unwrap();
+    for (n, (&ptb_value, &want)) in on_ptb.scores.iter().zip(&f.nltk_bleu_1_to_4).enumerate() {
+        assert!(
+            ((ptb_value - want) / want).abs() > 1e-3,
+            "BLEU-{}: NLTK over PTB tokens {ptb_value} is too close to NLTK's {want}",
+            n + 1
+        );
+    }
+
+    // The coco columns still see the PTB tokens: the same as scoring the PTB text directly.
+    let on_ptb_text = score_tokenized(&ptb_refs, &ptb_hyps).unwrap();
+    let c = &on_ptb_text.corpus;
+    assert_eq!(
+        [m.bleu_1_coco, m.bleu_2_coco, m.bleu_3_coco, m.bleu_4_coco],
+        [c.bleu_1_coco, c.bleu_2_coco, c.bleu_3_coco, c.bleu_4_coco]
+    );
+    assert_eq!(
+        (m.meteor_exact_stem, m.rouge_l, m.cider_d),
+        (c.meteor_exact_stem, c.rouge_l, c.cider_d)
+    );
+    assert_eq!(scores.per_image, on_ptb_text.per_image);
+    // ... and the PTB step changed them: punctuation tokens are gone.
+    assert!(!ptb_refs[0][0].contains(':') && tokens[0][0].contains(&":".to_string()));
+    let unchanged = score_tokenized(&joined, &hypotheses).unwrap();
+    assert_ne!(unchanged.corpus.bleu_4_coco, m.bleu_4_coco);
+    assert_ne!(unchanged.corpus.cider_d, m.cider_d);
+
+    // Raw text through score_corpus: the same split (these captions are whitespace-separated).
+    let raw = score_corpus(&joined, &hypotheses).unwrap();
+    assert_eq!(raw.corpus, scores.corpus);
+}

@@ -14,9 +14,11 @@
 //! SPICE is **not computed**: it needs Stanford CoreNLP's statistical parser (Java, models of
 //! hundreds of MB), which cannot be ported or shipped here.
 //!
-//! [`score_corpus`] is the single entry point for evaluation code: it tokenises like
-//! coco-caption and returns every metric, corpus-wide and per image, as [`CorpusScores`]
-//! (serialisable with stable keys at full `f64` precision).
+//! [`score_corpus`] (raw text) and [`score_karpathy`] (Karpathy token lists) are the entry
+//! points for evaluation code: NLTK BLEU sees the tokens as given, as the tutorial passes
+//! them to NLTK; the coco-caption metrics see them after coco-caption's PTB step. Both return
+//! every metric, corpus-wide and per image, as [`CorpusScores`] (serialisable with stable keys
+//! at full `f64` precision). [`score_tokenized`] skips tokenisation for every column.
 
 pub mod bleu_coco;
 pub mod bleu_nltk;
@@ -51,12 +53,13 @@ pub enum MetricsError {
 /// Corpus-level values of every computed metric. Field names are the stable JSON keys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CorpusMetrics {
-    /// NLTK `corpus_bleu` with weights (1,), (1/2,1/2), (1/3,)*3, (1/4,)*4 over the PTB tokens.
+    /// NLTK `corpus_bleu` with weights (1,), (1/2,1/2), (1/3,)*3, (1/4,)*4, over the tokens as
+    /// given (Karpathy tokens, whitespace-split captions), not the PTB tokens.
     pub bleu_1_nltk: f64,
     pub bleu_2_nltk: f64,
     pub bleu_3_nltk: f64,
     pub bleu_4_nltk: f64,
-    /// coco-caption BLEU-1..4.
+    /// coco-caption BLEU-1..4. This and the metrics below run on the PTB tokens.
     pub bleu_1_coco: f64,
     pub bleu_2_coco: f64,
     pub bleu_3_coco: f64,
@@ -125,10 +128,17 @@ impl CorpusScores {
 /// Scores a corpus of captions with every metric.
 ///
 /// `references[i]` are the reference captions of image i and `hypotheses[i]` its generated
-/// caption, as raw text. Both sides go through the PTB subset ([`ptb::tokenize`]), as
-/// coco-caption tokenises both; then BLEU (NLTK and coco), CIDEr-D, ROUGE-L and
-/// METEOR (exact+stem) run on the tokenised text. CIDEr-D's idf comes from these references
-/// only, as in coco-caption. SPICE is not computed.
+/// caption, as raw text. The two families of columns see different tokens, as their reference
+/// implementations do:
+/// - NLTK BLEU-1..4 (the PyTorch tutorial's BLEU) gets the text as given, split on whitespace:
+///   the tutorial calls `corpus_bleu` on tokens it never re-tokenises;
+/// - coco-caption BLEU, CIDEr-D, ROUGE-L and METEOR (exact+stem) get both sides through the
+///   PTB subset ([`ptb::tokenize`]), as coco-caption tokenises both (dropping `:` `,` `.`
+///   `-` and other punctuation tokens, splitting `'s`).
+///
+/// For lowercase word captions the two agree. CIDEr-D's idf comes from these references only,
+/// as in coco-caption. SPICE is not computed. Karpathy references (token lists) go through
+/// [`score_karpathy`].
 ///
 /// The tutorial's own BLEU (over word ids with `<unk>` merged) is not this NLTK BLEU over
 /// words; compute it with [`bleu_nltk::corpus_bleu`] on ids.
@@ -136,19 +146,92 @@ pub fn score_corpus(
     references: &[Vec<String>],
     hypotheses: &[String],
 ) -> Result<CorpusScores, MetricsError> {
-    let references: Vec<Vec<String>> = references
+    let nltk_references: Vec<Vec<Vec<&str>>> = references
+        .iter()
+        .map(|refs| {
+            refs.iter()
+                .map(|r| r.split_whitespace().collect())
+                .collect()
+        })
+        .collect();
+    let ptb_references: Vec<Vec<String>> = references
         .iter()
         .map(|refs| ptb::tokenize_all(refs))
         .collect();
-    let hypotheses = ptb::tokenize_all(hypotheses);
-    score_tokenized(&references, &hypotheses)
+    score_with_nltk_tokens(
+        &ptb_references,
+        &ptb::tokenize_all(hypotheses),
+        Some(NltkTokens {
+            references: &nltk_references,
+            hypotheses: &whitespace_tokens(hypotheses),
+        }),
+    )
 }
 
-/// [`score_corpus`] for text that is already PTB-tokenised (tokens joined by single spaces):
-/// no tokenisation is applied.
+/// Scores generated captions against a Karpathy split's references, as `gaze score` does.
+///
+/// `reference_tokens[i]` holds image i's sentences, each as its Karpathy `tokens` list;
+/// `hypotheses[i]` is the generated caption as raw text. NLTK BLEU-1..4 runs on the tokens as
+/// they are and on the hypotheses split on whitespace (what the PyTorch tutorial passes to
+/// `corpus_bleu`); the coco-caption columns run on the tokens joined by spaces and the raw
+/// hypotheses, both through the PTB subset. See [`score_corpus`].
+pub fn score_karpathy(
+    reference_tokens: &[Vec<Vec<String>>],
+    hypotheses: &[String],
+) -> Result<CorpusScores, MetricsError> {
+    let nltk_references: Vec<Vec<Vec<&str>>> = reference_tokens
+        .iter()
+        .map(|refs| {
+            refs.iter()
+                .map(|tokens| tokens.iter().map(String::as_str).collect())
+                .collect()
+        })
+        .collect();
+    let ptb_references: Vec<Vec<String>> = reference_tokens
+        .iter()
+        .map(|refs| {
+            refs.iter()
+                .map(|tokens| ptb::tokenize(&tokens.join(" ")))
+                .collect()
+        })
+        .collect();
+    score_with_nltk_tokens(
+        &ptb_references,
+        &ptb::tokenize_all(hypotheses),
+        Some(NltkTokens {
+            references: &nltk_references,
+            hypotheses: &whitespace_tokens(hypotheses),
+        }),
+    )
+}
+
+/// [`score_corpus`] for text that is already tokenised (tokens joined by single spaces): no
+/// tokenisation is applied, and every column, NLTK's included, sees the same tokens.
 pub fn score_tokenized(
     references: &[Vec<String>],
     hypotheses: &[String],
+) -> Result<CorpusScores, MetricsError> {
+    score_with_nltk_tokens(references, hypotheses, None)
+}
+
+/// The tokens of the NLTK columns, when they are not the other columns' tokens.
+struct NltkTokens<'a> {
+    references: &'a [Vec<Vec<&'a str>>],
+    hypotheses: &'a [Vec<&'a str>],
+}
+
+fn whitespace_tokens(text: &[String]) -> Vec<Vec<&str>> {
+    text.iter()
+        .map(|t| t.split_whitespace().collect())
+        .collect()
+}
+
+/// Every metric over `references`/`hypotheses` (space-separated tokens); NLTK BLEU over
+/// `nltk` instead when given.
+fn score_with_nltk_tokens(
+    references: &[Vec<String>],
+    hypotheses: &[String],
+    nltk: Option<NltkTokens<'_>>,
 ) -> Result<CorpusScores, MetricsError> {
     if references.len() != hypotheses.len() {
         return Err(MetricsError::LengthMismatch {
@@ -159,6 +242,12 @@ pub fn score_tokenized(
     if let Some(index) = references.iter().position(|r| r.is_empty()) {
         return Err(MetricsError::NoReferences { index });
     }
+    // Computed first and apart: its inputs differ from the other columns'.
+    let separate_nltk = nltk
+        .map(|t| {
+            bleu_nltk::corpus_bleu(t.references, t.hypotheses, &bleu_nltk::BLEU_1_TO_4_WEIGHTS)
+        })
+        .transpose()?;
     // Intern words once; BLEU and CIDEr-D then work on integer n-grams.
     let mut vocabulary: ngram::FastMap<&str, u32> = ngram::FastMap::default();
     fn intern<'a>(vocabulary: &mut ngram::FastMap<&'a str, u32>, text: &'a str) -> Vec<u32> {
@@ -200,10 +289,12 @@ pub fn score_tokenized(
             )
         },
     );
-    let nltk = bleu_nltk::score_from_counts(
-        &bleu_nltk::counts_from_image_stats(&bleu_stats, 4),
-        &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
-    );
+    let nltk = separate_nltk.unwrap_or_else(|| {
+        bleu_nltk::score_from_counts(
+            &bleu_nltk::counts_from_image_stats(&bleu_stats, 4),
+            &bleu_nltk::BLEU_1_TO_4_WEIGHTS,
+        )
+    });
     let coco = bleu_coco::from_image_stats(&bleu_stats);
     let rouge = rouge?;
     let per_image = (0..hypotheses.len())

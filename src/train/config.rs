@@ -21,6 +21,12 @@ pub struct TrainConfig {
     pub encoder: String,
     /// ImageNet weights for the encoder (torchvision `.pth` or safetensors).
     pub encoder_weights: Option<PathBuf>,
+    /// Train a randomly initialised ResNet encoder on purpose (no `encoder_weights`, no
+    /// checkpoint). Its residual branches then start at zero, so its features fit the float16
+    /// feature cache. `gaze train` refuses a random encoder without it
+    /// ([`super::trainer::encoder_start`]); library callers of [`super::train`] are not checked,
+    /// and without it get plain random weights, as before.
+    pub random_encoder: bool,
     /// Epochs to run at most (the tutorial's 120).
     pub epochs: usize,
     pub batch_size: usize,
@@ -74,6 +80,7 @@ impl Default for TrainConfig {
             encoded_image_size: 14,
             encoder: "resnet101".into(),
             encoder_weights: None,
+            random_encoder: false,
             epochs: 120,
             batch_size: 32,
             workers: 2,

@@ -14,4 +14,6 @@ pub mod validate;
 
 pub use config::TrainConfig;
 pub use data::{SplitData, TrainData};
-pub use trainer::{train, StopReason, TrainError, TrainOptions, TrainOutcome};
+pub use trainer::{
+    encoder_start, train, EncoderStart, StopReason, TrainError, TrainOptions, TrainOutcome,
+};

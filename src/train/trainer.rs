@@ -54,6 +54,17 @@ pub enum TrainError {
     #[error("{0}")]
     Invalid(String),
     #[error(
+        "{encoder} would start from random weights: no encoder_weights (--encoder-weights) and no \
+         --checkpoint. A random ResNet's features say little about the images, and they can \
+         overflow the float16 feature cache (ResNet-101's reach about 1e5). Choose one:\n  \
+         --encoder-weights {encoder}.pth   torchvision's ImageNet weights, saved by\n      \
+         python3 -c \"import torch, torchvision; torch.save(torchvision.models.{encoder}(weights='IMAGENET1K_V1').state_dict(), '{encoder}.pth')\"\n  \
+         --encoder efficientnet-lite0   ImageNet weights built into gaze, no file needed\n  \
+         --random-encoder   train a randomly initialised encoder on purpose (config key \
+         random_encoder = true; its residual branches start at zero so its features fit the cache)"
+    )]
+    RandomEncoder { encoder: String },
+    #[error(
         "interrupted while encoding the images, before the first epoch: nothing to checkpoint"
     )]
     Interrupted,
@@ -166,6 +177,57 @@ pub fn load_encoder_weights(
     Ok(out)
 }
 
+/// Where a training run's encoder weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncoderStart {
+    /// The checkpoint or model file the run resumes or continues from.
+    Checkpoint(PathBuf),
+    /// `encoder_weights`.
+    File(PathBuf),
+    /// EfficientNet-Lite0's ImageNet weights, built into the binary.
+    BuiltIn,
+    /// Random weights, asked for with `random_encoder` (residual branches start at zero).
+    Random,
+}
+
+/// Decides from the settings alone, before anything is read, where the encoder's weights
+/// will come from, and refuses an encoder that would be random without `random_encoder`
+/// ([`TrainError::RandomEncoder`], naming the choices) or settings that contradict each other.
+///
+/// `gaze train` calls this first, so a run that cannot give a useful encoder stops before it
+/// reads or caches anything. [`train`] does not: library callers (tests, retraining, which
+/// always continues from a model) train what they configure.
+pub fn encoder_start(
+    cfg: &TrainConfig,
+    checkpoint: Option<&Path>,
+) -> Result<EncoderStart, TrainError> {
+    if let Some(path) = checkpoint {
+        // The checkpoint holds the whole model, encoder included (its architecture is read
+        // from the encoder's tensors), whatever encoder settings are given.
+        return Ok(EncoderStart::Checkpoint(path.to_path_buf()));
+    }
+    let encoder = EncoderConfig::named(&cfg.encoder)
+        .ok_or_else(|| TrainError::Invalid(format!("unknown encoder {:?}", cfg.encoder)))?;
+    match (&cfg.encoder_weights, encoder, cfg.random_encoder) {
+        (Some(path), _, true) => Err(TrainError::Invalid(format!(
+            "random_encoder (--random-encoder) asks for a random encoder but encoder_weights \
+             (--encoder-weights) gives {}: choose one",
+            path.display()
+        ))),
+        (Some(path), _, false) => Ok(EncoderStart::File(path.clone())),
+        (None, EncoderConfig::EfficientnetLite0, true) => Err(TrainError::Invalid(
+            "efficientnet-lite0 always starts from its built-in ImageNet weights; \
+             random_encoder (--random-encoder) applies to ResNet encoders"
+                .into(),
+        )),
+        (None, EncoderConfig::EfficientnetLite0, false) => Ok(EncoderStart::BuiltIn),
+        (None, _, true) => Ok(EncoderStart::Random),
+        (None, _, false) => Err(TrainError::RandomEncoder {
+            encoder: cfg.encoder.to_ascii_lowercase().replace(['-', '_'], ""),
+        }),
+    }
+}
+
 struct Setup {
     weights: Weights,
     config: ModelConfig,
@@ -232,6 +294,11 @@ fn setup(
                 tensors.extend(crate::model::encoder::efficientnet::pretrained_tensors(
                     device, false,
                 )?);
+            } else if cfg.random_encoder {
+                // Random on purpose: each residual block starts as the identity, so the
+                // features stay in the float16 cache's range (as `gaze bench train` does).
+                init::zero_init_residual(&config, &mut tensors)?;
+                tracing::info!("random_encoder: the encoder starts from random weights");
             } else {
                 tracing::warn!("no --encoder-weights: the encoder starts from random weights");
             }
