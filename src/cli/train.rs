@@ -194,7 +194,7 @@ impl HyperArgs {
 pub fn config_from(config_file: Option<&PathBuf>, hyper: &HyperArgs) -> Result<TrainConfig> {
     let mut cfg = match config_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
+            let text = gaze::files::read_text(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             TrainConfig::from_toml(&text)
                 .with_context(|| format!("{}: bad training configuration", path.display()))?

@@ -104,7 +104,8 @@ impl PreparedSplit {
         let captions_path = files.captions(split);
         let (captions, padded_len, caption_count) = read_captions(&captions_path)?;
         let caplens_path = files.caplens(split);
-        let bytes = crate::files::read_file(&caplens_path).map_err(|e| DataError::io(&caplens_path, e))?;
+        let bytes =
+            crate::files::read_file(&caplens_path).map_err(|e| DataError::io(&caplens_path, e))?;
         let lengths: Vec<u32> =
             serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
                 path: caplens_path.clone(),
