@@ -1396,3 +1396,126 @@ fn status_and_query_read_a_copy_in_a_read_only_folder() {
     assert!(!backup.join("gaze.db-shm").exists());
     fs::set_permissions(&backup, fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Whoever activates a model outside a running daemon (`gaze retrain --now`, `gaze models
+/// activate`, `gaze models rollback`) queues the new model's work as the recaption policy
+/// says, in the same transaction; the next `gaze watch` then captions it with that model.
+#[test]
+fn activations_outside_the_daemon_queue_the_new_models_work() {
+    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
+    use gaze::data::synth::{generate, SynthOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let folder = root.join("in");
+    fs::create_dir(&folder).unwrap();
+    let db = root.join("gaze.db");
+    let log = root.join("watch.log");
+    let synth = generate(&SynthOptions {
+        out_dir: root.join("synth"),
+        train: 24,
+        val: 6,
+        test: 6,
+        size: 64,
+        seed: 9,
+        jpeg_quality: 90,
+    })
+    .unwrap();
+    let prepared = root.join("prepared");
+    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
+    pc.captions_per_image = 3;
+    pc.min_word_freq = 1;
+    pc.threads = 2;
+    prepare(&pc, &NoProgress).unwrap();
+    let base = pc.base_name();
+    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
+    let m0 = tiny_model_for(&root, &word_map, "m0");
+    fs::write(
+        root.join("train.toml"),
+        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
+         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
+    )
+    .unwrap();
+    let mut next = 0u32;
+    let mut add_images = |n: usize| -> Vec<PathBuf> {
+        (0..n)
+            .map(|_| {
+                next += 1;
+                let p = folder.join(format!("img-{next}.png"));
+                fs::write(&p, png(48, 40, 500 + next)).unwrap();
+                p
+            })
+            .collect()
+    };
+    let captioned_by = |paths: &[PathBuf], model: i64| -> usize {
+        let caps = captions_by_content(&db);
+        paths
+            .iter()
+            .filter(|p| caps.get(&hash_of(p)).is_some_and(|m| m.contains(&model)))
+            .count()
+    };
+    let pending = || count(&db, "SELECT count(*) FROM images WHERE status = 'pending'");
+    let run = |cmd: &mut Command| {
+        let (code, stdout, stderr) = output(cmd);
+        assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+        stdout
+    };
+
+    let first = add_images(4);
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    let m0_id = count(&db, "SELECT id FROM models WHERE active = 1");
+    assert_eq!(captioned_by(&first, m0_id), 4);
+
+    // `gaze retrain --now` promotes a candidate (any candidate wins); recaption = "all".
+    let config = retrain_config(&root, "permissive.toml", -1000.0, &prepared, &base);
+    run(gaze()
+        .args(["retrain", "--now", "--db"])
+        .arg(&db)
+        .arg("--config")
+        .arg(&config));
+    let m1_id = count(&db, "SELECT id FROM models WHERE active = 1");
+    assert_ne!(m1_id, m0_id, "no promotion");
+    assert_eq!(
+        pending(),
+        4,
+        "the promotion queues every image for the new model"
+    );
+    // A restarted daemon (given the old model) keeps the registry's model and captions them.
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    assert_eq!(captioned_by(&first, m1_id), 4, "log:\n{}", log_tail(&log));
+    assert_eq!(pending(), 0);
+
+    // `gaze models activate` back to m0 after new images arrived under m1.
+    let second = add_images(3);
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    assert_eq!(captioned_by(&second, m1_id), 3);
+    assert_eq!(captioned_by(&second, m0_id), 0);
+    let out = run(gaze()
+        .args(["models", "activate", "--recaption", "all", "--db"])
+        .arg(&db)
+        .arg(m0_id.to_string()));
+    assert!(out.contains("3 image(s) queued again"), "{out}");
+    assert_eq!(pending(), 3);
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    assert_eq!(captioned_by(&second, m0_id), 3);
+
+    // `gaze models rollback` to m1 after more images arrived under m0.
+    let third = add_images(2);
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    assert_eq!(captioned_by(&third, m1_id), 0);
+    let out = run(gaze()
+        .args(["models", "rollback", "--recaption", "all", "--db"])
+        .arg(&db));
+    assert!(out.contains("2 image(s) queued again"), "{out}");
+    assert_eq!(count(&db, "SELECT id FROM models WHERE active = 1"), m1_id);
+    assert!(run_once(&folder, &db, &m0, &log).success());
+    let all: Vec<PathBuf> = first.iter().chain(&second).chain(&third).cloned().collect();
+    assert_eq!(captioned_by(&all, m1_id), all.len());
+
+    // The policy "none" queues nothing.
+    let out = run(gaze()
+        .args(["models", "activate", "--recaption", "none", "--db"])
+        .arg(&db)
+        .arg(m0_id.to_string()));
+    assert!(out.contains("0 image(s) queued again"), "{out}");
+    assert_eq!(pending(), 0);
+}

@@ -23,6 +23,15 @@ pub struct DbArg {
     pub db: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct RecaptionArg {
+    /// Which stored images the newly active model captions again: none, missing (those with
+    /// no finished caption by any model) or all. They are queued in the same transaction as
+    /// the activation, and the next `gaze watch` started on the database captions them.
+    #[arg(long, env = "GAZE_RETRAIN_RECAPTION", default_value = "missing")]
+    pub recaption: gaze::config::Recaption,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
     /// Every registered model (status, parent, held-out metrics) and the retraining runs.
@@ -39,6 +48,8 @@ pub enum ModelsCommand {
     Activate {
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        recaption: RecaptionArg,
         /// The model's id (see `gaze models list`).
         id: i64,
     },
@@ -46,27 +57,44 @@ pub enum ModelsCommand {
     Rollback {
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        recaption: RecaptionArg,
     },
 }
 
 pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
     match cmd {
         ModelsCommand::List { db, format, runs } => list(&db.db, format, runs),
-        ModelsCommand::Activate { db, id } => {
-            let store = Store::open(&db.db)?;
-            let previous = registry::activate(store.conn(), id, "activate", unix_now())
+        ModelsCommand::Activate { db, recaption, id } => {
+            let mut store = Store::open(&db.db)?;
+            let tx = store.conn_mut().transaction()?;
+            let (previous, requeued) = registry::activate_and_requeue(
+                &tx,
+                id,
+                "activate",
+                recaption.recaption,
+                unix_now(),
+            )
+            .with_context(|| format!("{}: activating model {id}", db.db.display()))?;
+            tx.commit()
                 .with_context(|| format!("{}: activating model {id}", db.db.display()))?;
             match previous {
                 Some(p) => println!("model {id} is active (was model {p})"),
                 None => println!("model {id} is active"),
             }
+            println!("{requeued} image(s) queued again for it");
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::Rollback { db } => {
-            let store = Store::open(&db.db)?;
-            let (from, to) = registry::rollback(store.conn(), unix_now())
+        ModelsCommand::Rollback { db, recaption } => {
+            let mut store = Store::open(&db.db)?;
+            let tx = store.conn_mut().transaction()?;
+            let ((from, to), requeued) =
+                registry::rollback_and_requeue(&tx, recaption.recaption, unix_now())
+                    .with_context(|| format!("{}: rolling back", db.db.display()))?;
+            tx.commit()
                 .with_context(|| format!("{}: rolling back", db.db.display()))?;
             println!("model {to} is active again (was model {from})");
+            println!("{requeued} image(s) queued again for it");
             Ok(ExitCode::SUCCESS)
         }
     }

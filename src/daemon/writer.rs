@@ -10,7 +10,6 @@ use crossbeam_channel::Receiver;
 use rusqlite::Connection;
 
 use super::{BatchResult, Counters, DaemonError, InFlight, Outcome, Shutdown, WriterMsg};
-use crate::config::Recaption;
 use crate::store::registry;
 use crate::store::write::{self, NewCaption, ReadImage};
 use crate::store::{unix_now, Store};
@@ -194,11 +193,7 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 model_id,
                 recaption,
             } => {
-                tally.requeued += match recaption {
-                    Recaption::None => 0,
-                    Recaption::Missing => registry::requeue_missing(&tx, now)?,
-                    Recaption::All => write::requeue_for_model(&tx, *model_id, now)?,
-                };
+                tally.requeued += registry::requeue(&tx, *model_id, *recaption, now)?;
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;

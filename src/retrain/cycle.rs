@@ -229,8 +229,15 @@ pub fn run_cycle(
                 registry::set_metrics(&tx, p.id, pj)?;
             }
             let status = if j.promote {
-                registry::activate(&tx, id, "retrain", now)?;
-                log.line(&format!("promoted: model {id} is now active"));
+                // The policy's requeue commits with the promotion, so a daemon started later
+                // (or another one) finds the new model's work as pending rows.
+                let (_, requeued) =
+                    registry::activate_and_requeue(&tx, id, "retrain", settings.recaption, now)?;
+                log.line(&format!(
+                    "promoted: model {id} is now active; {requeued} image(s) queued again \
+                     (recaption = {:?})",
+                    settings.recaption
+                ));
                 RunStatus::Promoted
             } else {
                 log.line(&format!("rejected: model {id} stays inactive"));

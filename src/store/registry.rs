@@ -11,6 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::Recaption;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("the database: {0}")]
@@ -411,6 +413,56 @@ pub fn process_alive(pid: i64) -> bool {
     } else {
         true
     }
+}
+
+/// Puts back in the queue the stored images that a newly active `model_id` captions again, as
+/// `recaption` says. Returns how many.
+pub fn requeue(
+    conn: &Connection,
+    model_id: i64,
+    recaption: Recaption,
+    now: f64,
+) -> rusqlite::Result<usize> {
+    match recaption {
+        Recaption::None => Ok(0),
+        Recaption::Missing => requeue_missing(conn, now),
+        Recaption::All => crate::store::write::requeue_for_model(conn, model_id, now),
+    }
+}
+
+/// [`activate`], then [`requeue`] when the active model changed. Run it in one transaction:
+/// whoever activates a model (`gaze retrain --now`, `gaze models activate`, a daemon) then
+/// leaves the new model's work as pending rows, which any daemon takes at its next scan.
+/// Returns the model active before and how many images were queued again.
+pub fn activate_and_requeue(
+    conn: &Connection,
+    id: i64,
+    reason: &str,
+    recaption: Recaption,
+    now: f64,
+) -> Result<(Option<i64>, usize)> {
+    let was_active = model(conn, id)?
+        .ok_or(RegistryError::NoSuchModel(id))?
+        .active;
+    let previous = activate(conn, id, reason, now)?;
+    let requeued = if was_active {
+        0
+    } else {
+        requeue(conn, id, recaption, now)?
+    };
+    Ok((previous, requeued))
+}
+
+/// [`rollback`], then [`requeue`] for the model rolled back to (in one transaction, as
+/// [`activate_and_requeue`]). Returns (from, to) and how many images were queued again.
+pub fn rollback_and_requeue(
+    conn: &Connection,
+    recaption: Recaption,
+    now: f64,
+) -> Result<((i64, i64), usize)> {
+    let (from, to) = rollback(conn, now)?;
+    let requeued = requeue(conn, to, recaption, now)?;
+    Ok(((from, to), requeued))
 }
 
 /// Puts back in the queue the done images with no finished caption by any model. Returns
