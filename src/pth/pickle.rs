@@ -1870,6 +1870,104 @@ c__builtin__\nset\nq\x03]q\x04K\x03a\x85q\x05Rq\x06c_codecs\nencode\nq\x07X\x03\
     }
 
     #[test]
+    fn expected_globals_follow_the_documented_rule() {
+        let g = |path: &str| {
+            let (m, n) = path.rsplit_once('.').unwrap();
+            is_expected_global(&Global::new(m, n))
+        };
+        for ok in [
+            "collections.OrderedDict",
+            "torch._utils._rebuild_tensor_v2",
+            "torch._utils._rebuild_parameter",
+            "torch.FloatStorage",
+            "torch.cuda.HalfStorage",
+            "torch.storage.UntypedStorage",
+            "torch.float32",
+            "torch.Size",
+            "torch.nn.modules.linear.Linear",
+            "torch.nn.parameter.Parameter",
+            "torch.optim.adam.Adam",
+            "torchvision.models.resnet.Bottleneck",
+            "models.Encoder",
+            "builtins.set",
+            "numpy._core.multiarray.scalar",
+            "numpy.dtype",
+            "_codecs.encode",
+        ] {
+            assert!(g(ok), "{ok}");
+        }
+        for bad in [
+            "os.system",
+            "posix.system",
+            "nt.system",
+            "subprocess.Popen",
+            "builtins.eval",
+            "builtins.exec",
+            "builtins.getattr",
+            "builtins.__import__",
+            "builtins.open",
+            "sys.exit",
+            "shutil.rmtree",
+            "socket.socket",
+            "importlib.import_module",
+            "pickle.loads",
+            "marshal.loads",
+            "types.FunctionType",
+            "runpy.run_path",
+            "webbrowser.open",
+            "pty.spawn",
+            "code.interact",
+            "torch.load",
+            "torch.hub.load",
+            "torch.nnx.Evil",
+            "modelsx.Encoder",
+            "__main__.Net",
+        ] {
+            assert!(!g(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_self_referencing_list_is_freed() {
+        // l = []; l.append(l); with the list also memoised and popped: the VM must empty it at
+        // the end, or the cycle (and everything in it) would leak.
+        let bytes = b"\x80\x02]q\x002aK\x07a0N.";
+        let mut input = Input::new(&bytes[..], 0, bytes.len() as u64);
+        let mut weak = None;
+        {
+            let mut persistent = NoPersistent;
+            let mut vm = Vm {
+                stack: Vec::new(),
+                marks: Vec::new(),
+                memo: HashMap::new(),
+                persistent: &mut persistent,
+                start: 0,
+                read: 0,
+                work: 0,
+                tracked: Vec::new(),
+                noted: HashSet::new(),
+                unexpected: &mut Vec::new(),
+            };
+            loop {
+                let code = input.u8().unwrap();
+                if vm.stack.len() == 1 && weak.is_none() {
+                    if let Item::List(rc) = &vm.stack[0] {
+                        weak = Some(Rc::downgrade(rc));
+                    }
+                }
+                if vm.step(code, &mut input).unwrap().is_some() {
+                    break;
+                }
+            }
+            assert!(
+                weak.as_ref().unwrap().upgrade().is_some(),
+                "still alive in the VM"
+            );
+        }
+        assert!(weak.unwrap().upgrade().is_none(), "the cycle leaked");
+    }
+
+    #[test]
     fn deep_nesting_is_refused() {
         let mut bytes = b"\x80\x02".to_vec();
         bytes.extend(std::iter::repeat_n(b']', 2000));
