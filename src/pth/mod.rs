@@ -53,9 +53,9 @@ const LEGACY_PROTOCOL_VERSION: i128 = 1001;
 /// tensors are stored beside it); the pickle VM may use a few hundred bytes per byte of pickle.
 pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-/// Largest tensor read whose elements are more than the storage bytes it covers (a broadcast
-/// view with stride 0, or overlapping strides): such a tensor could otherwise ask for any amount
-/// of memory from a few bytes of file.
+/// Most bytes that tensors whose elements are more than the storage bytes they cover (broadcast
+/// views with stride 0, or overlapping strides) may fill, in all, per opened checkpoint: such
+/// tensors could otherwise ask for any amount of memory from a few bytes of file.
 pub const MAX_EXPANDED_TENSOR_BYTES: u64 = 1 << 30;
 
 /// The on-disk format of a checkpoint.
@@ -97,6 +97,8 @@ pub struct Checkpoint {
     big_endian: bool,
     source: Mutex<Box<dyn ReadSeek>>,
     unexpected_globals: Vec<String>,
+    /// Bytes filled so far by tensors larger than the storage they cover.
+    expanded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -225,7 +227,8 @@ impl Checkpoint {
         Self::from_source(Box::new(file), len, path)
     }
 
-    /// Reads a checkpoint held in memory; `origin` names it in errors.
+    /// Reads a checkpoint held in memory; `origin` names it in errors. Any bytes are safe to
+    /// give (this is what a fuzz target calls): the worst a file can do is fail with an error.
     pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Self> {
         let len = bytes.len() as u64;
         Self::from_source(Box::new(Cursor::new(bytes)), len, origin)
@@ -300,6 +303,7 @@ impl Checkpoint {
             big_endian,
             source: Mutex::new(source),
             unexpected_globals: unexpected,
+            expanded: Default::default(),
         })
     }
 
@@ -445,19 +449,26 @@ impl Checkpoint {
             ));
         }
         // Elements beyond the bytes read come from stride 0 or overlapping strides; a little of
-        // that is legitimate (`expand`), terabytes from a few bytes are not.
-        if out_bytes > end - start && out_bytes > MAX_EXPANDED_TENSOR_BYTES {
-            return Err(self.tensor_err(
-                name,
-                format!(
-                    "shape {:?} with strides {:?} has {numel} elements ({out_bytes} bytes) but \
-                     covers only {} bytes of storage {key}; a broadcast or overlapping view \
-                     over {MAX_EXPANDED_TENSOR_BYTES} bytes is refused (hostile or corrupt)",
-                    t.shape,
-                    t.stride,
-                    end - start
-                ),
-            ));
+        // that is legitimate (`expand`), terabytes from a few bytes are not, nor many such
+        // tensors together.
+        if out_bytes > end - start {
+            use std::sync::atomic::Ordering;
+            let before = self.expanded.fetch_add(out_bytes, Ordering::Relaxed);
+            if before.saturating_add(out_bytes) > MAX_EXPANDED_TENSOR_BYTES {
+                self.expanded.fetch_sub(out_bytes, Ordering::Relaxed);
+                return Err(self.tensor_err(
+                    name,
+                    format!(
+                        "shape {:?} with strides {:?} has {numel} elements ({out_bytes} bytes) \
+                         but covers only {} bytes of storage {key}; broadcast or overlapping \
+                         views filling over {MAX_EXPANDED_TENSOR_BYTES} bytes (this one and \
+                         {before} bytes before it) are refused (hostile or corrupt)",
+                        t.shape,
+                        t.stride,
+                        end - start
+                    ),
+                ));
+            }
         }
         let region = self.read_at(data.offset + base + start, end - start, key)?;
         let es = es as usize;
