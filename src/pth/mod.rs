@@ -290,8 +290,9 @@ impl Checkpoint {
             }
             tracing::warn!(
                 "{}: the pickle names functions or classes a checkpoint does not need: {shown}. \
-                 Nothing was called (they load as inert objects), but Python's torch.load would \
-                 run them: do not load this file in Python unless you trust it",
+                 Nothing was called (they load as inert objects), but Python's torch.load \
+                 (weights_only=False) would import and may call them: do not load this file in \
+                 Python unless you trust it",
                 path.display()
             );
         }

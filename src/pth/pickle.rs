@@ -688,18 +688,19 @@ impl Drop for Vm<'_> {
         for t in self.tracked.drain(..) {
             match t {
                 Tracked::Seq(w) => {
-                    if let Some(rc) = w.upgrade() {
-                        orphans.append(&mut rc.borrow_mut());
+                    if let Some(Ok(mut items)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut())
+                    {
+                        orphans.append(&mut items);
                     }
                 }
                 Tracked::Dict(w) => {
-                    if let Some(rc) = w.upgrade() {
-                        rc.borrow_mut().take_into(&mut orphans);
+                    if let Some(Ok(mut c)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut()) {
+                        c.take_into(&mut orphans);
                     }
                 }
                 Tracked::Object(w) => {
-                    if let Some(rc) = w.upgrade() {
-                        rc.borrow_mut().take_into(&mut orphans);
+                    if let Some(Ok(mut c)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut()) {
+                        c.take_into(&mut orphans);
                     }
                 }
             }
