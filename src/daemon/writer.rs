@@ -31,6 +31,7 @@ pub(crate) struct Writer {
 #[derive(Default)]
 struct Tally {
     requeued: usize,
+    swapped: bool,
     captioned: u64,
     reused: u64,
     failed: u64,
@@ -75,7 +76,9 @@ impl Writer {
                 }
             };
             let commit_time = started.elapsed();
-            if tally.requeued > 0 {
+            // After a swap, rescan even when this commit queued nothing: whoever promoted the
+            // model may have queued its work in the promoting transaction already.
+            if tally.requeued > 0 || tally.swapped {
                 self.rescan.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             self.release(&msgs);
@@ -194,6 +197,7 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 recaption,
             } => {
                 tally.requeued += registry::requeue(&tx, *model_id, *recaption, now)?;
+                tally.swapped = true;
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;
