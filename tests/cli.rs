@@ -105,6 +105,58 @@ fn caption_refuses_pipes_and_endless_devices_at_once_and_captions_the_rest() {
 }
 
 #[test]
+fn model_checkpoint_and_word_map_paths_that_are_pipes_fail_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = |name: &str| {
+        let p = dir.path().join(name);
+        assert!(Command::new("mkfifo").arg(&p).status().unwrap().success());
+        p
+    };
+    let (model, pth, word_map) = (pipe("m.safetensors"), pipe("c.pth"), pipe("WORDMAP.json"));
+    let image = fixture("images/red_circle.png");
+    let runs: [(&str, Vec<std::ffi::OsString>); 3] = [
+        ("m.safetensors", vec!["--model".into(), model.into()]),
+        (
+            "c.pth",
+            vec![
+                "--weights".into(),
+                pth.into(),
+                "--word-map".into(),
+                fixture("parity/WORDMAP_parity.json").into(),
+            ],
+        ),
+        (
+            "WORDMAP.json",
+            vec![
+                "--weights".into(),
+                fixture("parity/weights.safetensors").into(),
+                "--word-map".into(),
+                word_map.into(),
+            ],
+        ),
+    ];
+    for (name, args) in runs {
+        let start = std::time::Instant::now();
+        let out = gaze()
+            .arg("caption")
+            .args(&args)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{name}"
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains("named pipe"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn caption_plain_output_and_missing_word_map() {
     let out = gaze()
         .args(["caption", "--beam-size", "1", "--weights"])

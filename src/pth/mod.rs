@@ -222,7 +222,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             error,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = crate::files::open_file(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         Self::from_source(Box::new(file), len, path)
     }
