@@ -12,6 +12,8 @@
 //! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
 //! - [`viz`]: attention pictures; [`files`]: opening user-named files safely (no FIFOs,
 //!   devices or endless reads).
+//! - [`parity`]: the PyTorch parity checks on any device, as a report (`gaze bench parity`
+//!   prints it; the integration tests assert the same computations).
 
 pub mod config;
 pub mod daemon;
@@ -21,6 +23,7 @@ pub mod eval;
 pub mod files;
 pub mod metrics;
 pub mod model;
+pub mod parity;
 pub mod progress;
 pub mod pth;
 pub mod retrain;

@@ -1,12 +1,22 @@
 //! Parity with PyTorch: a small model in the tutorial's architecture with random weights, and
-//! what PyTorch computed with it (tests/fixtures/parity/make_parity.py).
+//! what PyTorch computed with it (tests/fixtures/parity/make_parity.py). The computations are
+//! the library's ([`gaze::parity`]), the ones `gaze bench parity` runs on any device; these
+//! tests hold them to their bounds on the CPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use gaze::model::weights::Weights;
-use gaze::model::{BeamOptions, BlockKind, CaptionModel, EncoderConfig, LoadOptions, ModelConfig};
+use gaze::model::{BeamOptions, CaptionModel, LoadOptions};
+use gaze::parity::model::{
+    beam_search, bottleneck_encoder, fine_tuning_forward, teacher_forcing, FINE_TUNE_BN,
+};
+use gaze::parity::training::{training_step, GRADED};
+use gaze::parity::Fixtures;
+
+fn fixtures() -> Fixtures {
+    Fixtures::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")).unwrap()
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,19 +25,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn meta() -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(fixture("expected.json")).unwrap()).unwrap()
+    fixtures().expected().clone()
 }
 
 fn load_model() -> CaptionModel {
-    let opts = LoadOptions {
-        word_map: Some(fixture("WORDMAP_parity.json")),
-        encoded_image_size: Some(5),
-    };
-    CaptionModel::load(&fixture("weights.safetensors"), &opts, &Device::Cpu).unwrap()
+    fixtures().model(&Device::Cpu).unwrap()
 }
 
 /// Elementwise `|a - b| <= 1e-4 * |b| + 1e-5`.
@@ -74,28 +76,10 @@ fn encoder_output_matches_pytorch() {
 #[test]
 fn bottleneck_encoder_matches_pytorch() {
     let exp = expected();
-    let tensors =
-        candle_core::safetensors::load(fixture("bottleneck_encoder.safetensors"), &Device::Cpu)
-            .unwrap();
-    let cfg = ModelConfig {
-        encoder: EncoderConfig::Resnet {
-            block: BlockKind::Bottleneck,
-            layers: [1, 2, 1, 1],
-            width: 4,
-        },
-        encoded_image_size: 3,
-        attention_dim: 1,
-        embed_dim: 1,
-        decoder_dim: 1,
-        vocab_size: 1,
-        dropout: 0.0,
-    };
-    let weights = Weights::new(tensors, &Device::Cpu);
-    let mut encoder = gaze::model::Encoder::load(&weights.pp("encoder"), &cfg);
+    // Every tensor of the file is checked against the architecture as it loads.
+    let mut encoder =
+        bottleneck_encoder(&fixture("bottleneck_encoder.safetensors"), &Device::Cpu).unwrap();
     encoder.set_inference_path(gaze::model::encoder::InferencePath::Auto);
-    weights
-        .check(Path::new("bottleneck_encoder.safetensors"))
-        .unwrap();
     assert!(encoder.prepare_inference().unwrap());
     let out = encoder.forward(&exp["images"]).unwrap();
     assert_close(
@@ -113,15 +97,11 @@ fn bottleneck_encoder_matches_pytorch() {
 
 #[test]
 fn teacher_forced_pass_matches_pytorch() {
-    let model = load_model();
-    let exp = expected();
-    let meta = meta();
-    let lengths: Vec<usize> = serde_json::from_value(meta["lengths"].clone()).unwrap();
-    let captions = exp["tf_captions"].to_dtype(DType::U32).unwrap();
-    let tf = model
-        .decoder
-        .forward_teacher(&exp["encoder_out"], &captions, &lengths)
-        .unwrap();
+    let fx = fixtures();
+    let exp = fx.expected();
+    let meta = fx.meta();
+    // The pass over tf_captions with the fixture's lengths, from encoder_out.
+    let tf = teacher_forcing(&fx, &Device::Cpu).unwrap();
     let sort_ind: Vec<usize> = serde_json::from_value(meta["tf_sort_ind"].clone()).unwrap();
     let decode_lengths: Vec<usize> =
         serde_json::from_value(meta["tf_decode_lengths"].clone()).unwrap();
@@ -133,17 +113,12 @@ fn teacher_forced_pass_matches_pytorch() {
 
 #[test]
 fn beam_search_matches_the_tutorial() {
-    let model = load_model();
-    let exp = expected();
-    let meta = meta();
-    let images = &exp["images"];
+    let fx = fixtures();
+    let exp = fx.expected();
+    let meta = fx.meta();
     for k in [1usize, 3, 5] {
-        let opts = BeamOptions {
-            beam_size: k,
-            ..Default::default()
-        };
         // All images in one batched search.
-        let captions = model.caption_images(images, &opts).unwrap();
+        let captions = beam_search(&fx, &Device::Cpu, k).unwrap();
         for (i, cap) in captions.iter().enumerate() {
             let want = &meta["beams"][k.to_string()][i];
             let tokens: Vec<u32> = serde_json::from_value(want["tokens"].clone()).unwrap();
@@ -297,53 +272,28 @@ fn model_file_round_trip_keeps_captions() {
 
 #[test]
 fn training_loss_gradients_and_adam_step_match_the_tutorial() {
-    use gaze::model::decoder::TeacherOptions;
-    use gaze::train::{adam::Adam, loss::batch_loss};
-    let exp = expected();
-    let meta = meta();
-    let tensors =
-        candle_core::safetensors::load(fixture("weights.safetensors"), &Device::Cpu).unwrap();
-    let wm = gaze::data::WordMap::load(&fixture("WORDMAP_parity.json")).unwrap();
-    let cfg = gaze::model::file::infer_config(&tensors, wm.len(), Some(5), Path::new("x")).unwrap();
-    let mut weights = Weights::new(tensors, &Device::Cpu);
-    let vars = weights
-        .make_trainable(|n| n.starts_with("decoder."))
-        .unwrap();
-    let model =
-        CaptionModel::build(&weights, cfg, wm, serde_json::json!({}), Path::new("x")).unwrap();
-    let lengths: Vec<usize> = serde_json::from_value(meta["lengths"].clone()).unwrap();
-    let captions = exp["tf_captions"].to_dtype(DType::U32).unwrap();
-    let features = model.encoder.forward(&exp["tf_images"]).unwrap();
-    let loss = batch_loss(
-        &model.decoder,
-        &features,
-        &captions,
-        &lengths,
-        1.0,
-        &mut TeacherOptions::default(),
-    )
-    .unwrap();
+    let fx = fixtures();
+    let exp = fx.expected();
+    let meta = fx.meta();
+    // The decoder trainable, alpha_c = 1, one Adam step at 4e-4 with gradients clipped to 5.
+    let step = training_step(&fx, &Device::Cpu).unwrap();
     let want = &meta["train"];
     let close = |a: f32, b: f64| (a as f64 - b).abs() <= 1e-4 * b.abs().max(1.0);
     assert!(
-        close(loss.value(), want["loss"].as_f64().unwrap()),
+        close(step.loss, want["loss"].as_f64().unwrap()),
         "loss {}",
-        loss.value()
+        step.loss
     );
     assert!(close(
-        loss.cross_entropy,
+        step.cross_entropy,
         want["cross_entropy"].as_f64().unwrap()
     ));
     assert!(close(
-        loss.attention_reg,
+        step.attention_reg,
         want["attention_reg"].as_f64().unwrap()
     ));
-    assert_eq!(loss.words as u64, want["words"].as_u64().unwrap());
-    assert_eq!(
-        loss.top5_correct as u64,
-        want["top5_correct"].as_u64().unwrap()
-    );
-    let grads = loss.loss.backward().unwrap();
+    assert_eq!(step.words as u64, want["words"].as_u64().unwrap());
+    assert_eq!(step.top5 as u64, want["top5_correct"].as_u64().unwrap());
     let graded = [
         "fc.weight",
         "decode_step.weight_ih",
@@ -351,22 +301,21 @@ fn training_loss_gradients_and_adam_step_match_the_tutorial() {
         "embedding.weight",
         "init_h.bias",
     ];
-    for name in graded {
+    // The step's results come in GRADED's order: it must name these, in this order.
+    assert_eq!(GRADED, graded);
+    for (i, name) in graded.iter().enumerate() {
         let full = format!("decoder.{name}");
-        let var = &vars.iter().find(|(n, _)| *n == full).unwrap().1;
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {full}"));
-        assert_close(&format!("grad {full}"), g, &exp[&format!("grad.{full}")]);
+        assert_close(
+            &format!("grad {full}"),
+            &step.grads[i],
+            &exp[&format!("grad.{full}")],
+        );
     }
-    let mut adam = Adam::new(vars.clone(), 4e-4).unwrap();
-    adam.step(&grads, Some(5.0)).unwrap();
-    for name in graded {
+    for (i, name) in graded.iter().enumerate() {
         let full = format!("decoder.{name}");
-        let var = &vars.iter().find(|(n, _)| *n == full).unwrap().1;
         assert_close(
             &format!("adam {full}"),
-            var.as_tensor(),
+            &step.after_adam[i],
             &exp[&format!("adam1.{full}")],
         );
     }
@@ -374,19 +323,65 @@ fn training_loss_gradients_and_adam_step_match_the_tutorial() {
 
 #[test]
 fn fine_tuning_forward_uses_batch_statistics_in_layer2_to_4() {
-    let exp = expected();
-    let model = load_model();
-    let out = model.encoder.forward_t(&exp["tf_images"], true).unwrap();
-    assert_close("finetune_encoder_out", &out, &exp["finetune_encoder_out"]);
-    let buffers: HashMap<String, Tensor> = model.encoder.buffers().into_iter().collect();
+    let fx = fixtures();
+    let exp = fx.expected();
+    // The training-mode forward of tf_images, and the statistics of this BatchNorm after it.
+    assert_eq!(FINE_TUNE_BN, "encoder.resnet.6.0.bn1");
+    let ft = fine_tuning_forward(&fx, &Device::Cpu).unwrap();
+    assert_close(
+        "finetune_encoder_out",
+        &ft.output,
+        &exp["finetune_encoder_out"],
+    );
     assert_close(
         "running_mean",
-        &buffers["encoder.resnet.6.0.bn1.running_mean"],
+        &ft.running_mean,
         &exp["finetune.running_mean"],
     );
-    assert_close(
-        "running_var",
-        &buffers["encoder.resnet.6.0.bn1.running_var"],
-        &exp["finetune.running_var"],
-    );
+    assert_close("running_var", &ft.running_var, &exp["finetune.running_var"]);
+}
+
+#[test]
+fn every_check_of_the_report_passes_on_the_cpu() {
+    let report = gaze::parity::run(&fixtures(), &Device::Cpu, 1.0).unwrap();
+    let failed: Vec<_> = report.rows.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // Every fixture is here: nothing skipped, and every check ran (a dropped check would
+    // change the count).
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.rows.len(), 72);
+    assert_eq!((report.passed(), report.failed()), (72, 0));
+    for name in [
+        "encoder output (candle ops, the GPU path)",
+        "bottleneck ResNet encoder output",
+        "attention weights (fused kernel vs generic ops)",
+        "training: words and top-5 hits",
+    ] {
+        let row = report.row(name).unwrap_or_else(|| panic!("no row {name}"));
+        assert!(row.ok, "{row:?}");
+    }
+    // Rows compared with PyTorch carry the error and its ratio to the bound.
+    let enc = report.row("encoder output").unwrap();
+    let d = enc.vs_reference.unwrap();
+    assert!(d.ratio <= 1.0 && d.max_abs < 1e-4, "{d:?}");
+    assert!(enc.vs_cpu.is_none(), "no CPU comparison on the CPU");
+}
+
+#[test]
+fn a_tighter_bound_fails_the_report_and_a_bad_scale_is_refused() {
+    // The errors are small but not zero: a millionth of each bound must fail some checks.
+    let fx = fixtures();
+    let report = gaze::parity::run(&fx, &Device::Cpu, 1e-6).unwrap();
+    assert!(report.failed() > 0);
+    assert!(!report.row("encoder output").unwrap().ok);
+    let err = gaze::parity::run(&fx, &Device::Cpu, 0.0).unwrap_err();
+    assert!(matches!(err, gaze::parity::ParityError::Scale(_)), "{err}");
+}
+
+#[test]
+fn missing_fixtures_are_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Fixtures::load(dir.path()).err().unwrap().to_string();
+    let want = dir.path().join("parity/expected.safetensors");
+    assert!(err.contains(&want.display().to_string()), "{err}");
 }
