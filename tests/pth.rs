@@ -630,3 +630,497 @@ fn import_reports_what_is_missing() {
         "{stderr}"
     );
 }
+
+/// Crafted files: each must fail (or load) with a clear error in seconds and bounded memory,
+/// never abort, overflow the stack, hang or run anything. The files are built here, opcode by
+/// opcode, in both torch formats.
+mod hostile {
+    use std::io::{Cursor, Write};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use candle_core::Device;
+    use gaze::pth::{Checkpoint, PthError, Value};
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    fn binunicode(s: &str) -> Vec<u8> {
+        let mut out = vec![b'X'];
+        out.extend((s.len() as u32).to_le_bytes());
+        out.extend(s.as_bytes());
+        out
+    }
+
+    fn global(module: &str, name: &str) -> Vec<u8> {
+        format!("c{module}\n{name}\n").into_bytes()
+    }
+
+    fn long_binget(i: u32) -> Vec<u8> {
+        let mut out = vec![b'j'];
+        out.extend(i.to_le_bytes());
+        out
+    }
+
+    fn long_binput(i: u32) -> Vec<u8> {
+        let mut out = vec![b'r'];
+        out.extend(i.to_le_bytes());
+        out
+    }
+
+    /// A small non-negative int (`BININT`).
+    fn int(i: u32) -> Vec<u8> {
+        let mut out = vec![b'J'];
+        out.extend(i.to_le_bytes());
+        out
+    }
+
+    /// Any u64 (`LONG1` with a zero top byte, so it is never negative).
+    fn long(i: u64) -> Vec<u8> {
+        let mut out = vec![0x8a, 9];
+        out.extend(i.to_le_bytes());
+        out.push(0);
+        out
+    }
+
+    /// A tuple of ints, for sizes and strides.
+    fn int_tuple(items: &[u64]) -> Vec<u8> {
+        let mut out = vec![b'('];
+        for &i in items {
+            out.extend(long(i));
+        }
+        out.push(b't');
+        out
+    }
+
+    /// `_rebuild_tensor_v2(storage('0', FloatStorage, numel), 0, shape, stride, False,
+    /// OrderedDict())`, leaving the tensor on the stack. `legacy` adds the view field that the
+    /// legacy format's persistent ids have.
+    fn tensor(numel: u64, shape: &[u64], stride: &[u64], legacy: bool) -> Vec<u8> {
+        let mut p = global("torch._utils", "_rebuild_tensor_v2");
+        p.push(b'(');
+        p.push(b'(');
+        p.extend(binunicode("storage"));
+        p.extend(global("torch", "FloatStorage"));
+        p.extend(binunicode("0"));
+        p.extend(binunicode("cpu"));
+        p.extend(long(numel));
+        if legacy {
+            p.push(b'N');
+        }
+        p.extend(b"tQ");
+        p.extend(int(0));
+        p.extend(int_tuple(shape));
+        p.extend(int_tuple(stride));
+        p.push(0x89);
+        p.extend(global("collections", "OrderedDict"));
+        p.extend(b")R");
+        p.extend(b"tR");
+        p
+    }
+
+    /// A pickle of `{"fc.weight": tensor, <extra entries>}` (protocol 2).
+    fn state_dict(tensor: Vec<u8>, extra: &[u8]) -> Vec<u8> {
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(global("collections", "OrderedDict"));
+        p.extend(b")R(");
+        p.extend(binunicode("fc.weight"));
+        p.extend(tensor);
+        p.extend(extra);
+        p.extend(b"u.");
+        p
+    }
+
+    /// A zip checkpoint: `archive/data.pkl` and, if given, storage `0`.
+    fn zip_file(pickle: &[u8], storage: Option<&[u8]>) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("archive/data.pkl", opts).unwrap();
+        w.write_all(pickle).unwrap();
+        w.start_file("archive/byteorder", opts).unwrap();
+        w.write_all(b"little").unwrap();
+        if let Some(bytes) = storage {
+            w.start_file("archive/data/0", opts).unwrap();
+            w.write_all(bytes).unwrap();
+        }
+        w.start_file("archive/version", opts).unwrap();
+        w.write_all(b"3\n").unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    /// A legacy checkpoint: magic number, protocol version, system info, the object, the key
+    /// list, then each storage as an element count and its bytes.
+    fn legacy_file(pickle: &[u8], storage: Option<(u64, &[u8])>) -> Vec<u8> {
+        let mut f = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+        f.extend(b"\x80\x02M\xe9\x03.");
+        f.extend(b"\x80\x02}q\x00.");
+        f.extend(pickle);
+        match storage {
+            Some((count, bytes)) => {
+                f.extend(b"\x80\x02]");
+                f.extend(binunicode("0"));
+                f.extend(b"a.");
+                f.extend(count.to_le_bytes());
+                f.extend(bytes);
+            }
+            None => f.extend(b"\x80\x02]."),
+        }
+        f
+    }
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Opens `bytes`, lists and reads every tensor (what a fuzz target does), timing it.
+    fn open_and_read(bytes: Vec<u8>, name: &str) -> (Result<usize, PthError>, Duration) {
+        let start = Instant::now();
+        let result = (|| {
+            let ckpt = Checkpoint::from_bytes(bytes, Path::new(name))?;
+            let _ = ckpt.training_info();
+            let named = ckpt.named_tensors()?;
+            for (n, t) in &named {
+                ckpt.tensor_bytes(t, n)?;
+            }
+            Ok(named.len())
+        })();
+        (result, start.elapsed())
+    }
+
+    fn expect_error(bytes: Vec<u8>, name: &str, wanted: &[&str]) {
+        let (result, elapsed) = open_and_read(bytes, name);
+        let e = result.expect_err(name).to_string();
+        assert!(elapsed < LIMIT, "{name}: took {elapsed:?}");
+        assert!(e.contains(name), "{name}: {e}");
+        for w in wanted {
+            assert!(e.contains(w), "{name}: expected {w:?} in: {e}");
+        }
+    }
+
+    /// Both formats around one pickle without storages.
+    fn both_formats(pickle: &[u8]) -> [(Vec<u8>, &'static str); 2] {
+        [
+            (zip_file(pickle, None), "hostile_zip.pth"),
+            (legacy_file(pickle, None), "hostile_legacy.pth"),
+        ]
+    }
+
+    #[test]
+    fn a_million_levels_of_nesting_fail_quickly() {
+        const N: usize = 1_000_000;
+        // [[[[...]]]]: a million EMPTY_LISTs, then APPENDs.
+        let mut lists = b"\x80\x02".to_vec();
+        lists.extend(std::iter::repeat_n(b']', N));
+        lists.extend(std::iter::repeat_n(b'a', N - 1));
+        lists.push(b'.');
+        // ((((...)))): a million MARKs, then TUPLEs.
+        let mut marks = b"\x80\x02".to_vec();
+        marks.extend(std::iter::repeat_n(b'(', N));
+        marks.extend(std::iter::repeat_n(b't', N));
+        marks.push(b'.');
+        // (((None,),),): TUPLE1 a million times, the stack never more than one deep.
+        let mut tuples = b"\x80\x02N".to_vec();
+        tuples.extend(std::iter::repeat_n(0x85, N));
+        tuples.push(b'.');
+        // A chain of memoised tuples, each holding the previous, all kept in one outer tuple:
+        // every container is shallow when first frozen, the last is 200,000 deep.
+        let mut chain = b"\x80\x02(N".to_vec();
+        chain.extend(long_binput(0));
+        for k in 1..200_000u32 {
+            chain.extend(long_binget(k - 1));
+            chain.push(0x85);
+            chain.extend(long_binput(k));
+        }
+        chain.extend(b"t.");
+        for (what, pickle) in [
+            ("lists", lists),
+            ("marks", marks),
+            ("tuples", tuples),
+            ("chain", chain),
+        ] {
+            for (bytes, name) in both_formats(&pickle) {
+                let name = format!("{what}_{name}");
+                expect_error(bytes, &name, &["nested more than 1000 deep"]);
+            }
+        }
+    }
+
+    #[test]
+    fn shared_dag_of_dicts_finishes_quickly() {
+        // 60 levels, each {"a": previous, "b": previous}: 2^60 paths through 600 bytes.
+        let mut dicts = b"\x80\x02}".to_vec();
+        dicts.extend(long_binput(0));
+        for k in 1..=60u32 {
+            dicts.extend(b"}(");
+            dicts.extend(binunicode("a"));
+            dicts.extend(long_binget(k - 1));
+            dicts.extend(binunicode("b"));
+            dicts.extend(long_binget(k - 1));
+            dicts.push(b'u');
+            dicts.extend(long_binput(k));
+        }
+        dicts.push(b'.');
+        // The same with tuples, and with objects whose state is (previous, previous).
+        let mut tuples = b"\x80\x02N".to_vec();
+        tuples.extend(long_binput(0));
+        for k in 1..=60u32 {
+            tuples.extend(long_binget(k - 1));
+            tuples.extend(long_binget(k - 1));
+            tuples.push(0x86);
+            tuples.extend(long_binput(k));
+        }
+        tuples.push(b'.');
+        let mut objects = b"\x80\x02}".to_vec();
+        objects.extend(long_binput(0));
+        for k in 1..=60u32 {
+            objects.extend(global("models", "Encoder"));
+            objects.extend(b")\x81");
+            objects.extend(long_binget(k - 1));
+            objects.extend(long_binget(k - 1));
+            objects.extend(b"\x86b");
+            objects.extend(long_binput(k));
+        }
+        objects.push(b'.');
+        for (what, pickle) in [("dicts", dicts), ("tuples", tuples), ("objects", objects)] {
+            for (bytes, name) in both_formats(&pickle) {
+                let name = format!("{what}_{name}");
+                let (result, elapsed) = open_and_read(bytes.clone(), &name);
+                assert!(elapsed < LIMIT, "{name}: took {elapsed:?}");
+                if let Err(e) = result {
+                    let e = e.to_string();
+                    assert!(e.contains(&name) && e.contains("shared"), "{name}: {e}");
+                }
+                // Printing and comparing the shared data is bounded too.
+                let start = Instant::now();
+                let a = Checkpoint::from_bytes(bytes.clone(), Path::new(&name)).unwrap();
+                let b = Checkpoint::from_bytes(bytes, Path::new(&name)).unwrap();
+                assert!(a.root() == b.root(), "{name}");
+                let shown = format!("{:?}", a.root());
+                assert!(shown.len() < 10_000_000, "{name}: {} bytes", shown.len());
+                assert!(
+                    start.elapsed() < LIMIT,
+                    "{name}: took {:?}",
+                    start.elapsed()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_dict_dag_is_refused_by_the_tensor_walk() {
+        let mut p = b"\x80\x02}".to_vec();
+        p.extend(long_binput(0));
+        for k in 1..=60u32 {
+            p.extend(b"}(");
+            p.extend(binunicode("a"));
+            p.extend(long_binget(k - 1));
+            p.extend(binunicode("b"));
+            p.extend(long_binget(k - 1));
+            p.push(b'u');
+            p.extend(long_binput(k));
+        }
+        p.push(b'.');
+        expect_error(
+            zip_file(&p, None),
+            "dag.pth",
+            &["shared along so many paths"],
+        );
+    }
+
+    #[test]
+    fn memoised_arguments_passed_over_and_over_are_refused() {
+        // A 100,000-item tuple, memoised, then given to a constructor 100,000 times: 10^10
+        // copies from a megabyte.
+        let mut p = b"\x80\x02(".to_vec();
+        p.extend(std::iter::repeat_n(b'N', 100_000));
+        p.push(b't');
+        p.extend(long_binput(0));
+        p.extend(global("__main__", "C"));
+        p.extend(long_binput(1));
+        for _ in 0..100_000 {
+            p.extend(long_binget(1));
+            p.extend(long_binget(0));
+            p.extend(b"R0");
+        }
+        p.push(b'.');
+        for (bytes, name) in both_formats(&p) {
+            expect_error(bytes, name, &["units of work"]);
+        }
+    }
+
+    #[test]
+    fn huge_shapes_storages_and_entries_are_refused() {
+        let one = f32_bytes(&[1.5]);
+        // Shape [10^6, 10^6, 10^6] with stride 0 over one element: 4 * 10^18 bytes.
+        let huge = [1_000_000u64; 3];
+        let zip = zip_file(
+            &state_dict(tensor(1, &huge, &[0, 0, 0], false), b""),
+            Some(&one),
+        );
+        expect_error(zip, "broadcast_zip.pth", &["fc.weight", "refused"]);
+        let legacy = legacy_file(
+            &state_dict(tensor(1, &huge, &[0, 0, 0], true), b""),
+            Some((1, &one)),
+        );
+        expect_error(legacy, "broadcast_legacy.pth", &["fc.weight", "refused"]);
+
+        // A storage claiming 2^40 elements, with a tensor using them all.
+        let big = 1u64 << 40;
+        let zip = zip_file(
+            &state_dict(tensor(big, &[big], &[1], false), b""),
+            Some(&one),
+        );
+        expect_error(zip, "claims_zip.pth", &["fc.weight", "storage 0"]);
+        let legacy = legacy_file(
+            &state_dict(tensor(big, &[big], &[1], true), b""),
+            Some((big, &one)),
+        );
+        expect_error(legacy, "claims_legacy.pth", &["storage 0", "past the end"]);
+        // A legacy element count so large that count * 4 + position wraps around.
+        let wrap = (u64::MAX - 64) / 4;
+        let legacy = legacy_file(
+            &state_dict(tensor(1, &[1], &[1], true), b""),
+            Some((wrap, &one)),
+        );
+        expect_error(legacy, "wrap_legacy.pth", &["storage 0", "past the end"]);
+
+        // Zip entries whose headers claim 4 GB: data.pkl, and the storage.
+        let good = zip_file(&state_dict(tensor(1, &[1], &[1], false), b""), Some(&one));
+        for entry in ["archive/data.pkl", "archive/data/0"] {
+            let mut bytes = good.clone();
+            claim_size(&mut bytes, entry, 0xF000_0000);
+            let name = format!("4gb_{}.pth", entry.replace('/', "_"));
+            expect_error(bytes, &name, &["4026531840"]);
+        }
+    }
+
+    /// Sets the sizes a zip's local and central headers give for `entry`.
+    fn claim_size(zip: &mut [u8], entry: &str, size: u32) {
+        let mut patched = 0;
+        for i in 0..zip.len().saturating_sub(46) {
+            let (sizes, name_len, name_at) = match &zip[i..i + 4] {
+                b"PK\x03\x04" => (i + 18, i + 26, i + 30),
+                b"PK\x01\x02" => (i + 20, i + 28, i + 46),
+                _ => continue,
+            };
+            let n = u16::from_le_bytes([zip[name_len], zip[name_len + 1]]) as usize;
+            if zip.get(name_at..name_at + n) == Some(entry.as_bytes()) {
+                zip[sizes..sizes + 4].copy_from_slice(&size.to_le_bytes());
+                zip[sizes + 4..sizes + 8].copy_from_slice(&size.to_le_bytes());
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2, "{entry}: local and central header");
+    }
+
+    #[test]
+    fn dangerous_globals_load_inert_and_are_reported() {
+        let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pth_hostile_marker");
+        let _ = std::fs::remove_file(&marker);
+        let command = format!("touch {}", marker.display());
+        // "cmd": os.system itself; "run": os.system(command) via REDUCE; "ev": builtins.eval
+        // via REDUCE; "imp": __import__ named by STACK_GLOBAL.
+        let mut extra = binunicode("cmd");
+        extra.extend(global("os", "system"));
+        extra.extend(binunicode("run"));
+        extra.extend(global("os", "system"));
+        extra.extend(binunicode(&command));
+        extra.extend(b"\x85R");
+        extra.extend(binunicode("ev"));
+        extra.extend(global("__builtin__", "eval"));
+        extra.extend(binunicode("print(1)"));
+        extra.extend(b"\x85R");
+        extra.extend(binunicode("imp"));
+        extra.extend(binunicode("builtins"));
+        extra.extend(binunicode("__import__"));
+        extra.push(0x93);
+        let values = [1.5f32, -2.0, 3.25, 0.0, 7.0, 8.5];
+        let data = f32_bytes(&values);
+        let files = [
+            (
+                zip_file(
+                    &state_dict(tensor(6, &[2, 3], &[3, 1], false), &extra),
+                    Some(&data),
+                ),
+                "system_zip.pth",
+            ),
+            (
+                legacy_file(
+                    &state_dict(tensor(6, &[2, 3], &[3, 1], true), &extra),
+                    Some((6, &data)),
+                ),
+                "system_legacy.pth",
+            ),
+        ];
+        for (bytes, name) in files {
+            let ckpt = Checkpoint::from_bytes(bytes, Path::new(name)).unwrap();
+            assert_eq!(
+                ckpt.unexpected_globals(),
+                ["os.system", "builtins.eval", "builtins.__import__"],
+                "{name}"
+            );
+            let named = ckpt.named_tensors().unwrap();
+            assert_eq!(named.len(), 1, "{name}");
+            assert_eq!(named[0].0, "fc.weight");
+            let t = ckpt
+                .tensor_f32(&named[0].1, &named[0].0, &Device::Cpu)
+                .unwrap();
+            assert_eq!(t.dims(), &[2, 3]);
+            let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, values, "{name}");
+            // The call became an inert object recording what it would have run.
+            let run = ckpt.root().get("run").and_then(Value::as_object).unwrap();
+            assert_eq!(run.class.path(), "os.system");
+            assert_eq!(run.args, vec![Value::Str(Arc::from(command.as_str()))]);
+            assert!(matches!(ckpt.root().get("cmd"), Some(Value::Global(_))));
+        }
+        assert!(!marker.exists(), "the command ran");
+    }
+
+    #[test]
+    fn fixtures_name_only_expected_globals() {
+        for name in [
+            "state_dict_zip.pth",
+            "state_dict_legacy.pth",
+            "checkpoint_legacy.pth.tar",
+            "checkpoint_zip.pth.tar",
+            "dtypes_zip.pth",
+            "dtypes_legacy.pth",
+            "resnet_torchvision.pth",
+            "torch04_style.pth.tar",
+        ] {
+            let ckpt = Checkpoint::open(&super::fixture(name)).unwrap();
+            assert!(
+                ckpt.unexpected_globals().is_empty(),
+                "{name}: {:?}",
+                ckpt.unexpected_globals()
+            );
+        }
+    }
+
+    #[test]
+    fn deep_values_drop_compare_and_print_without_recursion() {
+        // Values built directly (a pickle cannot make them this deep).
+        let chain = |n: usize| {
+            let mut v = Value::None;
+            for i in 0..n {
+                v = if i % 2 == 0 {
+                    Value::Tuple(Arc::from(vec![v]))
+                } else {
+                    Value::Dict(Arc::from(vec![(Value::Int(i as i128), v)]))
+                };
+            }
+            v
+        };
+        let start = Instant::now();
+        let (a, b) = (chain(1_000_000), chain(1_000_000));
+        assert!(a == b);
+        assert!(a != chain(999_999));
+        let shown = format!("{a:?}");
+        assert!(shown.contains("..."), "{}", &shown[..200]);
+        drop(a);
+        drop(b);
+        assert!(start.elapsed() < LIMIT, "took {:?}", start.elapsed());
+    }
+}

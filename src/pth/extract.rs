@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
@@ -49,11 +50,41 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// Most steps (dict entries and attributes looked at) one walk may take: data shared along many
+/// paths (a few bytes of pickle can make a DAG with 2^60 paths) is refused, not walked for ever.
+const MAX_STEPS: u64 = 10_000_000;
+
+/// Longest tensor name accepted; containers deeper in the names are not walked.
+const MAX_NAME: usize = 4096;
+
+/// How a child's name follows from its parent's.
+enum Key<'a> {
+    /// A wrapper key (`state_dict`): the parent's name.
+    Same,
+    Str(&'a str),
+    Int(i128),
+}
+
+enum Node<'a> {
+    Value(&'a Value),
+    Module(&'a Object),
+}
+
+/// Work still to do: a node and how to name it. Names are built only when a task runs, so
+/// pending tasks hold no long strings.
+struct Task<'a> {
+    node: Node<'a>,
+    parent: Rc<str>,
+    key: Key<'a>,
+    depth: usize,
+}
+
 #[derive(Default)]
 struct Collector {
     out: Vec<(String, Arc<TensorRef>)>,
     index: HashMap<String, usize>,
     conflicts: Vec<String>,
+    steps: u64,
 }
 
 impl Collector {
@@ -69,42 +100,124 @@ impl Collector {
         }
     }
 
-    fn walk(&mut self, v: &Value, prefix: &str, depth: usize) {
-        if depth > MAX_DEPTH {
-            return;
+    fn step(&mut self, n: usize) -> std::result::Result<(), String> {
+        self.steps = self.steps.saturating_add(1 + n as u64);
+        if self.steps > MAX_STEPS {
+            return Err(format!(
+                "the data is shared along so many paths that naming its tensors would take more \
+                 than {MAX_STEPS} steps (hostile or corrupt)"
+            ));
         }
-        match v {
-            Value::Tensor(t) => self.push(prefix.to_string(), t),
-            _ if is_optimizer(v) => {}
-            Value::Dict(entries) => self.walk_entries(entries, prefix, depth),
-            Value::Object(o) if o.is_module() => self.walk_module(o, prefix, depth),
-            Value::Object(o) => self.walk_entries(&o.dict_items, prefix, depth),
-            _ => {}
-        }
+        Ok(())
     }
 
-    fn walk_entries(&mut self, entries: &[(Value, Value)], prefix: &str, depth: usize) {
-        for (k, v) in entries {
-            let key = match k {
-                Value::Str(s) => s.to_string(),
-                Value::Int(i) => i.to_string(),
-                _ => continue,
+    /// Walks depth-first with an explicit stack (children pushed in reverse), so tensors come
+    /// out in the order the file holds them and no recursion follows the data.
+    fn walk(&mut self, root: &Value) -> std::result::Result<(), String> {
+        let mut tasks = vec![Task {
+            node: Node::Value(root),
+            parent: Rc::from(""),
+            key: Key::Same,
+            depth: 0,
+        }];
+        while let Some(task) = tasks.pop() {
+            let name: Rc<str> = match task.key {
+                Key::Same => task.parent.clone(),
+                Key::Str(k) => join(&task.parent, k).into(),
+                Key::Int(i) => join(&task.parent, &i.to_string()).into(),
             };
-            let is_tensor = matches!(v, Value::Tensor(_));
-            if !is_tensor && skipped_key(&key) {
+            let is_tensor = matches!(task.node, Node::Value(Value::Tensor(_)));
+            if name.len() > MAX_NAME {
+                if is_tensor {
+                    return Err(format!(
+                        "a tensor name is longer than {MAX_NAME} bytes ({}...)",
+                        name.chars().take(80).collect::<String>()
+                    ));
+                }
                 continue;
             }
-            let child = if !is_tensor && WRAPPER_KEYS.contains(&key.as_str()) {
-                prefix.to_string()
-            } else {
-                join(prefix, &key)
+            let start = tasks.len();
+            match task.node {
+                Node::Value(v) => {
+                    if task.depth > MAX_DEPTH {
+                        continue;
+                    }
+                    match v {
+                        Value::Tensor(t) => self.push(name.to_string(), t),
+                        Value::Dict(entries) => {
+                            self.step(entries.len())?;
+                            if !is_optimizer(v) {
+                                self.entries(entries, &name, task.depth, &mut tasks);
+                            }
+                        }
+                        Value::Object(o) => {
+                            self.step(o.dict_items.len() + o.state_len())?;
+                            if is_optimizer(v) {
+                            } else if o.is_module() {
+                                self.module(o, &name, task.depth, &mut tasks)?;
+                            } else {
+                                self.entries(&o.dict_items, &name, task.depth, &mut tasks);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Node::Module(o) => {
+                    self.step(o.dict_items.len() + o.state_len())?;
+                    self.module(o, &name, task.depth, &mut tasks)?;
+                }
+            }
+            tasks[start..].reverse();
+        }
+        Ok(())
+    }
+
+    /// Queues the entries that can hold tensors.
+    fn entries<'a>(
+        &mut self,
+        entries: &'a [(Value, Value)],
+        name: &Rc<str>,
+        depth: usize,
+        tasks: &mut Vec<Task<'a>>,
+    ) {
+        for (k, v) in entries {
+            if !matches!(v, Value::Tensor(_) | Value::Dict(_) | Value::Object(_)) {
+                continue;
+            }
+            let is_tensor = matches!(v, Value::Tensor(_));
+            let key = match k {
+                Value::Str(s) => {
+                    if !is_tensor && skipped_key(s) {
+                        continue;
+                    }
+                    if !is_tensor && WRAPPER_KEYS.contains(&&**s) {
+                        Key::Same
+                    } else {
+                        Key::Str(s)
+                    }
+                }
+                Value::Int(i) => Key::Int(*i),
+                _ => continue,
             };
-            self.walk(v, &child, depth + 1);
+            tasks.push(Task {
+                node: Node::Value(v),
+                parent: name.clone(),
+                key,
+                depth: depth + 1,
+            });
         }
     }
 
-    fn walk_module(&mut self, module: &Object, prefix: &str, depth: usize) {
+    /// Takes a module's parameters and persistent buffers, and queues its child modules.
+    fn module<'a>(
+        &mut self,
+        module: &'a Object,
+        prefix: &Rc<str>,
+        depth: usize,
+        tasks: &mut Vec<Task<'a>>,
+    ) -> std::result::Result<(), String> {
         if let Some(params) = module.attr("_parameters").and_then(Value::dict_entries) {
+            self.step(params.len())?;
             for (k, v) in params {
                 if let (Some(name), Value::Tensor(t)) = (k.as_str(), v) {
                     self.push(join(prefix, name), t);
@@ -117,6 +230,7 @@ impl Collector {
             .map(|s| s.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         if let Some(buffers) = module.attr("_buffers").and_then(Value::dict_entries) {
+            self.step(buffers.len().saturating_mul(1 + non_persistent.len()))?;
             for (k, v) in buffers {
                 if let (Some(name), Value::Tensor(t)) = (k.as_str(), v) {
                     if !non_persistent.contains(&name) {
@@ -126,23 +240,31 @@ impl Collector {
             }
         }
         if let Some(children) = module.attr("_modules").and_then(Value::dict_entries) {
+            self.step(children.len())?;
             for (k, v) in children {
                 if let (Some(name), Value::Object(child)) = (k.as_str(), v) {
                     if depth < MAX_DEPTH {
-                        self.walk_module(child, &join(prefix, name), depth + 1);
+                        tasks.push(Task {
+                            node: Node::Module(child),
+                            parent: prefix.clone(),
+                            key: Key::Str(name),
+                            depth: depth + 1,
+                        });
                     }
                 }
             }
         }
+        Ok(())
     }
 }
 
 /// Every model tensor under `root`, with dotted names, in the order the file holds them.
 ///
-/// Fails when two different tensors would get the same name.
+/// Fails when two different tensors would get the same name, or when the data is shared so
+/// often that the walk would not end in reasonable time.
 pub fn model_tensors(root: &Value) -> std::result::Result<Vec<(String, Arc<TensorRef>)>, String> {
     let mut c = Collector::default();
-    c.walk(root, "", 0);
+    c.walk(root)?;
     if !c.conflicts.is_empty() {
         c.conflicts.sort();
         c.conflicts.dedup();

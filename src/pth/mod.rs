@@ -18,6 +18,13 @@
 //!
 //! [`extract`] finds the model tensors in whatever layout the file uses and names them as the
 //! tutorial does.
+//!
+//! Files may be hostile. Nothing in them is ever executed; a pickle naming functions a checkpoint
+//! does not need (`os.system`, `builtins.eval`, ...; the rule is [`pickle::is_expected_global`])
+//! still loads, with a warning, and [`Checkpoint::unexpected_globals`] lists them. Sizes the file
+//! states (zip entries, legacy storage lengths, tensor shapes) are checked against what the file
+//! really holds before anything is allocated, and the pickle VM and the tensor walk bound their
+//! work, so a crafted file fails with an error in bounded time and memory.
 
 mod error;
 pub mod extract;
@@ -35,12 +42,21 @@ pub use error::{PthError, Result};
 pub use extract::{torchvision_resnet_encoder, tutorial_tensors, TrainingInfo};
 pub use value::{Global, Object, StorageRef, TensorRef, TorchDType, Value};
 
-use pickle::{unpickle, Input, PersistentLoad, PickleError};
+use pickle::{unpickle_noting, Input, PersistentLoad, PickleError};
 
 /// PyTorch's legacy-format magic number, the first pickle of such a file.
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 /// The only legacy protocol version PyTorch has written.
 const LEGACY_PROTOCOL_VERSION: i128 = 1001;
+
+/// Largest `data.pkl` read from a zip archive. Real ones are kilobytes to a few megabytes (the
+/// tensors are stored beside it); the pickle VM may use a few hundred bytes per byte of pickle.
+pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// Most bytes that tensors whose elements are more than the storage bytes they cover (broadcast
+/// views with stride 0, or overlapping strides) may fill, in all, per opened checkpoint: such
+/// tensors could otherwise ask for any amount of memory from a few bytes of file.
+pub const MAX_EXPANDED_TENSOR_BYTES: u64 = 1 << 30;
 
 /// The on-disk format of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +96,9 @@ pub struct Checkpoint {
     storages: HashMap<String, StorageData>,
     big_endian: bool,
     source: Mutex<Box<dyn ReadSeek>>,
+    unexpected_globals: Vec<String>,
+    /// Bytes filled so far by tensors larger than the storage they cover.
+    expanded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -175,7 +194,13 @@ impl PersistentLoad for TorchPersistent {
             }
             // Legacy files record a module class's source with its first use; the class is what
             // the pickle needs.
-            Some("module") if items.len() >= 2 => Ok(items[1].clone()),
+            Some("module") if items.len() >= 2 => match &items[1] {
+                Value::Global(_) => Ok(items[1].clone()),
+                other => Err(format!(
+                    "module persistent id holds {}, not a class",
+                    other.describe()
+                )),
+            },
             _ => Err(format!("unsupported persistent id {}", pid.describe())),
         }
     }
@@ -202,7 +227,8 @@ impl Checkpoint {
         Self::from_source(Box::new(file), len, path)
     }
 
-    /// Reads a checkpoint held in memory; `origin` names it in errors.
+    /// Reads a checkpoint held in memory; `origin` names it in errors. Any bytes are safe to
+    /// give (this is what a fuzz target calls): the worst a file can do is fail with an error.
     pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Self> {
         let len = bytes.len() as u64;
         Self::from_source(Box::new(Cursor::new(bytes)), len, origin)
@@ -244,10 +270,32 @@ impl Checkpoint {
                 shown.join(" ")
             )));
         };
+        let mut unexpected = Vec::new();
         let (root, storages, big_endian) = match format {
-            Format::Zip => read_zip(&mut source, path)?,
-            Format::Legacy => read_legacy(&mut source, len, path)?,
+            Format::Zip => read_zip(&mut source, len, path, &mut unexpected)?,
+            Format::Legacy => read_legacy(&mut source, len, path, &mut unexpected)?,
         };
+        // The legacy format's pickles each report theirs.
+        let mut seen = std::collections::HashSet::new();
+        unexpected.retain(|g| seen.insert(g.clone()));
+        if !unexpected.is_empty() {
+            let mut shown = unexpected
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if unexpected.len() > 10 {
+                shown += &format!(" and {} more", unexpected.len() - 10);
+            }
+            tracing::warn!(
+                "{}: the pickle names functions or classes a checkpoint does not need: {shown}. \
+                 Nothing was called (they load as inert objects), but Python's torch.load \
+                 (weights_only=False) would import and may call them: do not load this file in \
+                 Python unless you trust it",
+                path.display()
+            );
+        }
         Ok(Checkpoint {
             path: path.to_path_buf(),
             format,
@@ -255,7 +303,16 @@ impl Checkpoint {
             storages,
             big_endian,
             source: Mutex::new(source),
+            unexpected_globals: unexpected,
+            expanded: Default::default(),
         })
+    }
+
+    /// Globals (`module.name`) the file's pickles name that a checkpoint does not need, in the
+    /// order they first appear: `os.system`, `builtins.eval`, a user's own class, ... (see
+    /// [`pickle::is_expected_global`] for the rule). None of them was called.
+    pub fn unexpected_globals(&self) -> &[String] {
+        &self.unexpected_globals
     }
 
     pub fn path(&self) -> &Path {
@@ -338,10 +395,38 @@ impl Checkpoint {
             None => (0, data.len),
         };
         let es = t.dtype.size() as u64;
-        let numel = t.numel();
+        if t.shape.len() != t.stride.len() {
+            return Err(self.tensor_err(
+                name,
+                format!(
+                    "shape {:?} and strides {:?} differ in rank",
+                    t.shape, t.stride
+                ),
+            ));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| {
+                self.tensor_err(name, format!("shape {:?} has too many elements", t.shape))
+            })?;
         if numel == 0 {
             return Ok(Vec::new());
         }
+        let out_bytes = numel
+            .checked_mul(es)
+            .filter(|&b| usize::try_from(b).is_ok())
+            .ok_or_else(|| {
+                self.tensor_err(
+                    name,
+                    format!(
+                        "shape {:?} has {numel} elements, too many to hold in memory",
+                        t.shape
+                    ),
+                )
+            })?;
+        let numel = numel as usize;
         let overflow = || self.tensor_err(name, "offset and strides overflow".into());
         let mut last = t.offset;
         for (&d, &s) in t.shape.iter().zip(&t.stride) {
@@ -363,6 +448,28 @@ impl Checkpoint {
                     t.shape, t.stride, t.offset, end
                 ),
             ));
+        }
+        // Elements beyond the bytes read come from stride 0 or overlapping strides; a little of
+        // that is legitimate (`expand`), terabytes from a few bytes are not, nor many such
+        // tensors together.
+        if out_bytes > end - start {
+            use std::sync::atomic::Ordering;
+            let before = self.expanded.fetch_add(out_bytes, Ordering::Relaxed);
+            if before.saturating_add(out_bytes) > MAX_EXPANDED_TENSOR_BYTES {
+                self.expanded.fetch_sub(out_bytes, Ordering::Relaxed);
+                return Err(self.tensor_err(
+                    name,
+                    format!(
+                        "shape {:?} with strides {:?} has {numel} elements ({out_bytes} bytes) \
+                         but covers only {} bytes of storage {key}; broadcast or overlapping \
+                         views filling over {MAX_EXPANDED_TENSOR_BYTES} bytes (this one and \
+                         {before} bytes before it) are refused (hostile or corrupt)",
+                        t.shape,
+                        t.stride,
+                        end - start
+                    ),
+                ));
+            }
         }
         let region = self.read_at(data.offset + base + start, end - start, key)?;
         let es = es as usize;
@@ -501,7 +608,12 @@ fn pickle_error(path: &Path, part: &str, e: PickleError) -> PthError {
 
 type Parsed = (Value, HashMap<String, StorageData>, bool);
 
-fn read_zip(source: &mut Box<dyn ReadSeek>, path: &Path) -> Result<Parsed> {
+fn read_zip(
+    source: &mut Box<dyn ReadSeek>,
+    file_len: u64,
+    path: &Path,
+    unexpected: &mut Vec<String>,
+) -> Result<Parsed> {
     let zip_err = |reason: String| PthError::Zip {
         path: path.to_path_buf(),
         reason,
@@ -527,27 +639,43 @@ fn read_zip(source: &mut Box<dyn ReadSeek>, path: &Path) -> Result<Parsed> {
         .expect("ends with data.pkl")
         .to_string();
 
-    let read_entry =
-        |archive: &mut zip::ZipArchive<&mut Box<dyn ReadSeek>>, name: &str| -> Result<Vec<u8>> {
-            let mut entry = archive
-                .by_name(name)
-                .map_err(|e| zip_err(format!("{name}: {e}")))?;
-            let size = entry.size();
-            if size > 1 << 34 {
-                return Err(zip_err(format!(
-                    "{name}: {size} bytes is implausibly large"
-                )));
-            }
-            let mut buf = Vec::with_capacity(size as usize);
-            entry
-                .read_to_end(&mut buf)
-                .map_err(|e| zip_err(format!("{name}: {e}")))?;
-            Ok(buf)
-        };
-    let pkl_bytes = read_entry(&mut archive, &pkl)?;
+    // Sizes in the archive are claims: checked against the file before allocating, and reads
+    // stop at `max` whatever the entry says (a compressed entry may expand far beyond it).
+    let read_entry = |archive: &mut zip::ZipArchive<&mut Box<dyn ReadSeek>>,
+                      name: &str,
+                      max: u64|
+     -> Result<Vec<u8>> {
+        let entry = archive
+            .by_name(name)
+            .map_err(|e| zip_err(format!("{name}: {e}")))?;
+        let size = entry.size();
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        if stored && size > file_len {
+            return Err(zip_err(format!(
+                "{name} claims {size} bytes but the whole file has {file_len} (truncated or corrupt)"
+            )));
+        }
+        if size > max {
+            return Err(zip_err(format!(
+                "{name} claims {size} bytes, more than the {max} it may have (corrupt or hostile)"
+            )));
+        }
+        let mut buf = Vec::with_capacity(size.min(file_len) as usize);
+        entry
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| zip_err(format!("{name}: {e}")))?;
+        if buf.len() as u64 > max {
+            return Err(zip_err(format!(
+                "{name} expands to more than {max} bytes (corrupt or hostile)"
+            )));
+        }
+        Ok(buf)
+    };
+    let pkl_bytes = read_entry(&mut archive, &pkl, MAX_PICKLE_BYTES)?;
     let big_endian = match names.iter().any(|n| *n == format!("{prefix}byteorder")) {
         true => {
-            let order = read_entry(&mut archive, &format!("{prefix}byteorder"))?;
+            let order = read_entry(&mut archive, &format!("{prefix}byteorder"), 64)?;
             match order.trim_ascii() {
                 b"little" => false,
                 b"big" => true,
@@ -578,6 +706,23 @@ fn read_zip(source: &mut Box<dyn ReadSeek>, path: &Path) -> Result<Parsed> {
             .data_start()
             .ok_or_else(|| zip_err(format!("{name}: no data offset")))?;
         let compressed = entry.compression() != zip::CompressionMethod::Stored;
+        // A stored entry's bytes must lie in the file: tensors are read from there by size.
+        if !compressed
+            && (entry.compressed_size() != entry.size()
+                || offset
+                    .checked_add(entry.size())
+                    .is_none_or(|end| end > file_len))
+        {
+            return Err(PthError::Storage {
+                path: path.to_path_buf(),
+                key: key.to_string(),
+                reason: format!(
+                    "zip entry {name} claims {} bytes from byte {offset}, but the file ends at \
+                     {file_len} (truncated or corrupt)",
+                    entry.size()
+                ),
+            });
+        }
         storages.insert(
             key.to_string(),
             StorageData {
@@ -592,7 +737,8 @@ fn read_zip(source: &mut Box<dyn ReadSeek>, path: &Path) -> Result<Parsed> {
     let len = pkl_bytes.len() as u64;
     let mut input = Input::new(pkl_bytes.as_slice(), 0, len);
     let mut persistent = TorchPersistent::default();
-    let root = unpickle(&mut input, &mut persistent).map_err(|e| pickle_error(path, &pkl, e))?;
+    let root = unpickle_noting(&mut input, &mut persistent, unexpected)
+        .map_err(|e| pickle_error(path, &pkl, e))?;
     for key in persistent.dtypes.keys() {
         if !storages.contains_key(key) {
             return Err(PthError::Storage {
@@ -605,7 +751,12 @@ fn read_zip(source: &mut Box<dyn ReadSeek>, path: &Path) -> Result<Parsed> {
     Ok((root, storages, big_endian))
 }
 
-fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<Parsed> {
+fn read_legacy(
+    source: &mut Box<dyn ReadSeek>,
+    len: u64,
+    path: &Path,
+    unexpected: &mut Vec<String>,
+) -> Result<Parsed> {
     let not = |reason: String| PthError::NotACheckpoint {
         path: path.to_path_buf(),
         reason,
@@ -613,7 +764,7 @@ fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<
     let mut persistent = TorchPersistent::default();
     let (root, keys, data_start, little_endian) = {
         let mut input = Input::new(BufReader::new(&mut *source), 0, len);
-        let magic = unpickle(&mut input, &mut NoPersistent)
+        let magic = unpickle_noting(&mut input, &mut NoPersistent, unexpected)
             .map_err(|e| pickle_error(path, "magic number", e))?;
         if magic != Value::Int(LEGACY_MAGIC) {
             return Err(not(format!(
@@ -621,7 +772,7 @@ fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<
                 magic.describe()
             )));
         }
-        let version = unpickle(&mut input, &mut NoPersistent)
+        let version = unpickle_noting(&mut input, &mut NoPersistent, unexpected)
             .map_err(|e| pickle_error(path, "protocol version", e))?;
         if version != Value::Int(LEGACY_PROTOCOL_VERSION) {
             return Err(PthError::Unsupported {
@@ -632,15 +783,15 @@ fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<
                 ),
             });
         }
-        let sys_info = unpickle(&mut input, &mut NoPersistent)
+        let sys_info = unpickle_noting(&mut input, &mut NoPersistent, unexpected)
             .map_err(|e| pickle_error(path, "system info", e))?;
         let little_endian = sys_info
             .get("little_endian")
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        let root = unpickle(&mut input, &mut persistent)
+        let root = unpickle_noting(&mut input, &mut persistent, unexpected)
             .map_err(|e| pickle_error(path, "saved object", e))?;
-        let keys = unpickle(&mut input, &mut NoPersistent)
+        let keys = unpickle_noting(&mut input, &mut NoPersistent, unexpected)
             .map_err(|e| pickle_error(path, "storage key list", e))?;
         (root, keys, input.position(), little_endian)
     };
@@ -677,7 +828,7 @@ fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<
                 ))
             }
         };
-        if pos + 8 > len {
+        if pos.checked_add(8).is_none_or(|end| end > len) {
             return Err(storage_err(format!(
                 "the file ends at byte {len}, before the storage's size (truncated)"
             )));
@@ -695,7 +846,10 @@ fn read_legacy(source: &mut Box<dyn ReadSeek>, len: u64, path: &Path) -> Result<
         } else {
             u64::from_be_bytes(count)
         };
-        let bytes = count.checked_mul(es).filter(|b| pos + 8 + b <= len).ok_or_else(|| {
+        let bytes = count
+            .checked_mul(es)
+            .filter(|&b| b <= len - (pos + 8))
+            .ok_or_else(|| {
             storage_err(format!(
                 "{count} elements of {es} bytes at byte {} run past the end of the file at {len} (truncated)",
                 pos + 8

@@ -10,11 +10,20 @@
 //! or `BUILD` may fill them after they were memoised), then frozen into immutable [`Value`]s.
 //! Every length read from the input is checked against the bytes that remain before anything is
 //! allocated, so a corrupt file fails with an error instead of exhausting memory.
+//!
+//! Hostile files are expected. Nothing recurses on the data's depth except freezing, which stops
+//! at [`MAX_DEPTH`] (so no frozen value is deeper); dropping is iterative. Work that a few bytes
+//! can trigger over and over (copying a memoised container into call arguments, freezing shared
+//! data again) is counted, and a pickle may do at most [`WORK_PER_BYTE`] units per byte read
+//! (plus [`WORK_BASE`]), so it fails quickly instead of running for hours or filling memory.
+//!
+//! Nothing is ever called. Globals outside the set a checkpoint needs ([`is_expected_global`])
+//! are reported by [`unpickle_noting`] so that the caller can warn about them.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use super::value::{Global, Object, StorageRef, TensorRef, TorchDType, Value};
@@ -358,85 +367,236 @@ impl Item {
         }
         Item::Dict(Rc::new(RefCell::new(d)))
     }
+
+    /// Moves the children of a container this item alone owns into `out`. (Mutable containers
+    /// are also referred to weakly by the VM, so uniqueness is the strong count, not
+    /// `Rc::get_mut`.)
+    fn take_children(&mut self, out: &mut Vec<Item>) {
+        match self {
+            Item::Leaf(_) => {}
+            Item::Tuple(rc) => {
+                if let Some(items) = Rc::get_mut(rc) {
+                    out.append(items);
+                }
+            }
+            Item::List(rc) | Item::Set(rc) if Rc::strong_count(rc) == 1 => {
+                if let Ok(mut items) = rc.try_borrow_mut() {
+                    out.append(&mut items);
+                }
+            }
+            Item::Dict(rc) if Rc::strong_count(rc) == 1 => {
+                if let Ok(mut d) = rc.try_borrow_mut() {
+                    d.take_into(out);
+                }
+            }
+            Item::Object(rc) if Rc::strong_count(rc) == 1 => {
+                if let Ok(mut o) = rc.try_borrow_mut() {
+                    o.take_into(out);
+                }
+            }
+            Item::List(_) | Item::Set(_) | Item::Dict(_) | Item::Object(_) => {}
+        }
+    }
+
+    /// Elements of a container (0 for leaves).
+    fn len(&self) -> u64 {
+        (match self {
+            Item::Leaf(_) => 0,
+            Item::Tuple(t) => t.len(),
+            Item::List(l) | Item::Set(l) => l.borrow().len(),
+            Item::Dict(d) => d.borrow().entries.len(),
+            Item::Object(o) => o.borrow().args.len(),
+        }) as u64
+    }
+
+    /// Work units charged for using this as a dict key (hashing and comparing it).
+    fn key_cost(&self) -> u64 {
+        match self {
+            Item::Leaf(Value::Str(s)) => 1 + s.len() as u64 / 16,
+            Item::Leaf(Value::Bytes(b)) => 1 + b.len() as u64 / 16,
+            _ => 1,
+        }
+    }
 }
 
-/// Deepest container nesting accepted when freezing (Python's own limit is about 1000).
-const MAX_DEPTH: usize = 1000;
+impl DictItems {
+    fn take_into(&mut self, out: &mut Vec<Item>) {
+        self.index.clear();
+        for (k, v) in self.entries.drain(..) {
+            out.push(k);
+            out.push(v);
+        }
+    }
+}
+
+impl ObjItem {
+    fn take_into(&mut self, out: &mut Vec<Item>) {
+        out.append(&mut self.args);
+        out.extend(self.kwargs.take());
+        out.extend(self.state.take());
+        self.dict_items.take_into(out);
+        out.append(&mut self.list_items);
+    }
+}
+
+/// Dropping deeply nested items the ordinary way recurses once per level and overflows the
+/// stack; the children are moved onto a heap stack instead.
+impl Drop for Item {
+    fn drop(&mut self) {
+        if let Item::Leaf(_) = self {
+            return;
+        }
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut item) = pending.pop() {
+            item.take_children(&mut pending);
+        }
+    }
+}
+
+/// Deepest container nesting accepted when freezing (Python's own limit is about 1000). Shared
+/// containers count at every place they appear, so no frozen [`Value`] is deeper.
+pub const MAX_DEPTH: usize = 1000;
+
+/// Work a pickle may do per byte it has read: one unit is about one item copied or frozen.
+/// Real checkpoints need about one per byte.
+pub const WORK_PER_BYTE: u64 = 8;
+/// Work any pickle may do, however short.
+pub const WORK_BASE: u64 = 1 << 20;
+
+fn too_much_work(read: u64) -> String {
+    format!(
+        "the pickle asks for more than {} units of work (copying or walking shared data over \
+         and over) for the {read} bytes read so far; refused as hostile or corrupt",
+        allowance(read)
+    )
+}
+
+fn allowance(read: u64) -> u64 {
+    WORK_BASE.saturating_add(WORK_PER_BYTE.saturating_mul(read))
+}
 
 /// Turns shared containers into immutable values, preserving sharing and cutting cycles.
-#[derive(Default)]
-struct Freezer {
-    done: HashMap<usize, Value>,
+struct Freezer<'b> {
+    /// Frozen containers by address, with their height (containers nested inside, inclusive).
+    done: HashMap<usize, (Value, usize)>,
     active: HashSet<usize>,
     depth: usize,
+    /// Work units left; each item visited costs one.
+    budget: &'b mut u64,
+    /// Bytes of the pickle read so far, for the message when the budget runs out.
+    read: u64,
 }
 
-impl Freezer {
+impl<'b> Freezer<'b> {
+    fn new(budget: &'b mut u64, read: u64) -> Self {
+        Freezer {
+            done: HashMap::new(),
+            active: HashSet::new(),
+            depth: 0,
+            budget,
+            read,
+        }
+    }
+
     fn freeze(&mut self, item: &Item) -> Result<Value, String> {
+        self.freeze_h(item).map(|(v, _)| v)
+    }
+
+    /// The frozen value and its height (0 for leaves).
+    fn freeze_h(&mut self, item: &Item) -> Result<(Value, usize), String> {
+        *self.budget = self
+            .budget
+            .checked_sub(1)
+            .ok_or_else(|| too_much_work(self.read))?;
         let addr = match item {
-            Item::Leaf(v) => return Ok(v.clone()),
+            Item::Leaf(v) => return Ok((v.clone(), 0)),
             Item::Tuple(rc) => Rc::as_ptr(rc) as *const u8 as usize,
             Item::List(rc) | Item::Set(rc) => Rc::as_ptr(rc) as *const u8 as usize,
             Item::Dict(rc) => Rc::as_ptr(rc) as *const u8 as usize,
             Item::Object(rc) => Rc::as_ptr(rc) as *const u8 as usize,
         };
-        if let Some(v) = self.done.get(&addr) {
-            return Ok(v.clone());
+        let nested = || format!("containers nested more than {MAX_DEPTH} deep");
+        if let Some((v, h)) = self.done.get(&addr) {
+            if self.depth + h > MAX_DEPTH {
+                return Err(nested());
+            }
+            return Ok((v.clone(), *h));
         }
         if self.active.contains(&addr) {
-            return Ok(Value::Recursive);
+            return Ok((Value::Recursive, 0));
         }
         if self.depth >= MAX_DEPTH {
-            return Err(format!("containers nested more than {MAX_DEPTH} deep"));
+            return Err(nested());
         }
         self.active.insert(addr);
         self.depth += 1;
-        let value = self.freeze_container(item);
+        let mut height = 0;
+        let value = self.freeze_container(item, &mut height);
         self.depth -= 1;
         self.active.remove(&addr);
         let value = value?;
-        self.done.insert(addr, value.clone());
-        Ok(value)
+        self.done.insert(addr, (value.clone(), height + 1));
+        Ok((value, height + 1))
     }
 
-    fn freeze_all(&mut self, items: &[Item]) -> Result<Vec<Value>, String> {
-        items.iter().map(|i| self.freeze(i)).collect()
+    /// Freezes a child, raising `height` to the child's.
+    fn child(&mut self, item: &Item, height: &mut usize) -> Result<Value, String> {
+        let (v, h) = self.freeze_h(item)?;
+        *height = (*height).max(h);
+        Ok(v)
     }
 
-    fn freeze_pairs(&mut self, pairs: &[(Item, Item)]) -> Result<Vec<(Value, Value)>, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| Ok((self.freeze(k)?, self.freeze(v)?)))
-            .collect()
+    fn freeze_all(&mut self, items: &[Item], height: &mut usize) -> Result<Vec<Value>, String> {
+        let mut out = Vec::with_capacity(items.len());
+        for i in items {
+            out.push(self.child(i, height)?);
+        }
+        Ok(out)
     }
 
-    fn freeze_container(&mut self, item: &Item) -> Result<Value, String> {
+    fn freeze_pairs(
+        &mut self,
+        pairs: &[(Item, Item)],
+        height: &mut usize,
+    ) -> Result<Vec<(Value, Value)>, String> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            out.push((self.child(k, height)?, self.child(v, height)?));
+        }
+        Ok(out)
+    }
+
+    fn freeze_container(&mut self, item: &Item, h: &mut usize) -> Result<Value, String> {
         Ok(match item {
             Item::Leaf(v) => v.clone(),
-            Item::Tuple(t) => Value::Tuple(self.freeze_all(t)?.into()),
-            Item::List(l) => Value::List(self.freeze_all(&l.borrow())?.into()),
-            Item::Set(s) => Value::Set(self.freeze_all(&s.borrow())?.into()),
-            Item::Dict(d) => Value::Dict(self.freeze_pairs(&d.borrow().entries)?.into()),
+            Item::Tuple(t) => Value::Tuple(self.freeze_all(t, h)?.into()),
+            Item::List(l) => Value::List(self.freeze_all(&l.borrow(), h)?.into()),
+            Item::Set(s) => Value::Set(self.freeze_all(&s.borrow(), h)?.into()),
+            Item::Dict(d) => Value::Dict(self.freeze_pairs(&d.borrow().entries, h)?.into()),
             Item::Object(o) => {
                 let o = o.borrow();
                 let kwargs = match &o.kwargs {
-                    Some(k) => match self.freeze(k)? {
-                        Value::Dict(d) => d.to_vec(),
-                        other => vec![(Value::Str("**".into()), other)],
-                    },
+                    Some(k) => {
+                        let k = self.child(k, h)?;
+                        match &k {
+                            Value::Dict(d) => d.to_vec(),
+                            _ => vec![(Value::Str("**".into()), k)],
+                        }
+                    }
                     None => Vec::new(),
                 };
                 let state = match &o.state {
-                    Some(s) => Some(self.freeze(s)?),
+                    Some(s) => Some(self.child(s, h)?),
                     None => None,
                 };
                 Value::Object(Arc::new(Object {
                     class: o.class.clone(),
-                    args: self.freeze_all(&o.args)?,
+                    args: self.freeze_all(&o.args, h)?,
                     kwargs,
                     state,
-                    dict_items: self.freeze_pairs(&o.dict_items.entries)?,
-                    list_items: self.freeze_all(&o.list_items)?,
+                    dict_items: self.freeze_pairs(&o.dict_items.entries, h)?,
+                    list_items: self.freeze_all(&o.list_items, h)?,
                 }))
             }
         })
@@ -448,14 +608,31 @@ pub fn unpickle<R: BufRead>(
     input: &mut Input<R>,
     persistent: &mut dyn PersistentLoad,
 ) -> Result<Value, PickleError> {
+    unpickle_noting(input, persistent, &mut Vec::new())
+}
+
+/// [`unpickle`], adding to `unexpected` (`module.name`, each once) the globals the pickle names
+/// that [`is_expected_global`] does not know. They are not called either way.
+pub fn unpickle_noting<R: BufRead>(
+    input: &mut Input<R>,
+    persistent: &mut dyn PersistentLoad,
+    unexpected: &mut Vec<String>,
+) -> Result<Value, PickleError> {
     let mut vm = Vm {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
         persistent,
+        start: input.position(),
+        read: 0,
+        work: 0,
+        tracked: Vec::new(),
+        noted: unexpected.iter().cloned().collect(),
+        unexpected,
     };
     loop {
         let position = input.position();
+        vm.read = position.saturating_sub(vm.start);
         let code = match input.u8() {
             Ok(c) => c,
             Err(_) => {
@@ -485,9 +662,92 @@ struct Vm<'p> {
     marks: Vec<usize>,
     memo: HashMap<u64, Item>,
     persistent: &'p mut dyn PersistentLoad,
+    /// Where the pickle started in its input, and how many bytes of it were read before the
+    /// current opcode.
+    start: u64,
+    read: u64,
+    /// Work units spent (see [`WORK_PER_BYTE`]).
+    work: u64,
+    /// Every mutable container created, so that cycles among them can be broken at the end.
+    tracked: Vec<Tracked>,
+    noted: HashSet<String>,
+    unexpected: &'p mut Vec<String>,
+}
+
+enum Tracked {
+    Seq(Weak<RefCell<Vec<Item>>>),
+    Dict(Weak<RefCell<DictItems>>),
+    Object(Weak<RefCell<ObjItem>>),
+}
+
+/// Containers that hold themselves (`l.append(l)`) would never be freed; emptying every
+/// container the pickle made breaks all such cycles.
+impl Drop for Vm<'_> {
+    fn drop(&mut self) {
+        let mut orphans: Vec<Item> = Vec::new();
+        for t in self.tracked.drain(..) {
+            match t {
+                Tracked::Seq(w) => {
+                    if let Some(Ok(mut items)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut())
+                    {
+                        orphans.append(&mut items);
+                    }
+                }
+                Tracked::Dict(w) => {
+                    if let Some(Ok(mut c)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut()) {
+                        c.take_into(&mut orphans);
+                    }
+                }
+                Tracked::Object(w) => {
+                    if let Some(Ok(mut c)) = w.upgrade().as_ref().map(|rc| rc.try_borrow_mut()) {
+                        c.take_into(&mut orphans);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Vm<'_> {
+    /// Counts `units` of work against the allowance for the bytes read so far.
+    fn charge(&mut self, units: u64) -> Result<(), String> {
+        self.work = self.work.saturating_add(units);
+        if self.work > allowance(self.read) {
+            return Err(too_much_work(self.read));
+        }
+        Ok(())
+    }
+
+    /// Freezes `item` within the work allowance.
+    fn freeze(&mut self, item: &Item) -> Result<Value, String> {
+        let mut left = allowance(self.read).saturating_sub(self.work);
+        let before = left;
+        let result = Freezer::new(&mut left, self.read).freeze(item);
+        self.work = self.work.saturating_add(before - left);
+        result
+    }
+
+    fn freeze_all(&mut self, items: &[Item]) -> Result<Vec<Value>, String> {
+        let mut left = allowance(self.read).saturating_sub(self.work);
+        let before = left;
+        let result = {
+            let mut f = Freezer::new(&mut left, self.read);
+            let mut height = 0;
+            f.freeze_all(items, &mut height)
+        };
+        self.work = self.work.saturating_add(before - left);
+        result
+    }
+
+    fn note_global(&mut self, g: &Global) {
+        if !is_expected_global(g) {
+            let path = g.path();
+            if self.noted.insert(path.clone()) {
+                self.unexpected.push(path);
+            }
+        }
+    }
+
     fn pop(&mut self) -> Result<Item, String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("the stack is empty above the last MARK".into());
@@ -515,10 +775,27 @@ impl Vm<'_> {
     }
 
     fn push(&mut self, item: Item) {
+        // A container is tracked when first pushed (every new one is); a weak count of zero
+        // means it has not been yet.
+        match &item {
+            Item::List(rc) | Item::Set(rc) if Rc::weak_count(rc) == 0 => {
+                self.tracked.push(Tracked::Seq(Rc::downgrade(rc)))
+            }
+            Item::Dict(rc) if Rc::weak_count(rc) == 0 => {
+                self.tracked.push(Tracked::Dict(Rc::downgrade(rc)))
+            }
+            Item::Object(rc) if Rc::weak_count(rc) == 0 => {
+                self.tracked.push(Tracked::Object(Rc::downgrade(rc)))
+            }
+            _ => {}
+        }
         self.stack.push(item);
     }
 
     fn leaf(&mut self, v: Value) {
+        if let Value::Global(g) = &v {
+            self.note_global(g);
+        }
         self.stack.push(Item::Leaf(v));
     }
 
@@ -536,7 +813,7 @@ impl Vm<'_> {
     }
 
     fn pop_str(&mut self, what: &str) -> Result<String, String> {
-        match self.pop()? {
+        match &self.pop()? {
             Item::Leaf(Value::Str(s)) => Ok(s.to_string()),
             other => Err(format!(
                 "expected a string for {what}, found {}",
@@ -563,7 +840,7 @@ impl Vm<'_> {
             }
             STOP => {
                 let top = self.pop()?;
-                return Freezer::default().freeze(&top).map(Some);
+                return self.freeze(&top).map(Some);
             }
             MARK => self.marks.push(self.stack.len()),
             POP => {
@@ -710,8 +987,9 @@ impl Vm<'_> {
             }
             EMPTY_DICT => self.push(Item::new_dict(Vec::new())),
             DICT => {
-                let items = self.pop_mark()?;
-                self.push(Item::new_dict(pairs(items)?));
+                let items = pairs(self.pop_mark()?)?;
+                self.charge(keys_cost(&items))?;
+                self.push(Item::new_dict(items));
             }
             SETITEM => {
                 let value = self.pop()?;
@@ -742,64 +1020,40 @@ impl Vm<'_> {
             GLOBAL => {
                 let module = text(input.line()?)?;
                 let name = text(input.line()?)?;
-                self.leaf(global(module, name));
+                let g = global(module, name);
+                self.leaf(g);
             }
             STACK_GLOBAL => {
                 let name = self.pop_str("STACK_GLOBAL's name")?;
                 let module = self.pop_str("STACK_GLOBAL's module")?;
-                self.leaf(global(module, name));
+                let g = global(module, name);
+                self.leaf(g);
             }
             REDUCE => {
                 let args = self.pop()?;
                 let func = self.pop()?;
-                let args = match args {
-                    Item::Tuple(t) => t.as_ref().clone(),
-                    other => {
-                        return Err(format!(
-                            "REDUCE arguments are {}, not a tuple",
-                            other.describe()
-                        ))
-                    }
-                };
-                let result = self.call(func, args, None)?;
-                self.push(result);
+                self.call_with_tuple("REDUCE", func, args, None)?;
             }
             NEWOBJ => {
                 let args = self.pop()?;
                 let class = self.pop()?;
-                let args = match args {
-                    Item::Tuple(t) => t.as_ref().clone(),
-                    other => {
-                        return Err(format!(
-                            "NEWOBJ arguments are {}, not a tuple",
-                            other.describe()
-                        ))
-                    }
-                };
-                let result = self.call(class, args, None)?;
-                self.push(result);
+                self.call_with_tuple("NEWOBJ", class, args, None)?;
             }
             NEWOBJ_EX => {
                 let kwargs = self.pop()?;
                 let args = self.pop()?;
                 let class = self.pop()?;
-                let args = match args {
-                    Item::Tuple(t) => t.as_ref().clone(),
-                    other => {
-                        return Err(format!(
-                            "NEWOBJ_EX arguments are {}, not a tuple",
-                            other.describe()
-                        ))
-                    }
-                };
-                let result = self.call(class, args, Some(kwargs))?;
-                self.push(result);
+                self.call_with_tuple("NEWOBJ_EX", class, args, Some(kwargs))?;
             }
             INST => {
                 let module = text(input.line()?)?;
                 let name = text(input.line()?)?;
                 let args = self.pop_mark()?;
-                let result = self.call(Item::Leaf(global(module, name)), args, None)?;
+                let g = global(module, name);
+                if let Value::Global(g) = &g {
+                    self.note_global(g);
+                }
+                let result = self.call(Item::Leaf(g), args, None)?;
                 self.push(result);
             }
             OBJ => {
@@ -862,7 +1116,7 @@ impl Vm<'_> {
             }
             BINPERSID => {
                 let pid = self.pop()?;
-                let pid = Freezer::default().freeze(&pid)?;
+                let pid = self.freeze(&pid)?;
                 let v = self.persistent.load(pid)?;
                 self.leaf(v);
             }
@@ -896,6 +1150,7 @@ impl Vm<'_> {
     }
 
     fn set_items(&mut self, items: Vec<(Item, Item)>) -> Result<(), String> {
+        self.charge(keys_cost(&items))?;
         match self.top()? {
             Item::Dict(d) => {
                 let mut d = d.borrow_mut();
@@ -919,10 +1174,36 @@ impl Vm<'_> {
         Ok(())
     }
 
+    /// `REDUCE`, `NEWOBJ` and `NEWOBJ_EX`: calls `func` with the items of the tuple `args`.
+    fn call_with_tuple(
+        &mut self,
+        opcode: &str,
+        func: Item,
+        args: Item,
+        kwargs: Option<Item>,
+    ) -> Result<(), String> {
+        let args = match &args {
+            Item::Tuple(t) => {
+                // The tuple may be memoised and passed again and again: copying is work.
+                self.charge(t.len() as u64)?;
+                t.as_ref().clone()
+            }
+            other => {
+                return Err(format!(
+                    "{opcode} arguments are {}, not a tuple",
+                    other.describe()
+                ))
+            }
+        };
+        let result = self.call(func, args, kwargs)?;
+        self.push(result);
+        Ok(())
+    }
+
     /// Calls a class or function (`REDUCE`, `NEWOBJ`, `INST`, `OBJ`).
     fn call(&mut self, func: Item, args: Vec<Item>, kwargs: Option<Item>) -> Result<Item, String> {
-        let func = match func {
-            Item::Leaf(Value::Global(g)) => g,
+        let func = match &func {
+            Item::Leaf(Value::Global(g)) => g.clone(),
             other => {
                 return Err(format!(
                     "cannot call {}: only classes and functions named by GLOBAL are callable",
@@ -931,6 +1212,15 @@ impl Vm<'_> {
             }
         };
         let (module, name) = (func.module.as_str(), func.name.as_str());
+        // The builtin containers below copy their argument.
+        if matches!(
+            (module, name),
+            ("collections", "OrderedDict")
+                | ("builtins", "dict" | "set" | "frozenset" | "list" | "tuple")
+                | ("torch", "Size")
+        ) {
+            self.charge(args.first().map_or(0, Item::len))?;
+        }
         match (module, name) {
             ("collections", "OrderedDict") | ("builtins", "dict") => {
                 let entries = match args.first() {
@@ -940,6 +1230,7 @@ impl Vm<'_> {
                     Some(Item::Tuple(t)) => pairs_from_seq(t)?,
                     Some(other) => return Err(format!("{} of {}", func.path(), other.describe())),
                 };
+                self.charge(keys_cost(&entries))?;
                 return Ok(Item::new_dict(entries));
             }
             // defaultdict(factory): the factory does not matter once the items are stored.
@@ -975,16 +1266,17 @@ impl Vm<'_> {
             _ => {}
         }
         if is_value_function(&func) {
-            let values = {
-                let mut f = Freezer::default();
-                f.freeze_all(&args)?
-            };
+            let values = self.freeze_all(&args)?;
             if let Some(v) = call_value(&func, &values)? {
                 return Ok(Item::Leaf(v));
             }
         }
         Ok(object_item(func.as_ref().clone(), args, kwargs))
     }
+}
+
+fn keys_cost(pairs: &[(Item, Item)]) -> u64 {
+    pairs.iter().map(|(k, _)| k.key_cost()).sum()
 }
 
 fn object_item(class: Global, args: Vec<Item>, kwargs: Option<Item>) -> Item {
@@ -1037,6 +1329,70 @@ fn pairs_from_seq(items: &[Item]) -> Result<Vec<(Item, Item)>, String> {
         .collect()
 }
 
+/// Whether a global is one a PyTorch checkpoint legitimately names. The rule is an allow-list:
+/// - what this reader interprets: `collections.OrderedDict`/`defaultdict`, the builtin
+///   containers, `copyreg._reconstructor`, `_codecs.encode`, torch's `_rebuild_*` functions
+///   (`torch._utils`, `torch._tensor`), `torch.nn.parameter.Parameter`, numpy scalars;
+/// - data types: torch storage classes (`torch.FloatStorage`, `torch.cuda.HalfStorage`,
+///   `torch.storage.UntypedStorage`, ...), torch dtypes (`torch.float32`), `torch.Size`,
+///   `torch.device`, `numpy.dtype`/`ndarray`/`_reconstruct`, `argparse.Namespace` (training
+///   scripts save their arguments), and the builtin scalar types used as `copyreg` bases;
+/// - classes of whole pickled models and optimisers: anything under `torch.nn.`,
+///   `torch.optim.`, `torchvision.` and the tutorial's `models` module.
+///
+/// Everything else is unexpected: `os.system`, `posix.*`, `subprocess.*`, `builtins.eval`,
+/// `exec`, `getattr`, `__import__`, `open`, `sys.*`, `shutil.*`, `importlib.*`, `pickle.*`,
+/// `runpy.*`, other torch functions (`torch.load`, `torch.hub.load`), and classes of the user's
+/// own modules (`__main__.Net`), which a file may hold legitimately but which would run code
+/// if Python loaded the file. Nothing is called either way.
+pub fn is_expected_global(g: &Global) -> bool {
+    let (module, name) = (g.module.as_str(), g.name.as_str());
+    let under = |prefix: &str| {
+        module == prefix
+            || module
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    if under("torch.nn") || under("torch.optim") || under("torchvision") || under("models") {
+        return true;
+    }
+    match module {
+        "collections" => matches!(name, "OrderedDict" | "defaultdict"),
+        "builtins" => matches!(
+            name,
+            "dict"
+                | "set"
+                | "frozenset"
+                | "list"
+                | "tuple"
+                | "object"
+                | "int"
+                | "float"
+                | "bool"
+                | "str"
+                | "bytes"
+                | "bytearray"
+                | "complex"
+        ),
+        "copyreg" => name == "_reconstructor",
+        "_codecs" => name == "encode",
+        "argparse" => name == "Namespace",
+        "numpy" => matches!(name, "dtype" | "ndarray"),
+        "numpy.core.multiarray" | "numpy._core.multiarray" => {
+            matches!(name, "scalar" | "_reconstruct")
+        }
+        "torch._utils" => name.starts_with("_rebuild_"),
+        "torch._tensor" | "torch.tensor" => name.starts_with("_rebuild_from_type"),
+        "torch" | "torch.cuda" | "torch.storage" => {
+            name.ends_with("Storage")
+                || (module == "torch"
+                    && (matches!(name, "Size" | "device")
+                        || TorchDType::from_dtype_name(name).is_some()))
+        }
+        _ => false,
+    }
+}
+
 /// Functions whose result is an immutable value computed from their arguments.
 fn is_value_function(g: &Global) -> bool {
     matches!(
@@ -1059,7 +1415,8 @@ fn is_value_function(g: &Global) -> bool {
 /// Applies a value function; `Ok(None)` where the arguments are not of a form it understands
 /// (the call then becomes a generic object).
 fn call_value(func: &Global, args: &[Value]) -> Result<Option<Value>, String> {
-    let arg = |i: usize| args.get(i).unwrap_or(&Value::None);
+    static NONE: Value = Value::None;
+    let arg = |i: usize| args.get(i).unwrap_or(&NONE);
     let need = |n: usize| {
         if args.len() < n {
             Err(format!(
@@ -1137,7 +1494,12 @@ fn call_value(func: &Global, args: &[Value]) -> Result<Option<Value>, String> {
         "_rebuild_from_type_v2" | "_rebuild_from_type" => {
             need(3)?;
             let inner = match arg(0) {
-                Value::Global(g) if is_value_function(g) => g.clone(),
+                // Not itself again: that would recurse once per level of the arguments.
+                Value::Global(g)
+                    if is_value_function(g) && !g.name.starts_with("_rebuild_from_type") =>
+                {
+                    g.clone()
+                }
                 other => {
                     return Err(format!(
                         "{}: cannot rebuild with {}",
@@ -1506,6 +1868,104 @@ c__builtin__\nset\nq\x03]q\x04K\x03a\x85q\x05Rq\x06c_codecs\nencode\nq\x07X\x03\
         assert!(e.reason.contains("MARK"), "{e:?}");
         let e = run(b"\x80\x02NK\x01R.").unwrap_err();
         assert!(e.reason.contains("not a tuple"), "{e:?}");
+    }
+
+    #[test]
+    fn expected_globals_follow_the_documented_rule() {
+        let g = |path: &str| {
+            let (m, n) = path.rsplit_once('.').unwrap();
+            is_expected_global(&Global::new(m, n))
+        };
+        for ok in [
+            "collections.OrderedDict",
+            "torch._utils._rebuild_tensor_v2",
+            "torch._utils._rebuild_parameter",
+            "torch.FloatStorage",
+            "torch.cuda.HalfStorage",
+            "torch.storage.UntypedStorage",
+            "torch.float32",
+            "torch.Size",
+            "torch.nn.modules.linear.Linear",
+            "torch.nn.parameter.Parameter",
+            "torch.optim.adam.Adam",
+            "torchvision.models.resnet.Bottleneck",
+            "models.Encoder",
+            "builtins.set",
+            "numpy._core.multiarray.scalar",
+            "numpy.dtype",
+            "_codecs.encode",
+        ] {
+            assert!(g(ok), "{ok}");
+        }
+        for bad in [
+            "os.system",
+            "posix.system",
+            "nt.system",
+            "subprocess.Popen",
+            "builtins.eval",
+            "builtins.exec",
+            "builtins.getattr",
+            "builtins.__import__",
+            "builtins.open",
+            "sys.exit",
+            "shutil.rmtree",
+            "socket.socket",
+            "importlib.import_module",
+            "pickle.loads",
+            "marshal.loads",
+            "types.FunctionType",
+            "runpy.run_path",
+            "webbrowser.open",
+            "pty.spawn",
+            "code.interact",
+            "torch.load",
+            "torch.hub.load",
+            "torch.nnx.Evil",
+            "modelsx.Encoder",
+            "__main__.Net",
+        ] {
+            assert!(!g(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_self_referencing_list_is_freed() {
+        // l = []; l.append(l); with the list also memoised and popped: the VM must empty it at
+        // the end, or the cycle (and everything in it) would leak.
+        let bytes = b"\x80\x02]q\x002aK\x07a0N.";
+        let mut input = Input::new(&bytes[..], 0, bytes.len() as u64);
+        let mut weak = None;
+        {
+            let mut persistent = NoPersistent;
+            let mut vm = Vm {
+                stack: Vec::new(),
+                marks: Vec::new(),
+                memo: HashMap::new(),
+                persistent: &mut persistent,
+                start: 0,
+                read: 0,
+                work: 0,
+                tracked: Vec::new(),
+                noted: HashSet::new(),
+                unexpected: &mut Vec::new(),
+            };
+            loop {
+                let code = input.u8().unwrap();
+                if vm.stack.len() == 1 && weak.is_none() {
+                    if let Item::List(rc) = &vm.stack[0] {
+                        weak = Some(Rc::downgrade(rc));
+                    }
+                }
+                if vm.step(code, &mut input).unwrap().is_some() {
+                    break;
+                }
+            }
+            assert!(
+                weak.as_ref().unwrap().upgrade().is_some(),
+                "still alive in the VM"
+            );
+        }
+        assert!(weak.unwrap().upgrade().is_none(), "the cycle leaked");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! dict and list items), so that a file holding optimisers or whole `nn.Module` objects loads, and
 //! the tensors inside can still be found by walking the data.
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -172,8 +174,12 @@ pub struct TensorRef {
 }
 
 impl TensorRef {
+    /// Elements; `usize::MAX` if the count overflows (the reader refuses such tensors).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     /// Whether the elements are laid out row-major without gaps.
@@ -211,8 +217,12 @@ impl Object {
     pub fn attr(&self, name: &str) -> Option<&Value> {
         match self.state.as_ref()? {
             Value::Dict(_) => self.state.as_ref()?.get(name),
-            // (dict, slots) state
-            Value::Tuple(parts) => parts.iter().find_map(|p| p.get(name)),
+            // (dict, slots) state: both parts are plain dicts. Looking only there (not into
+            // objects the parts might be) keeps a lookup from walking shared data.
+            Value::Tuple(parts) => parts.iter().find_map(|p| match p {
+                Value::Dict(d) => lookup(d, name),
+                _ => None,
+            }),
             _ => None,
         }
     }
@@ -221,6 +231,21 @@ impl Object {
     pub fn is_module(&self) -> bool {
         self.attr("_parameters").is_some() || self.attr("_modules").is_some()
     }
+
+    /// Entries of the `BUILD` state that an attribute lookup may scan.
+    pub fn state_len(&self) -> usize {
+        match &self.state {
+            Some(Value::Dict(d)) => d.len(),
+            Some(Value::Tuple(parts)) => parts
+                .iter()
+                .map(|p| match p {
+                    Value::Dict(d) => d.len(),
+                    _ => 0,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// A value from a pickle.
@@ -228,7 +253,11 @@ impl Object {
 /// Containers are shared (`Arc`): an object the pickle refers to twice (its memo) appears twice
 /// without being copied. Dicts keep their insertion order and may have any keys (optimiser
 /// state is keyed by tensors).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A hostile file can make values nested very deeply or shared very often, so nothing here
+/// recurses over them: dropping, comparing and `Debug` work with explicit stacks or bounds.
+/// Equality treats two references to one shared container as equal.
+#[derive(Clone)]
 pub enum Value {
     None,
     Bool(bool),
@@ -355,12 +384,242 @@ impl Value {
         }
     }
 
-    /// A dict key as text (strings without quotes).
+    /// A dict key as text (strings without quotes). A dict used as a key is not described
+    /// through its own keys, so that a description never recurses.
     pub fn key_text(&self) -> String {
         match self {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
+            Value::Dict(d) => format!("dict with {} entries", d.len()),
             other => other.describe(),
+        }
+    }
+
+    /// Moves the children of a container this value alone owns into `out`, leaving it empty.
+    fn take_children(&mut self, out: &mut Vec<Value>) {
+        // Leaves drop without recursing, so only containers need to move (in a slice they
+        // are replaced by `None`).
+        let take = |v: &mut Value| std::mem::replace(v, Value::None);
+        match self {
+            Value::Tuple(a) | Value::List(a) | Value::Set(a) => {
+                if let Some(items) = Arc::get_mut(a) {
+                    out.extend(items.iter_mut().filter(|v| v.is_container()).map(take));
+                }
+            }
+            Value::Dict(a) => {
+                if let Some(entries) = Arc::get_mut(a) {
+                    for (k, v) in entries.iter_mut() {
+                        out.extend([k, v].into_iter().filter(|v| v.is_container()).map(take));
+                    }
+                }
+            }
+            Value::Object(o) => {
+                if let Some(o) = Arc::get_mut(o) {
+                    out.append(&mut o.args);
+                    out.extend(o.state.take());
+                    for (k, v) in o.kwargs.drain(..).chain(o.dict_items.drain(..)) {
+                        out.push(k);
+                        out.push(v);
+                    }
+                    out.append(&mut o.list_items);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_container(&self) -> bool {
+        matches!(
+            self,
+            Value::Tuple(_) | Value::List(_) | Value::Set(_) | Value::Dict(_) | Value::Object(_)
+        )
+    }
+}
+
+/// Dropping a deeply nested value the ordinary way recurses once per level and overflows the
+/// stack; children of containers dropped here are moved onto a heap stack first.
+impl Drop for Value {
+    fn drop(&mut self) {
+        if !self.is_container() {
+            return;
+        }
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut v) = pending.pop() {
+            v.take_children(&mut pending);
+            // `v` is now childless (or shared, then only its count drops).
+        }
+    }
+}
+
+fn addr<T: ?Sized>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a) as *const u8 as usize
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        let mut pending: Vec<(&Value, &Value)> = vec![(self, other)];
+        // Pairs of containers already compared (or being compared): shared data is compared
+        // once, not once per path.
+        let mut seen: HashSet<(usize, usize)> = HashSet::new();
+        while let Some((a, b)) = pending.pop() {
+            use Value::*;
+            match (a, b) {
+                (None, None) | (Recursive, Recursive) => {}
+                (Bool(x), Bool(y)) if x == y => {}
+                (Int(x), Int(y)) if x == y => {}
+                (BigInt(x), BigInt(y)) if x == y => {}
+                (Float(x), Float(y)) if x == y => {}
+                (Str(x), Str(y)) if x == y => {}
+                (Bytes(x), Bytes(y)) if x == y => {}
+                (Global(x), Global(y)) if x == y => {}
+                (Storage(x), Storage(y)) if x == y => {}
+                (Tensor(x), Tensor(y)) if x == y => {}
+                (Tuple(x), Tuple(y)) | (List(x), List(y)) | (Set(x), Set(y)) => {
+                    if Arc::ptr_eq(x, y) || !seen.insert((addr(x), addr(y))) {
+                        continue;
+                    }
+                    if x.len() != y.len() {
+                        return false;
+                    }
+                    pending.extend(x.iter().zip(y.iter()));
+                }
+                (Dict(x), Dict(y)) => {
+                    if Arc::ptr_eq(x, y) || !seen.insert((addr(x), addr(y))) {
+                        continue;
+                    }
+                    if x.len() != y.len() {
+                        return false;
+                    }
+                    for ((k1, v1), (k2, v2)) in x.iter().zip(y.iter()) {
+                        pending.push((k1, k2));
+                        pending.push((v1, v2));
+                    }
+                }
+                (Object(x), Object(y)) => {
+                    if Arc::ptr_eq(x, y) || !seen.insert((addr(x), addr(y))) {
+                        continue;
+                    }
+                    if x.class != y.class
+                        || x.args.len() != y.args.len()
+                        || x.kwargs.len() != y.kwargs.len()
+                        || x.state.is_some() != y.state.is_some()
+                        || x.dict_items.len() != y.dict_items.len()
+                        || x.list_items.len() != y.list_items.len()
+                    {
+                        return false;
+                    }
+                    pending.extend(x.args.iter().zip(&y.args));
+                    pending.extend(x.state.iter().zip(&y.state));
+                    for ((k1, v1), (k2, v2)) in x
+                        .kwargs
+                        .iter()
+                        .zip(&y.kwargs)
+                        .chain(x.dict_items.iter().zip(&y.dict_items))
+                    {
+                        pending.push((k1, k2));
+                        pending.push((v1, v2));
+                    }
+                    pending.extend(x.list_items.iter().zip(&y.list_items));
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Most nodes one `Debug` rendering shows before it abbreviates (shared data would otherwise
+/// print once per path).
+const DEBUG_NODES: usize = 10_000;
+/// Deepest nesting `Debug` shows.
+const DEBUG_DEPTH: usize = 64;
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let left = Cell::new(DEBUG_NODES);
+        Shown {
+            v: self,
+            left: &left,
+            depth: 0,
+        }
+        .fmt(f)
+    }
+}
+
+/// A value rendered for `Debug` within a shared node budget and a depth bound.
+struct Shown<'a> {
+    v: &'a Value,
+    left: &'a Cell<usize>,
+    depth: usize,
+}
+
+struct ShownSeq<'a>(&'a [Value], &'a Cell<usize>, usize);
+struct ShownPairs<'a>(&'a [(Value, Value)], &'a Cell<usize>, usize);
+
+impl fmt::Debug for ShownSeq<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (left, depth) = (self.1, self.2);
+        f.debug_list()
+            .entries(self.0.iter().map(|v| Shown { v, left, depth }))
+            .finish()
+    }
+}
+
+impl fmt::Debug for ShownPairs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (left, depth) = (self.1, self.2);
+        let shown = |v| Shown { v, left, depth };
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| (shown(k), shown(v))))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.left.get() == 0 || self.depth >= DEBUG_DEPTH {
+            return f.write_str("...");
+        }
+        self.left.set(self.left.get() - 1);
+        let (left, depth) = (self.left, self.depth + 1);
+        match self.v {
+            Value::None => f.write_str("None"),
+            Value::Recursive => f.write_str("Recursive"),
+            Value::Bool(b) => f.debug_tuple("Bool").field(b).finish(),
+            Value::Int(i) => f.debug_tuple("Int").field(i).finish(),
+            Value::BigInt(b) => f.debug_tuple("BigInt").field(b).finish(),
+            Value::Float(x) => f.debug_tuple("Float").field(x).finish(),
+            Value::Str(s) => f.debug_tuple("Str").field(s).finish(),
+            Value::Bytes(b) => f.debug_tuple("Bytes").field(b).finish(),
+            Value::Global(g) => f.debug_tuple("Global").field(g).finish(),
+            Value::Storage(s) => f.debug_tuple("Storage").field(s).finish(),
+            Value::Tensor(t) => f.debug_tuple("Tensor").field(t).finish(),
+            Value::Tuple(v) => f
+                .debug_tuple("Tuple")
+                .field(&ShownSeq(v, left, depth))
+                .finish(),
+            Value::List(v) => f
+                .debug_tuple("List")
+                .field(&ShownSeq(v, left, depth))
+                .finish(),
+            Value::Set(v) => f
+                .debug_tuple("Set")
+                .field(&ShownSeq(v, left, depth))
+                .finish(),
+            Value::Dict(d) => f
+                .debug_tuple("Dict")
+                .field(&ShownPairs(d, left, depth))
+                .finish(),
+            Value::Object(o) => f
+                .debug_struct("Object")
+                .field("class", &o.class)
+                .field("args", &ShownSeq(&o.args, left, depth))
+                .field("kwargs", &ShownPairs(&o.kwargs, left, depth))
+                .field("state", &o.state.as_ref().map(|v| Shown { v, left, depth }))
+                .field("dict_items", &ShownPairs(&o.dict_items, left, depth))
+                .field("list_items", &ShownSeq(&o.list_items, left, depth))
+                .finish(),
         }
     }
 }
