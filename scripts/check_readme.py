@@ -476,6 +476,12 @@ def check_command(c, command, toml_block):
         c.skip(command, "needs an NVIDIA GPU")
         return
 
+    if command == "cargo install cargo-fuzz" or "cargo fuzz " in command \
+            or command.startswith("scripts/fuzz_all.sh"):
+        c.skip(command, "fuzzing: its own instrumented build and 10-minute runs; "
+                        "run on its own, see BENCHMARKS.md")
+        return
+
     c.report("FAIL", command, "README command not known to scripts/check_readme.py")
 
 

@@ -67,14 +67,11 @@ pub(super) struct Dtype {
 
 impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The size comes from the file: in u32 its bit count can overflow.
+        let bits = u64::from(self.size) * 8;
         match self.class {
-            0 => write!(
-                f,
-                "{}int{}",
-                if self.signed { "" } else { "u" },
-                self.size * 8
-            ),
-            1 => write!(f, "float{}", self.size * 8),
+            0 => write!(f, "{}int{bits}", if self.signed { "" } else { "u" }),
+            1 => write!(f, "float{bits}"),
             3 => write!(f, "a string of {} bytes", self.size),
             c => write!(f, "HDF5 type class {c} of {} bytes", self.size),
         }

@@ -137,3 +137,35 @@ fn wrong_shape_and_attribute_are_content_errors() {
         "{err}"
     );
 }
+
+/// Found by the `hdf5` fuzz target: a uint dataset whose datatype claims 0xfffe0001 bytes per
+/// element. Its bit count overflowed u32 while the error was being worded (a panic with
+/// overflow checks, a wrong "uint4293918728" without).
+#[test]
+fn a_huge_element_size_is_reported_as_it_is() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/hdf5_dtype_size_overflow.hdf5");
+    let err = ImagesFile::open(&path).unwrap_err();
+    assert!(matches!(err, Hdf5Error::Content { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("hdf5_dtype_size_overflow.hdf5")
+            && text.contains("has type uint34358689800, expected uint8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dtype_names_do_not_overflow() {
+    let dtype = |class, signed| read::Dtype {
+        class,
+        is_integer: class == 0,
+        size: u32::MAX,
+        signed,
+        big_endian: false,
+    };
+    assert_eq!(dtype(0, true).to_string(), "int34359738360");
+    assert_eq!(dtype(0, false).to_string(), "uint34359738360");
+    assert_eq!(dtype(1, false).to_string(), "float34359738360");
+    assert_eq!(dtype(3, false).to_string(), "a string of 4294967295 bytes");
+}
