@@ -883,6 +883,53 @@ fn captions_by_content(db: &Path) -> HashMap<String, Vec<i64>> {
     out
 }
 
+/// What the retraining tests start from.
+struct RetrainData {
+    synth: gaze::data::synth::SynthSummary,
+    prepared: PathBuf,
+    base: String,
+    /// A random model with the prepared files' words.
+    m0: PathBuf,
+}
+
+/// Tiny captioned data under `root`, prepared as the tutorial does, a random model with its
+/// words, and `root/train.toml` with fast training settings.
+fn retrain_data(root: &Path, seed: u64) -> RetrainData {
+    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
+    use gaze::data::synth::{generate, SynthOptions};
+    let synth = generate(&SynthOptions {
+        out_dir: root.join("synth"),
+        train: 24,
+        val: 6,
+        test: 6,
+        size: 64,
+        seed,
+        jpeg_quality: 90,
+    })
+    .unwrap();
+    let prepared = root.join("prepared");
+    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
+    pc.captions_per_image = 3;
+    pc.min_word_freq = 1;
+    pc.threads = 2;
+    prepare(&pc, &NoProgress).unwrap();
+    let base = pc.base_name();
+    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
+    let m0 = tiny_model_for(root, &word_map, "m0");
+    fs::write(
+        root.join("train.toml"),
+        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
+         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
+    )
+    .unwrap();
+    RetrainData {
+        synth,
+        prepared,
+        base,
+        m0,
+    }
+}
+
 fn retrain_config(root: &Path, name: &str, margin: f64, prepared: &Path, base: &str) -> PathBuf {
     let path = root.join(name);
     fs::write(
@@ -903,8 +950,6 @@ fn retrain_config(root: &Path, name: &str, margin: f64, prepared: &Path, base: &
 
 #[test]
 fn scheduled_retraining_promotes_then_rejects_and_swaps_between_batches() {
-    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
-    use gaze::data::synth::{generate, SynthOptions};
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = fs::canonicalize(tmp.path()).unwrap();
@@ -914,31 +959,12 @@ fn scheduled_retraining_promotes_then_rejects_and_swaps_between_batches() {
     let log = root.join("watch.log");
 
     // Tiny captioned data, prepared as the tutorial does, and a random model with its words.
-    let synth = generate(&SynthOptions {
-        out_dir: root.join("synth"),
-        train: 24,
-        val: 6,
-        test: 6,
-        size: 64,
-        seed: 5,
-        jpeg_quality: 90,
-    })
-    .unwrap();
-    let prepared = root.join("prepared");
-    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
-    pc.captions_per_image = 3;
-    pc.min_word_freq = 1;
-    pc.threads = 2;
-    prepare(&pc, &NoProgress).unwrap();
-    let base = pc.base_name();
-    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
-    let m0 = tiny_model_for(&root, &word_map, "m0");
-    fs::write(
-        root.join("train.toml"),
-        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
-         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
-    )
-    .unwrap();
+    let RetrainData {
+        synth,
+        prepared,
+        base,
+        m0,
+    } = retrain_data(&root, 5);
     let mut synth_images: Vec<PathBuf> = fs::read_dir(&synth.image_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1402,39 +1428,15 @@ fn status_and_query_read_a_copy_in_a_read_only_folder() {
 /// says, in the same transaction; the next `gaze watch` then captions it with that model.
 #[test]
 fn activations_outside_the_daemon_queue_the_new_models_work() {
-    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
-    use gaze::data::synth::{generate, SynthOptions};
     let tmp = tempfile::tempdir().unwrap();
     let root = fs::canonicalize(tmp.path()).unwrap();
     let folder = root.join("in");
     fs::create_dir(&folder).unwrap();
     let db = root.join("gaze.db");
     let log = root.join("watch.log");
-    let synth = generate(&SynthOptions {
-        out_dir: root.join("synth"),
-        train: 24,
-        val: 6,
-        test: 6,
-        size: 64,
-        seed: 9,
-        jpeg_quality: 90,
-    })
-    .unwrap();
-    let prepared = root.join("prepared");
-    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
-    pc.captions_per_image = 3;
-    pc.min_word_freq = 1;
-    pc.threads = 2;
-    prepare(&pc, &NoProgress).unwrap();
-    let base = pc.base_name();
-    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
-    let m0 = tiny_model_for(&root, &word_map, "m0");
-    fs::write(
-        root.join("train.toml"),
-        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
-         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
-    )
-    .unwrap();
+    let RetrainData {
+        prepared, base, m0, ..
+    } = retrain_data(&root, 9);
     let mut next = 0u32;
     let mut add_images = |n: usize| -> Vec<PathBuf> {
         (0..n)
