@@ -41,7 +41,7 @@ impl Schedule {
         let n = epochs_since_improvement;
         if n >= self.patience {
             EpochStart::Stop
-        } else if n > 0 && self.decay_every > 0 && n % self.decay_every == 0 {
+        } else if n > 0 && self.decay_every > 0 && n.is_multiple_of(self.decay_every) {
             EpochStart::DecayThenTrain
         } else {
             EpochStart::Train
