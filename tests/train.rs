@@ -10,8 +10,10 @@ use candle_core::{Device, Tensor};
 use gaze::data::{DataError, WordMap};
 use gaze::train::data::{ImageStore, SplitData, TrainData};
 use gaze::train::features::CacheMode;
+use gaze::train::observer::BatchProgress;
 use gaze::train::{
-    encoder_start, train, EncoderStart, StopReason, TrainConfig, TrainError, TrainOptions,
+    encoder_start, train, EncoderStart, EpochRecord, StandardObserver, StopReason, TrainConfig,
+    TrainError, TrainObserver, TrainOptions,
 };
 
 const SIDE: usize = 32;
@@ -114,8 +116,12 @@ fn options(dir: &Path) -> TrainOptions {
         out_dir: dir.to_path_buf(),
         checkpoint: None,
         stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
     }
+}
+
+/// What `gaze train --quiet` reports: the JSON-lines log only.
+fn log_only() -> StandardObserver {
+    StandardObserver::new(false)
 }
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
@@ -145,7 +151,7 @@ fn assert_same_tensors(a: &Path, b: &Path) {
 fn loss_falls_and_the_best_model_captions() {
     let dir = tempfile::tempdir().unwrap();
     let data = data();
-    let out = train(&config(), &data, &options(dir.path())).unwrap();
+    let out = train(&config(), &data, &options(dir.path()), &mut log_only()).unwrap();
     assert_eq!(out.stop, StopReason::Epochs);
     assert_eq!(out.history.len(), 3);
     let first = out.history[0].train_loss;
@@ -158,6 +164,91 @@ fn loss_falls_and_the_best_model_captions() {
     assert_eq!(model.word_map.len(), data.word_map.len());
 }
 
+/// Writes down what a run reports, in order.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+    last_batch: Option<BatchProgress>,
+    records: Vec<EpochRecord>,
+}
+
+impl TrainObserver for Recorder {
+    fn encoding_started(&mut self, what: &str, images: usize) {
+        self.events.push(format!("{what}: {images}"));
+    }
+    fn encoding_finished(&mut self) {
+        self.events.push("encoded".into());
+    }
+    fn run_started(&mut self, _: &Path) -> Result<(), TrainError> {
+        self.events.push("run".into());
+        Ok(())
+    }
+    fn epoch_started(&mut self, epoch: usize, batches: usize, first_batch: usize) {
+        self.events.push(format!(
+            "epoch {epoch}: {batches} batches from {first_batch}"
+        ));
+    }
+    fn batch_done(&mut self, progress: &BatchProgress) {
+        self.events.push(format!("batch {}", progress.batches_done));
+        self.last_batch = Some(*progress);
+    }
+    fn batches_finished(&mut self) {
+        self.events.push("trained".into());
+    }
+    fn validation_started(&mut self, images: usize) {
+        self.events.push(format!("validate {images}"));
+    }
+    fn validation_finished(&mut self) {
+        self.events.push("validated".into());
+    }
+    fn checkpoint_saved(&mut self, path: &Path, best: bool) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        self.events.push(format!("saved {name} best={best}"));
+    }
+    fn epoch_finished(&mut self, record: &EpochRecord) -> Result<(), TrainError> {
+        self.events.push(format!("record {}", record.epoch));
+        self.records.push(record.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn an_observer_sees_each_step_and_the_library_writes_no_log_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data();
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..config()
+    };
+    let mut recorder = Recorder::default();
+    let out = train(&cfg, &data, &options(dir.path()), &mut recorder).unwrap();
+    let batches = data.train.captions.len().div_ceil(cfg.batch_size);
+    let val = data.val.num_images();
+    let mut expected = vec![
+        format!("encoding training images: {}", data.train.num_images()),
+        "encoded".into(),
+        format!("encoding validation images: {val}"),
+        "encoded".into(),
+        "run".into(),
+        format!("epoch 0: {batches} batches from 0"),
+    ];
+    expected.extend((1..=batches).map(|b| format!("batch {b}")));
+    expected.extend([
+        "trained".into(),
+        format!("validate {val}"),
+        "validated".into(),
+        "saved checkpoint_squares.safetensors best=false".into(),
+        "saved BEST_checkpoint_squares.safetensors best=true".into(),
+        "record 0".into(),
+    ]);
+    assert_eq!(recorder.events, expected);
+    assert_eq!(recorder.records.len(), out.history.len());
+    // The last batch's running loss is the epoch's.
+    let last = recorder.last_batch.unwrap();
+    assert!((last.loss - out.history[0].train_loss).abs() < 1e-12);
+    assert!(!dir.path().join("train_log.jsonl").exists());
+}
+
 #[test]
 fn resume_follows_the_uninterrupted_run() {
     let data = data();
@@ -166,13 +257,13 @@ fn resume_follows_the_uninterrupted_run() {
         epochs: 2,
         ..config()
     };
-    train(&cfg, &data, &options(straight.path())).unwrap();
+    train(&cfg, &data, &options(straight.path()), &mut log_only()).unwrap();
 
     // Stop after the first batch (as Ctrl-C does), then resume twice: mid-epoch and at an epoch boundary.
     let split_run = tempfile::tempdir().unwrap();
     let opts = options(split_run.path());
     opts.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = train(&cfg, &data, &opts).unwrap();
+    let out = train(&cfg, &data, &opts, &mut log_only()).unwrap();
     assert_eq!(out.stop, StopReason::Interrupted);
     assert_eq!((out.state.epoch, out.state.batch), (0, 1));
     let first = TrainConfig {
@@ -181,10 +272,10 @@ fn resume_follows_the_uninterrupted_run() {
     };
     let mut opts = options(split_run.path());
     opts.checkpoint = Some(out.checkpoint.clone());
-    let out = train(&first, &data, &opts).unwrap();
+    let out = train(&first, &data, &opts, &mut log_only()).unwrap();
     assert_eq!((out.state.epoch, out.state.batch), (1, 0));
     opts.checkpoint = Some(out.checkpoint.clone());
-    train(&cfg, &data, &opts).unwrap();
+    train(&cfg, &data, &opts, &mut log_only()).unwrap();
     assert_same_tensors(
         &straight.path().join("checkpoint_squares.safetensors"),
         &split_run.path().join("checkpoint_squares.safetensors"),
@@ -214,7 +305,7 @@ fn fine_tuning_trains_layer2_to_4_only() {
         &Device::Cpu,
     )
     .unwrap();
-    let out = train(&cfg, &data, &options(dir.path())).unwrap();
+    let out = train(&cfg, &data, &options(dir.path()), &mut log_only()).unwrap();
     let after = tensors(&out.checkpoint);
     let changed = |name: &str| {
         let d = (&before[name] - &after[name])
@@ -245,7 +336,7 @@ fn mismatched_data_is_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let mut data = data();
     data.train.captions.pop();
-    let e = train(&config(), &data, &options(dir.path()))
+    let e = train(&config(), &data, &options(dir.path()), &mut log_only())
         .err()
         .unwrap()
         .to_string();
@@ -255,7 +346,7 @@ fn mismatched_data_is_refused_before_training() {
     );
     let mut data = self::data();
     data.val.captions[0][1] = 99;
-    let e = train(&config(), &data, &options(dir.path()))
+    let e = train(&config(), &data, &options(dir.path()), &mut log_only())
         .err()
         .unwrap()
         .to_string();
@@ -415,7 +506,9 @@ fn a_plain_random_resnet101_overflows_the_float16_cache() {
         epochs: 1,
         ..config()
     };
-    let e = train(&cfg, &data, &options(dir.path())).err().unwrap();
+    let e = train(&cfg, &data, &options(dir.path()), &mut log_only())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("outside float16's range"), "{e}");
 }
 

@@ -26,7 +26,7 @@ use gaze::model::{init, EncoderConfig, ModelConfig};
 use gaze::rng::SplitMix64;
 use gaze::train::data::{ImageStore, SplitData, TrainData};
 use gaze::train::features::CacheMode;
-use gaze::train::{train, TrainConfig, TrainOptions};
+use gaze::train::{train, SilentObserver, TrainConfig, TrainOptions};
 
 /// The tutorial's captions: at most 50 words, plus `<start>` and `<end>`.
 const CAPTION_SLOTS: usize = 52;
@@ -165,7 +165,6 @@ pub fn run(b: TrainBench) -> Result<ExitCode> {
         out_dir: out.path().to_path_buf(),
         checkpoint: None,
         stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
     };
     let stage = if b.fine_tune {
         "fine-tuning (encoder layer2..layer4 + decoder)"
@@ -176,7 +175,8 @@ pub fn run(b: TrainBench) -> Result<ExitCode> {
         "train: {stage}; {} at {}x{}, vocabulary {}, batch {}, {} captions per epoch, {}",
         b.encoder, b.image_size, b.image_size, b.vocab, b.batch_size, b.captions, b.device
     );
-    let outcome = train(&cfg, &data, &opts)?;
+    // The timings come from the outcome; a log in a temporary folder would help nobody.
+    let outcome = train(&cfg, &data, &opts, &mut SilentObserver)?;
     let [warm, timed] = outcome.history.as_slice() else {
         bail!(
             "training stopped after {} epoch(s) ({:?}); expected 2",

@@ -26,7 +26,7 @@ use gaze::model::CaptionModel;
 use gaze::store::read::{self, Selection};
 use gaze::store::Store;
 use gaze::train::features::CacheMode;
-use gaze::train::{train, StopReason, TrainConfig, TrainData, TrainOptions};
+use gaze::train::{train, StandardObserver, StopReason, TrainConfig, TrainData, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -128,9 +128,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         out_dir: run_dir.clone(),
         checkpoint: None,
         stop: stop.clone(),
-        progress: true,
     };
-    let outcome = train(&cfg, &data, &opts)?;
+    let outcome = train(&cfg, &data, &opts, &mut StandardObserver::new(true))?;
     if outcome.stop == StopReason::Interrupted {
         bail!("interrupted");
     }

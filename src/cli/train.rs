@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use gaze::train::features::CacheMode;
-use gaze::train::{StopReason, TrainConfig, TrainOptions};
+use gaze::train::{StandardObserver, StopReason, TrainConfig, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -226,9 +226,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         out_dir: args.out.clone(),
         checkpoint: args.checkpoint.clone(),
         stop,
-        progress: !args.quiet,
     };
-    let outcome = gaze::train::train(&cfg, &data, &opts)?;
+    let mut observer = StandardObserver::new(!args.quiet);
+    let outcome = gaze::train::train(&cfg, &data, &opts, &mut observer)?;
     let why = match outcome.stop {
         StopReason::Epochs => "all epochs done",
         StopReason::Patience => "no improvement for `patience` epochs",

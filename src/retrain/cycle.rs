@@ -27,7 +27,7 @@ use crate::model::CaptionModel;
 use crate::store::registry::{self, RunEnd};
 use crate::store::write::{self, NewModel};
 use crate::store::{unix_now, Store};
-use crate::train::{train, StopReason, TrainConfig, TrainData, TrainOptions};
+use crate::train::{train, StandardObserver, StopReason, TrainConfig, TrainData, TrainOptions};
 
 /// The active model a run starts from and competes against.
 #[derive(Clone)]
@@ -422,9 +422,10 @@ fn judge(
             out_dir: run_dir.to_path_buf(),
             checkpoint: warm,
             stop: opts.stop.clone(),
-            progress: false,
         };
-        let outcome = train(&cfg, &train_data, &train_opts)
+        // The run folder keeps its train_log.jsonl, as `gaze train` writes it.
+        let mut observer = StandardObserver::new(false);
+        let outcome = train(&cfg, &train_data, &train_opts, &mut observer)
             .map_err(|e| plain(format!("training failed: {e}")))?;
         for r in &outcome.history {
             log.line(&format!(

@@ -6,14 +6,19 @@ pub mod adam;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod features;
 pub mod glove;
 pub mod loss;
+pub mod observer;
+pub mod record;
+pub mod schedule;
 pub mod trainer;
 pub mod validate;
 
 pub use config::TrainConfig;
 pub use data::{SplitData, TrainData};
-pub use trainer::{
-    encoder_start, train, EncoderStart, StopReason, TrainError, TrainOptions, TrainOutcome,
-};
+pub use error::TrainError;
+pub use observer::{SilentObserver, StandardObserver, TrainObserver};
+pub use record::{EpochRecord, StopReason, Validation};
+pub use trainer::{encoder_start, train, EncoderStart, TrainOptions, TrainOutcome};

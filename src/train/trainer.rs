@@ -11,111 +11,29 @@
 //! follows the uninterrupted one.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
-use serde::Serialize;
 
 use super::adam::Adam;
 use super::checkpoint::{best_checkpoint_name, checkpoint_name, TrainingState};
 use super::config::TrainConfig;
 use super::data::{SplitData, TrainData};
-use super::features::{CacheError, CacheMode, FeatureCache};
-use super::glove::GloveError;
+use super::error::TrainError;
+use super::features::{CacheMode, FeatureCache};
 use super::loss::batch_loss;
-use super::validate::{validate, Validation};
-use crate::data::DataError;
+use super::observer::{BatchProgress, TrainObserver};
+use super::record::{EpochRecord, StopReason, Validation};
+use super::schedule::{EpochStart, Schedule};
+use super::validate::validate;
 use crate::model::decoder::TeacherOptions;
-use crate::model::error::ModelError;
 use crate::model::file::{self, LoadOptions};
 use crate::model::weights::Weights;
 use crate::model::{init, CaptionModel, EncoderConfig, ModelConfig};
 use crate::rng::SplitMix64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error(transparent)]
-    Glove(#[from] GloveError),
-    #[error(transparent)]
-    Pth(#[from] crate::pth::PthError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(
-        "{encoder} would start from random weights: no encoder_weights (--encoder-weights) and no \
-         --checkpoint. A random ResNet's features say little about the images, and they can \
-         overflow the float16 feature cache (ResNet-101's reach about 1e5). Choose one:\n  \
-         --encoder-weights {encoder}.pth   torchvision's ImageNet weights, saved by\n      \
-         python3 -c \"import torch, torchvision; torch.save(torchvision.models.{encoder}(weights='IMAGENET1K_V1').state_dict(), '{encoder}.pth')\"\n  \
-         --encoder efficientnet-lite0   ImageNet weights built into gaze, no file needed\n  \
-         --random-encoder   train a randomly initialised encoder on purpose (config key \
-         random_encoder = true; its residual branches start at zero so its features fit the cache)"
-    )]
-    RandomEncoder { encoder: String },
-    #[error(
-        "interrupted while encoding the images, before the first epoch: nothing to checkpoint"
-    )]
-    Interrupted,
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "the loss became {value} at epoch {epoch}, batch {batch}: training stopped; the last good checkpoint is {checkpoint}"
-    )]
-    NonFiniteLoss {
-        value: f32,
-        epoch: usize,
-        batch: usize,
-        checkpoint: String,
-    },
-}
-
-/// Why the loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// All configured epochs ran.
-    Epochs,
-    /// `patience` epochs passed without improvement.
-    Patience,
-    /// The wall-clock budget ran out.
-    TimeBudget,
-    /// Interrupted (Ctrl-C); a checkpoint was written.
-    Interrupted,
-}
-
-/// One line of the JSON-lines log.
-#[derive(Debug, Clone, Serialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    /// True when the epoch was cut short (time budget or interruption).
-    pub partial: bool,
-    pub train_loss: f64,
-    pub train_top5: f64,
-    pub captions_per_second: f64,
-    pub train_seconds: f64,
-    pub val: Validation,
-    pub decoder_lr: f64,
-    pub encoder_lr: f64,
-    pub is_best: bool,
-    pub best_bleu4: f64,
-    pub epochs_since_improvement: usize,
-}
 
 pub struct TrainOutcome {
     pub stop: StopReason,
@@ -132,8 +50,6 @@ pub struct TrainOptions {
     pub checkpoint: Option<PathBuf>,
     /// Set to stop: the loop writes a checkpoint and returns.
     pub stop: Arc<AtomicBool>,
-    /// Draw progress bars and per-epoch lines on stderr.
-    pub progress: bool,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -343,183 +259,232 @@ fn setup(
     })
 }
 
-/// Runs training to the end (epochs, patience, budget or interruption).
+/// Everything one run works with once set up: the model and its optimisers, the cached
+/// features, the files it writes.
+struct Session<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a TrainData,
+    stop: &'a AtomicBool,
+    device: Device,
+    /// When the run started (the time budget counts from here).
+    started: Instant,
+    weights: Weights,
+    model: CaptionModel,
+    dec_opt: Adam,
+    enc_opt: Option<Adam>,
+    train_cache: Option<FeatureCache>,
+    val_cache: Option<FeatureCache>,
+    val_count: usize,
+    batches_per_epoch: usize,
+    parent: Option<String>,
+    checkpoint_path: PathBuf,
+    best_path: PathBuf,
+    /// The best model file, once there is one (possibly from an earlier run).
+    best_written: Option<PathBuf>,
+}
+
+/// What one epoch's training pass gives the loop.
+struct EpochStats {
+    loss_sum: f64,
+    words: usize,
+    top5: usize,
+    captions_done: usize,
+    seconds: f64,
+    /// Why the pass stopped before the epoch's end, if it did.
+    partial: Option<StopReason>,
+}
+
+/// Runs training to the end (epochs, patience, budget or interruption), reporting to
+/// `observer` (progress, the JSON-lines log: see [`super::observer`]).
 pub fn train(
     cfg: &TrainConfig,
     data: &TrainData,
     opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
-    let device =
-        crate::device::open_device(&cfg.device).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    data.train
-        .validate(&data.word_map, "training split")
-        .map_err(TrainError::Invalid)?;
-    data.val
-        .validate(&data.word_map, "validation split")
-        .map_err(TrainError::Invalid)?;
-    if data.train.captions.is_empty() || data.val.num_images() == 0 {
-        return Err(TrainError::Invalid(
-            "the training or validation split is empty".into(),
-        ));
-    }
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| TrainError::Io {
-        path: opts.out_dir.clone(),
-        source,
-    })?;
-    let started = Instant::now();
-
-    let Setup {
-        mut weights,
-        config,
-        mut state,
-        saved,
-        parent,
-    } = setup(cfg, data, opts, &device)?;
-    let fine_tune = cfg.fine_tune_encoder;
-    let trainable = weights.make_trainable(|n| {
-        if n.starts_with("decoder.") {
-            return cfg.fine_tune_embeddings || n != "decoder.embedding.weight";
-        }
-        fine_tune && config.encoder.fine_tunes(n)
-    })?;
-    let (enc_vars, dec_vars): (Vec<_>, Vec<_>) = trainable
-        .into_iter()
-        .partition(|(n, _)| n.starts_with("encoder."));
-    let model = CaptionModel::build(
-        &weights,
-        config.clone(),
-        data.word_map.clone(),
-        serde_json::json!({}),
-        Path::new("<training model>"),
-    )?;
-    let mut dec_opt = Adam::new(dec_vars, state.decoder_lr)?;
-    dec_opt.load_state(&saved, &state.decoder_steps, "optim.decoder")?;
-    let mut enc_opt = if fine_tune {
-        let mut o = Adam::new(enc_vars, state.encoder_lr)?;
-        o.load_state(&saved, &state.encoder_steps, "optim.encoder")?;
-        Some(o)
-    } else {
-        None
-    };
-
-    let cache_dir = opts.out_dir.clone();
-    let val_count = cfg
-        .val_images
-        .unwrap_or(usize::MAX)
-        .min(data.val.num_images());
-    let (train_cache, val_cache) = if fine_tune || cfg.feature_cache == CacheMode::Off {
-        (None, None)
-    } else {
-        let p = config.num_pixels();
-        let e = config.encoder_dim();
-        let total = FeatureCache::bytes_needed(data.train.num_images() + val_count, p, e);
-        let mode = match cfg.feature_cache {
-            CacheMode::Auto if total as f64 > cfg.cache_memory_gib * (1u64 << 30) as f64 => {
-                CacheMode::Disk
-            }
-            CacheMode::Auto => CacheMode::Memory,
-            m => m,
-        };
-        tracing::info!(
-            ?mode,
-            megabytes = total / (1 << 20),
-            "caching encoder features (the encoder is frozen)"
-        );
-        let t = encode_all(
-            &model,
-            &data.train,
-            data.train.num_images(),
-            mode,
-            &cache_dir,
-            cfg,
-            opts,
-            "encoding training images",
-        )?;
-        let v = encode_all(
-            &model,
-            &data.val,
-            val_count,
-            mode,
-            &cache_dir,
-            cfg,
-            opts,
-            "encoding validation images",
-        )?;
-        (Some(t), Some(v))
-    };
-
-    let checkpoint_path = opts.out_dir.join(checkpoint_name(&data.data_name));
-    let best_path = opts.out_dir.join(best_checkpoint_name(&data.data_name));
-    let log_path = opts.out_dir.join("train_log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| TrainError::Io {
-            path: log_path.clone(),
-            source,
-        })?;
+    let (mut run, mut state) = Session::prepare(cfg, data, opts, observer)?;
+    observer.run_started(&opts.out_dir)?;
+    let schedule = Schedule::from_config(cfg);
     let mut history = Vec::new();
-    let mut best_written = best_path.exists().then(|| best_path.clone());
-
-    let n_captions = data.train.captions.len();
-    let batches_per_epoch = n_captions.div_ceil(cfg.batch_size.max(1));
     let mut stop = StopReason::Epochs;
     while state.epoch < cfg.epochs {
-        let epoch = state.epoch;
         if state.batch == 0 {
-            if state.epochs_since_improvement >= cfg.patience {
-                stop = StopReason::Patience;
-                break;
-            }
-            if state.epochs_since_improvement > 0
-                && cfg.lr_decay_every > 0
-                && state.epochs_since_improvement % cfg.lr_decay_every == 0
-            {
-                state.decoder_lr *= cfg.lr_decay_factor;
-                if fine_tune {
-                    state.encoder_lr *= cfg.lr_decay_factor;
+            match schedule.at_epoch_start(state.epochs_since_improvement) {
+                EpochStart::Stop => {
+                    stop = StopReason::Patience;
+                    break;
                 }
-                tracing::info!(
-                    decoder_lr = state.decoder_lr,
-                    encoder_lr = state.encoder_lr,
-                    "learning rates decayed"
-                );
+                EpochStart::DecayThenTrain => {
+                    state.decoder_lr = schedule.decayed(state.decoder_lr);
+                    if cfg.fine_tune_encoder {
+                        state.encoder_lr = schedule.decayed(state.encoder_lr);
+                    }
+                    tracing::info!(
+                        decoder_lr = state.decoder_lr,
+                        encoder_lr = state.encoder_lr,
+                        "learning rates decayed"
+                    );
+                }
+                EpochStart::Train => {}
             }
         }
-        dec_opt.lr = state.decoder_lr;
-        if let Some(o) = enc_opt.as_mut() {
+        run.dec_opt.lr = state.decoder_lr;
+        if let Some(o) = run.enc_opt.as_mut() {
             o.lr = state.encoder_lr;
         }
+        let stats = run.train_epoch(&mut state, observer)?;
+        if stats.partial == Some(StopReason::Interrupted) && state.batch < run.batches_per_epoch {
+            // Ctrl-C: keep the position, skip validation, write the checkpoint, leave.
+            run.save_checkpoint(&mut state, observer)?;
+            stop = StopReason::Interrupted;
+            break;
+        }
+        let record = run.end_epoch(&schedule, &stats, &mut state, observer)?;
+        observer.epoch_finished(&record)?;
+        history.push(record);
+        if let Some(reason) = stats.partial {
+            stop = reason;
+            break;
+        }
+    }
+    Ok(TrainOutcome {
+        stop,
+        state,
+        checkpoint: run.checkpoint_path,
+        best: run.best_written,
+        history,
+    })
+}
 
+impl<'a> Session<'a> {
+    /// Checks the data, builds the model and optimisers (from the checkpoint when resuming)
+    /// and caches a frozen encoder's features.
+    fn prepare(
+        cfg: &'a TrainConfig,
+        data: &'a TrainData,
+        opts: &'a TrainOptions,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(Self, TrainingState), TrainError> {
+        let device = crate::device::open_device(&cfg.device)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        data.train
+            .validate(&data.word_map, "training split")
+            .map_err(TrainError::Invalid)?;
+        data.val
+            .validate(&data.word_map, "validation split")
+            .map_err(TrainError::Invalid)?;
+        if data.train.captions.is_empty() || data.val.num_images() == 0 {
+            return Err(TrainError::Invalid(
+                "the training or validation split is empty".into(),
+            ));
+        }
+        std::fs::create_dir_all(&opts.out_dir).map_err(|source| TrainError::Io {
+            path: opts.out_dir.clone(),
+            source,
+        })?;
+        let started = Instant::now();
+
+        let Setup {
+            mut weights,
+            config,
+            state,
+            saved,
+            parent,
+        } = setup(cfg, data, opts, &device)?;
+        let fine_tune = cfg.fine_tune_encoder;
+        let trainable = weights.make_trainable(|n| {
+            if n.starts_with("decoder.") {
+                return cfg.fine_tune_embeddings || n != "decoder.embedding.weight";
+            }
+            fine_tune && config.encoder.fine_tunes(n)
+        })?;
+        let (enc_vars, dec_vars): (Vec<_>, Vec<_>) = trainable
+            .into_iter()
+            .partition(|(n, _)| n.starts_with("encoder."));
+        let model = CaptionModel::build(
+            &weights,
+            config.clone(),
+            data.word_map.clone(),
+            serde_json::json!({}),
+            Path::new("<training model>"),
+        )?;
+        let mut dec_opt = Adam::new(dec_vars, state.decoder_lr)?;
+        dec_opt.load_state(&saved, &state.decoder_steps, "optim.decoder")?;
+        let enc_opt = if fine_tune {
+            let mut o = Adam::new(enc_vars, state.encoder_lr)?;
+            o.load_state(&saved, &state.encoder_steps, "optim.encoder")?;
+            Some(o)
+        } else {
+            None
+        };
+
+        let val_count = cfg
+            .val_images
+            .unwrap_or(usize::MAX)
+            .min(data.val.num_images());
+        let (train_cache, val_cache) = if fine_tune || cfg.feature_cache == CacheMode::Off {
+            (None, None)
+        } else {
+            let (t, v) = cache_features(&model, data, val_count, cfg, opts, observer)?;
+            (Some(t), Some(v))
+        };
+        let best_path = opts.out_dir.join(best_checkpoint_name(&data.data_name));
+        let run = Session {
+            cfg,
+            data,
+            stop: &opts.stop,
+            device,
+            started,
+            weights,
+            model,
+            dec_opt,
+            enc_opt,
+            train_cache,
+            val_cache,
+            val_count,
+            batches_per_epoch: data.train.captions.len().div_ceil(cfg.batch_size.max(1)),
+            parent,
+            checkpoint_path: opts.out_dir.join(checkpoint_name(&data.data_name)),
+            best_written: best_path.exists().then(|| best_path.clone()),
+            best_path,
+        };
+        Ok((run, state))
+    }
+
+    /// Trains epoch `state.epoch` from batch `state.batch` to its end, or until a stop is
+    /// requested or the time budget runs out (after the batch in progress); `state.batch`
+    /// follows.
+    fn train_epoch(
+        &mut self,
+        state: &mut TrainingState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochStats, TrainError> {
+        let (cfg, data) = (self.cfg, self.data);
+        let epoch = state.epoch;
+        let n_captions = data.train.captions.len();
         // This epoch's order of captions.
         let mut order: Vec<usize> = (0..n_captions).collect();
         SplitMix64::new(mix(cfg.seed, 1, epoch as u64)).shuffle(&mut order);
         let sampling = cfg.sampling_prob(epoch);
 
-        let bar = progress_bar(
-            opts.progress,
-            batches_per_epoch as u64,
-            &format!("epoch {epoch}"),
-        );
-        bar.set_position(state.batch as u64);
+        observer.epoch_started(epoch, self.batches_per_epoch, state.batch);
         let t0 = Instant::now();
         let (mut loss_sum, mut words, mut top5, mut captions_done) = (0f64, 0usize, 0usize, 0usize);
         let mut partial = None;
-        for b in state.batch..batches_per_epoch {
+        for b in state.batch..self.batches_per_epoch {
             let ids = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n_captions)];
             let images: Vec<usize> = ids
                 .iter()
                 .map(|&c| c / data.train.captions_per_image)
                 .collect();
-            let features = match &train_cache {
-                Some(cache) => cache.gather(&images, &device)?,
+            let features = match &self.train_cache {
+                Some(cache) => cache.gather(&images, &self.device)?,
                 None => {
-                    let x = data.train.image_batch(&images, &device)?;
-                    model.encoder.forward_t(&x, fine_tune)?
+                    let x = data.train.image_batch(&images, &self.device)?;
+                    self.model.encoder.forward_t(&x, cfg.fine_tune_encoder)?
                 }
             };
-            let (caps, lens) = data.train.caption_batch(ids, &device)?;
+            let (caps, lens) = data.train.caption_batch(ids, &self.device)?;
             let mut rng = SplitMix64::new(mix(cfg.seed, 2 + epoch as u64, b as u64));
             let mut topts = TeacherOptions {
                 rng: Some(&mut rng),
@@ -527,7 +492,7 @@ pub fn train(
                 sampling_prob: sampling,
             };
             let loss = batch_loss(
-                &model.decoder,
+                &self.model.decoder,
                 &features,
                 &caps,
                 &lens,
@@ -540,8 +505,8 @@ pub fn train(
                     value,
                     epoch,
                     batch: b,
-                    checkpoint: if checkpoint_path.exists() {
-                        checkpoint_path.display().to_string()
+                    checkpoint: if self.checkpoint_path.exists() {
+                        self.checkpoint_path.display().to_string()
                     } else {
                         "none (no epoch finished)".into()
                     },
@@ -549,8 +514,8 @@ pub fn train(
             }
             let grads = loss.loss.backward()?;
             let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
-            dec_opt.step(&grads, clip)?;
-            if let Some(o) = enc_opt.as_mut() {
+            self.dec_opt.step(&grads, clip)?;
+            if let Some(o) = self.enc_opt.as_mut() {
                 o.step(&grads, clip)?;
             }
             loss_sum += value as f64 * loss.words as f64;
@@ -558,143 +523,183 @@ pub fn train(
             top5 += loss.top5_correct;
             captions_done += ids.len();
             state.batch = b + 1;
-            let secs = t0.elapsed().as_secs_f64();
-            bar.set_position(state.batch as u64);
-            bar.set_message(format!(
-                "loss {:.3} top5 {:.1}% {:.0} captions/s",
-                loss_sum / words as f64,
-                100.0 * top5 as f64 / words as f64,
-                captions_done as f64 / secs
-            ));
-            if opts.stop.load(Ordering::SeqCst) {
+            observer.batch_done(&BatchProgress {
+                batches_done: state.batch,
+                loss: loss_sum / words as f64,
+                top5: 100.0 * top5 as f64 / words as f64,
+                captions_per_second: captions_done as f64 / t0.elapsed().as_secs_f64(),
+            });
+            if self.stop.load(Ordering::SeqCst) {
                 partial = Some(StopReason::Interrupted);
                 break;
             }
             if cfg
                 .max_minutes
-                .is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0)
+                .is_some_and(|m| self.started.elapsed().as_secs_f64() > m * 60.0)
             {
                 partial = Some(StopReason::TimeBudget);
                 break;
             }
         }
-        bar.finish_and_clear();
-        let train_seconds = t0.elapsed().as_secs_f64();
-        let epoch_done = state.batch >= batches_per_epoch;
-        if partial == Some(StopReason::Interrupted) && !epoch_done {
-            // Ctrl-C: keep the position, skip validation, write the checkpoint, leave.
-            save_checkpoint(
-                &checkpoint_path,
-                &weights,
-                &model,
-                &dec_opt,
-                enc_opt.as_ref(),
-                &mut state,
-                parent.as_deref(),
-            )?;
-            stop = StopReason::Interrupted;
-            break;
-        }
+        observer.batches_finished();
+        Ok(EpochStats {
+            loss_sum,
+            words,
+            top5,
+            captions_done,
+            seconds: t0.elapsed().as_secs_f64(),
+            partial,
+        })
+    }
 
+    /// After an epoch's training pass (whole or cut short): validates, updates the best score
+    /// and, for a whole epoch, the schedule's count and the position; writes the checkpoint
+    /// and, on improvement, the best model. Returns the epoch's record.
+    fn end_epoch(
+        &mut self,
+        schedule: &Schedule,
+        stats: &EpochStats,
+        state: &mut TrainingState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochRecord, TrainError> {
+        let epoch = state.epoch;
+        let epoch_done = state.batch >= self.batches_per_epoch;
         let val = validate(
-            &model,
-            &data.val,
-            val_count,
-            val_cache.as_ref(),
-            &data.word_map,
-            cfg,
-            opts.progress,
+            &self.model,
+            &self.data.val,
+            self.val_count,
+            self.val_cache.as_ref(),
+            &self.data.word_map,
+            self.cfg,
+            observer,
         )?;
-        let improved = val.bleu4 > state.best_score || state.best_epoch.is_none();
+        let improved = schedule.improves(val.bleu4, state.best_epoch.map(|_| state.best_score));
         if improved {
             state.best_score = val.bleu4;
             state.best_epoch = Some(epoch);
         }
         if epoch_done {
-            state.epochs_since_improvement = if improved {
-                0
-            } else {
-                state.epochs_since_improvement + 1
-            };
+            state.epochs_since_improvement =
+                schedule.after_epoch(improved, state.epochs_since_improvement);
             state.epoch += 1;
             state.batch = 0;
         }
-        save_checkpoint(
-            &checkpoint_path,
-            &weights,
-            &model,
-            &dec_opt,
-            enc_opt.as_ref(),
-            &mut state,
-            parent.as_deref(),
-        )?;
+        self.save_checkpoint(state, observer)?;
         if improved {
-            write_model(
-                &best_path,
-                &weights,
-                &model,
-                &dec_opt,
-                enc_opt.as_ref(),
-                &state,
-                parent.as_deref(),
-                Some(&val),
-            )?;
-            best_written = Some(best_path.clone());
+            self.write_model(&self.best_path, state, Some(&val))?;
+            self.best_written = Some(self.best_path.clone());
+            observer.checkpoint_saved(&self.best_path, true);
         }
-        let record = EpochRecord {
+        let (words, n) = (stats.words, stats.words as f64);
+        Ok(EpochRecord {
             epoch,
             partial: !epoch_done,
             train_loss: if words > 0 {
-                loss_sum / words as f64
+                stats.loss_sum / n
             } else {
                 f64::NAN
             },
             train_top5: if words > 0 {
-                100.0 * top5 as f64 / words as f64
+                100.0 * stats.top5 as f64 / n
             } else {
                 f64::NAN
             },
-            captions_per_second: captions_done as f64 / train_seconds.max(1e-9),
-            train_seconds,
+            captions_per_second: stats.captions_done as f64 / stats.seconds.max(1e-9),
+            train_seconds: stats.seconds,
             val,
-            decoder_lr: dec_opt.lr,
-            encoder_lr: enc_opt.as_ref().map(|o| o.lr).unwrap_or(0.0),
+            decoder_lr: self.dec_opt.lr,
+            encoder_lr: self.enc_opt.as_ref().map(|o| o.lr).unwrap_or(0.0),
             is_best: improved,
             best_bleu4: state.best_score,
             epochs_since_improvement: state.epochs_since_improvement,
-        };
-        let line = serde_json::to_string(&record).expect("record serialises");
-        writeln!(log, "{line}").map_err(|source| TrainError::Io {
-            path: log_path.clone(),
-            source,
-        })?;
-        if opts.progress {
-            eprintln!(
-                "epoch {epoch}{}: train loss {:.4} top5 {:.2}% ({:.0} captions/s) | val loss {:.4} top5 {:.2}% BLEU-4 {:.4}{} | best {:.4}",
-                if record.partial { " (partial)" } else { "" },
-                record.train_loss,
-                record.train_top5,
-                record.captions_per_second,
-                record.val.loss,
-                record.val.top5,
-                record.val.bleu4,
-                if improved { " *" } else { "" },
-                state.best_score
-            );
-        }
-        history.push(record);
-        if let Some(reason) = partial {
-            stop = reason;
-            break;
-        }
+        })
     }
-    Ok(TrainOutcome {
-        stop,
-        state,
-        checkpoint: checkpoint_path,
-        best: best_written,
-        history,
-    })
+
+    /// Writes the resumable checkpoint, recording the optimisers' step counts in `state`.
+    fn save_checkpoint(
+        &self,
+        state: &mut TrainingState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        state.decoder_steps = self.dec_opt.steps();
+        state.encoder_steps = self.enc_opt.as_ref().map(|o| o.steps()).unwrap_or_default();
+        self.write_model(&self.checkpoint_path, state, None)?;
+        observer.checkpoint_saved(&self.checkpoint_path, false);
+        Ok(())
+    }
+
+    /// A model file with the optimiser state and the loop's state: the checkpoint, or with
+    /// `val` the best model.
+    fn write_model(
+        &self,
+        path: &Path,
+        state: &TrainingState,
+        val: Option<&Validation>,
+    ) -> Result<(), TrainError> {
+        let (dec, enc) = (&self.dec_opt, self.enc_opt.as_ref());
+        let mut tensors = model_tensors(&self.weights, &self.model);
+        tensors.extend(dec.state_tensors("optim.decoder"));
+        if let Some(o) = enc {
+            tensors.extend(o.state_tensors("optim.encoder"));
+        }
+        let mut state = state.clone();
+        state.decoder_steps = dec.steps();
+        state.encoder_steps = enc.map(|o| o.steps()).unwrap_or_default();
+        let provenance = serde_json::json!({
+            "data_name": state.data_name,
+            "epoch": state.best_epoch,
+            "bleu4": state.best_score,
+            "validation": val,
+            "fine_tuned_encoder": state.fine_tune_encoder,
+            "parent": self.parent,
+            "trained_by": format!("gaze {}", env!("CARGO_PKG_VERSION")),
+        });
+        file::write_model_file_with(
+            path,
+            &tensors,
+            &self.model.config,
+            &self.model.word_map,
+            &provenance,
+            state.to_metadata(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Encodes the training images and the validated images once, for a frozen encoder.
+fn cache_features(
+    model: &CaptionModel,
+    data: &TrainData,
+    val_count: usize,
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<(FeatureCache, FeatureCache), TrainError> {
+    let p = model.config.num_pixels();
+    let e = model.config.encoder_dim();
+    let total = FeatureCache::bytes_needed(data.train.num_images() + val_count, p, e);
+    let mode = match cfg.feature_cache {
+        CacheMode::Auto if total as f64 > cfg.cache_memory_gib * (1u64 << 30) as f64 => {
+            CacheMode::Disk
+        }
+        CacheMode::Auto => CacheMode::Memory,
+        m => m,
+    };
+    tracing::info!(
+        ?mode,
+        megabytes = total / (1 << 20),
+        "caching encoder features (the encoder is frozen)"
+    );
+    let mut encode = |split: &SplitData, count: usize, what: &str| {
+        encode_all(model, split, count, mode, cfg, opts, observer, what)
+    };
+    let t = encode(
+        &data.train,
+        data.train.num_images(),
+        "encoding training images",
+    )?;
+    let v = encode(&data.val, val_count, "encoding validation images")?;
+    Ok((t, v))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -703,15 +708,15 @@ fn encode_all(
     split: &SplitData,
     count: usize,
     mode: CacheMode,
-    dir: &Path,
     cfg: &TrainConfig,
     opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
     what: &str,
 ) -> Result<FeatureCache, TrainError> {
     let p = model.config.num_pixels();
     let e = model.config.encoder_dim();
-    let mut cache = FeatureCache::new(mode, count, p, e, dir)?;
-    let bar = progress_bar(opts.progress, count as u64, what);
+    let mut cache = FeatureCache::new(mode, count, p, e, &opts.out_dir)?;
+    observer.encoding_started(what, count);
     let chunk = cfg.batch_size.clamp(1, 32);
     // A stop requested while encoding (Ctrl-C) abandons the run: there is no epoch to
     // checkpoint yet. One already set when training starts still lets the first batch run.
@@ -723,18 +728,10 @@ fn encode_all(
         let ids: Vec<usize> = (start..(start + chunk).min(count)).collect();
         let x = split.image_batch(&ids, &model.device)?;
         cache.put(start, &model.encoder.forward(&x)?)?;
-        bar.inc(ids.len() as u64);
+        observer.encoded(ids.len());
     }
-    bar.finish_and_clear();
+    observer.encoding_finished();
     Ok(cache)
-}
-
-fn progress_bar(enabled: bool, len: u64, prefix: &str) -> ProgressBar {
-    if enabled {
-        crate::progress::bar(len, prefix)
-    } else {
-        ProgressBar::hidden()
-    }
 }
 
 /// Model tensors as they are now: parameters, current BatchNorm statistics.
@@ -749,57 +746,4 @@ fn model_tensors(weights: &Weights, model: &CaptionModel) -> Vec<(String, Tensor
     let mut out: Vec<(String, Tensor)> = map.into_iter().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-fn save_checkpoint(
-    path: &Path,
-    weights: &Weights,
-    model: &CaptionModel,
-    dec: &Adam,
-    enc: Option<&Adam>,
-    state: &mut TrainingState,
-    parent: Option<&str>,
-) -> Result<(), TrainError> {
-    state.decoder_steps = dec.steps();
-    state.encoder_steps = enc.map(|o| o.steps()).unwrap_or_default();
-    write_model(path, weights, model, dec, enc, state, parent, None)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_model(
-    path: &Path,
-    weights: &Weights,
-    model: &CaptionModel,
-    dec: &Adam,
-    enc: Option<&Adam>,
-    state: &TrainingState,
-    parent: Option<&str>,
-    val: Option<&Validation>,
-) -> Result<(), TrainError> {
-    let mut tensors = model_tensors(weights, model);
-    tensors.extend(dec.state_tensors("optim.decoder"));
-    if let Some(o) = enc {
-        tensors.extend(o.state_tensors("optim.encoder"));
-    }
-    let mut state = state.clone();
-    state.decoder_steps = dec.steps();
-    state.encoder_steps = enc.map(|o| o.steps()).unwrap_or_default();
-    let provenance = serde_json::json!({
-        "data_name": state.data_name,
-        "epoch": state.best_epoch,
-        "bleu4": state.best_score,
-        "validation": val,
-        "fine_tuned_encoder": state.fine_tune_encoder,
-        "parent": parent,
-        "trained_by": format!("gaze {}", env!("CARGO_PKG_VERSION")),
-    });
-    file::write_model_file_with(
-        path,
-        &tensors,
-        &model.config,
-        &model.word_map,
-        &provenance,
-        state.to_metadata(),
-    )?;
-    Ok(())
 }

@@ -3,30 +3,17 @@
 //! and top-5 accuracy the tutorial reports.
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
 
 use super::config::TrainConfig;
 use super::data::SplitData;
+use super::error::TrainError;
 use super::features::FeatureCache;
 use super::loss::batch_loss;
-use super::trainer::TrainError;
+use super::observer::TrainObserver;
+use super::record::Validation;
 use crate::data::WordMap;
 use crate::model::decoder::TeacherOptions;
 use crate::model::{BeamOptions, CaptionModel};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Validation {
-    /// Teacher-forced loss (cross-entropy + attention regularisation) per word.
-    pub loss: f64,
-    /// Teacher-forced top-5 accuracy, percent.
-    pub top5: f64,
-    /// NLTK corpus BLEU-4 of generated captions over word ids (`<unk>` kept), as the
-    /// tutorial's `eval.py` computes it.
-    pub bleu4: f64,
-    pub beam_size: usize,
-    pub images: usize,
-    pub seconds: f64,
-}
 
 /// Validates on the first `count` images of `split`.
 pub fn validate(
@@ -36,7 +23,7 @@ pub fn validate(
     cache: Option<&FeatureCache>,
     word_map: &WordMap,
     cfg: &TrainConfig,
-    progress: bool,
+    observer: &mut dyn TrainObserver,
 ) -> Result<Validation, TrainError> {
     let t0 = std::time::Instant::now();
     let device: &Device = &model.device;
@@ -46,11 +33,7 @@ pub fn validate(
         ..Default::default()
     };
     let chunk = cfg.batch_size.clamp(1, 64);
-    let bar = if progress {
-        crate::progress::bar(count as u64, "validate")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    observer.validation_started(count);
     let (mut loss_sum, mut words, mut top5) = (0f64, 0usize, 0usize);
     let mut hypotheses: Vec<Vec<u32>> = Vec::with_capacity(count);
     let mut references: Vec<Vec<Vec<u32>>> = Vec::with_capacity(count);
@@ -98,9 +81,9 @@ pub fn validate(
             );
             references.push(split.references(i, word_map));
         }
-        bar.inc(ids.len() as u64);
+        observer.validated(ids.len());
     }
-    bar.finish_and_clear();
+    observer.validation_finished();
     Ok(Validation {
         loss: loss_sum / words.max(1) as f64,
         top5: 100.0 * top5 as f64 / words.max(1) as f64,
