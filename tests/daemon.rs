@@ -1391,6 +1391,11 @@ fn status_and_query_read_a_copy_in_a_read_only_folder() {
         fs::write(folder.join(format!("{i}.png")), png(30, 30, 40 + i)).unwrap();
     }
     assert!(run_once(&folder, &db, &model, &log).success());
+    // A stopped daemon leaves one complete file: its WAL is folded back in.
+    assert!(
+        !root.join("gaze.db-wal").exists(),
+        "the -wal file was left behind"
+    );
 
     // A backup copy in a folder nobody may write, as a read-only share would be.
     let backup = root.join("backup");

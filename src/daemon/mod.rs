@@ -317,6 +317,7 @@ pub struct Daemon {
     shutdown: Shutdown,
     swap: ModelSwap,
     counters: Arc<Counters>,
+    db: PathBuf,
     _lock: File,
 }
 
@@ -643,6 +644,7 @@ impl Daemon {
             shutdown,
             swap,
             counters,
+            db: db.to_path_buf(),
             _lock: lock,
         })
     }
@@ -686,6 +688,13 @@ impl Daemon {
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }
+        }
+        // Every connection of the pipeline is closed now. The last to close may have been a
+        // read-only one, which cannot fold the WAL back into the database file; a final
+        // checkpoint does, so a stopped daemon leaves one complete file (a plain copy of it is
+        // a backup). Still under the lock.
+        if let Err(e) = Store::open(&self.db).and_then(|s| s.checkpoint()) {
+            tracing::warn!(error = %e, "final checkpoint failed; the -wal file keeps the commits");
         }
         match first_error {
             Some(e) => Err(e),

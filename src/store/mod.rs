@@ -215,6 +215,14 @@ impl Store {
         user_version(&self.conn, &self.path)
     }
 
+    /// Copies every commit of the WAL into the database file and empties the WAL (closing the
+    /// last connection then removes it).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| StoreError::sqlite(&self.path, "checkpointing the WAL", e))
+    }
+
     /// SQLite's own consistency check ("ok" when intact).
     pub fn integrity_check(&self) -> Result<String> {
         self.conn
