@@ -450,17 +450,9 @@ fn lock_database(db: &Path) -> Result<File, DaemonError> {
 /// Whether a daemon holds the database's lock now (under any of the file's names). Call it
 /// before opening a connection in this process (see [`lock_database`]).
 pub fn is_running(db: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(file) = File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(db)
-    else {
+    let Ok((file, _)) = crate::files::open_regular(db, true) else {
         return false;
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
     match file.try_lock_shared() {
         Ok(()) => false,
         Err(std::fs::TryLockError::WouldBlock) => true,
