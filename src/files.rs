@@ -198,6 +198,16 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     })
 }
 
+/// The BLAKE3 hash of a file's bytes, as lowercase hex: how gaze identifies a model file, a
+/// word map or an image wherever one is recorded or checked. Streams the file, so a large model
+/// is never held in memory just to be hashed.
+pub fn content_hash(path: &Path) -> std::io::Result<String> {
+    let mut file = open_file(path)?;
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// The default limit for files a user names on the command line (images, not models).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -205,6 +215,19 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn content_hash_is_blake3_of_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            content_hash(&path).unwrap(),
+            blake3::hash(&bytes).to_hex().to_string()
+        );
+        assert!(content_hash(&dir.path().join("missing")).is_err());
+    }
 
     fn mkfifo(path: &Path) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
