@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{load_registered, ActiveModel, DaemonError, ModelSwap, Shutdown};
+use super::models::{load_registered, ActiveModel};
+use super::{DaemonError, ModelSwap, Shutdown};
 use crate::config::RetrainSection;
 use crate::retrain::{run_cycle, CycleOptions, Parent, RunStatus, Schedule};
 use crate::store::registry;
