@@ -12,12 +12,16 @@
 //! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
 //! - [`viz`]: attention pictures; [`files`]: opening user-named files safely (no FIFOs,
 //!   devices or endless reads).
+//! - [`bench`]: what `gaze bench` measures on (random models, synthetic training data);
+//!   [`demo`]: the settings and file steps of `gaze demo`.
 //! - [`parity`]: the PyTorch parity checks on any device, as a report (`gaze bench parity`
 //!   prints it; the integration tests assert the same computations).
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod files;

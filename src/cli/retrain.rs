@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -130,17 +129,8 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             None => None,
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("stopping after the current batch (again to stop at once)");
-        })
-        .context("installing the signal handler")?;
-    }
+    let stop =
+        super::signal::stop_flag("stopping after the current batch (again to stop at once)")?;
     let report = run_cycle(
         &db,
         parent.as_ref(),

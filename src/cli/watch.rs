@@ -7,10 +7,9 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use gaze::config::{Config, Source, CONFIG_ENV};
 use gaze::daemon::{Daemon, DaemonOptions};
@@ -160,18 +159,10 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
 
     let daemon = Daemon::start(&cfg.database.path, Arc::new(model), opts)?;
     let shutdown = daemon.shutdown_handle();
-    let signals = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            tracing::info!(
-                "stopping: finishing the batches in flight (signal again to stop at once)"
-            );
-            shutdown.request();
-        } else {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the signal handler")?;
+    super::signal::on_interrupt(move || {
+        tracing::info!("stopping: finishing the batches in flight (signal again to stop at once)");
+        shutdown.request();
+    })?;
 
     let summary = daemon.wait()?;
     tracing::info!(
