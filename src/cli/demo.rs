@@ -171,7 +171,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     daemon_cfg.watch.folders = vec![inbox.clone()];
     daemon_cfg.watch.stable_ms = 200;
     daemon_cfg.pipeline.max_wait_ms = 100;
-    let daemon_opts = DaemonOptions::from_config(&daemon_cfg);
+    let daemon_opts = DaemonOptions::from_config(&daemon_cfg)?;
     let daemon = Daemon::start(&db, Arc::new(model), daemon_opts)?;
     let shutdown = daemon.shutdown_handle();
     let dropped = drop_test_images(&synth_opts, &inbox)?;
