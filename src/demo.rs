@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::daemon::DaemonOptions;
 use crate::data::karpathy::Split;
 use crate::data::synth::{self, SynthOptions};
@@ -49,7 +49,7 @@ pub fn training_config(minutes: f64, val_images: usize, seed: u64) -> TrainConfi
 
 /// The daemon watching `inbox` with short settling and batching waits, so each caption shows
 /// soon after its file lands.
-pub fn daemon_options(inbox: &Path) -> DaemonOptions {
+pub fn daemon_options(inbox: &Path) -> Result<DaemonOptions, ConfigError> {
     let mut cfg = Config::default();
     cfg.watch.folders = vec![inbox.to_path_buf()];
     cfg.watch.stable_ms = 200;

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{load_registered, ActiveModel, DaemonError, ModelSwap, Shutdown};
-use crate::config::RetrainSection;
-use crate::retrain::{run_cycle, CycleOptions, Parent, RunStatus, Schedule};
+use crate::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
 use crate::store::registry;
 use crate::store::{unix_now, Store};
 
@@ -24,8 +23,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct Retrainer {
     db: PathBuf,
-    settings: RetrainSection,
-    schedule: Schedule,
+    settings: RetrainOptions,
+    schedule: crate::retrain::Schedule,
     device: String,
     current: ActiveModel,
     swap: ModelSwap,
@@ -37,17 +36,13 @@ pub(crate) struct Retrainer {
 impl Retrainer {
     pub fn new(
         db: &Path,
-        settings: RetrainSection,
+        settings: RetrainOptions,
         device: String,
         current: ActiveModel,
         swap: ModelSwap,
         shutdown: Shutdown,
     ) -> Result<Self, DaemonError> {
-        let schedule =
-            Schedule::parse(&settings.schedule).map_err(|reason| DaemonError::Registry {
-                path: db.to_path_buf(),
-                reason: format!("retrain.schedule: {reason}"),
-            })?;
+        let schedule = settings.schedule.clone();
         Ok(Retrainer {
             db: db.to_path_buf(),
             settings,
@@ -73,7 +68,7 @@ impl Retrainer {
         let started = unix_now();
         let mut due = self.schedule.next_after(started, started);
         tracing::info!(
-            schedule = %self.settings.schedule,
+            schedule = %self.settings.schedule_text,
             first_in_s = format!("{:.0}", due - started),
             threads = self.settings.train_threads(),
             "retraining scheduled"

@@ -18,8 +18,7 @@ use serde_json::{json, Value};
 
 use super::data;
 use super::evaluate::{metric_names, score_split, HeldOutScores};
-use super::RetrainError;
-use crate::config::RetrainSection;
+use super::{RetrainError, RetrainOptions};
 use crate::data::karpathy::Split;
 use crate::data::PreparedSplit;
 use crate::model::file::{self, LoadOptions};
@@ -38,7 +37,7 @@ pub struct Parent {
 
 /// How a cycle is run.
 pub struct CycleOptions<'a> {
-    pub settings: &'a RetrainSection,
+    pub settings: &'a RetrainOptions,
     /// Where training runs (cpu, cuda, cuda:N).
     pub device: String,
     /// `schedule` or `manual`, recorded with the run.
