@@ -85,7 +85,11 @@ impl CustomOp3 for AttentionScores {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (proj, att2, w) = (contiguous_f32(s1, l1, OP)?, contiguous_f32(s2, l2, OP)?, contiguous_f32(s3, l3, OP)?);
+        let (proj, att2, w) = (
+            contiguous_f32(s1, l1, OP)?,
+            contiguous_f32(s2, l2, OP)?,
+            contiguous_f32(s3, l3, OP)?,
+        );
         let (&[b, p, a], &[b2, q, a2]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!("attention scores: expected (B, P, A) and (B, Q, A)");
         };

@@ -52,9 +52,10 @@ impl Attention {
         h: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let att2 = self.decoder_att.forward(h)?; // (B, Q, A)
+        let w = self.full_att.weight.flatten_all()?;
         // On the CPU one fused pass instead of three over (B, Q, P, A), and one for the
         // gradients when training.
-        let scores = attention_scores(encoder_proj, &att2, &self.full_att.weight.flatten_all()?)?;
+        let scores = attention_scores(encoder_proj, &att2, &w)?;
         let scores = scores.broadcast_add(&self.full_att.bias.reshape((1, 1, 1))?)?;
         let alpha = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let awe = attention_weighted_sum(&alpha, encoder_out)?; // (B, Q, P) x (B, P, E)

@@ -258,8 +258,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::lcg;
     use crate::kernels::layout::same_padding;
+    use crate::kernels::testing::lcg;
 
     #[test]
     fn matches_direct_depthwise_convolution() {

@@ -27,8 +27,8 @@ mod tile;
 use rayon::prelude::*;
 
 pub use self::pack::{AlignedBuf, PackedWeights};
-pub use self::tile::{PANEL, TILE_ROWS};
 use self::tile::{run_edge_tile, run_tile, Init, Tile};
+pub use self::tile::{PANEL, TILE_ROWS};
 use super::activation::Activation;
 use super::isa::KernelKind;
 use super::layout::PixelMap;
@@ -388,4 +388,3 @@ mod tests {
         }
     }
 }
-

@@ -316,15 +316,9 @@ impl FoldedEfficientNet {
         };
         if block.skip {
             debug_assert_eq!(out_grid, x_grid, "checked when folded");
-            block.project.run_same(
-                t2,
-                dw_grid,
-                x,
-                out_grid,
-                true,
-                Activation::Identity,
-                kernel,
-            );
+            block
+                .project
+                .run_same(t2, dw_grid, x, out_grid, true, Activation::Identity, kernel);
         } else {
             ensure_len(d, out_grid.floats());
             block.project.run_same(

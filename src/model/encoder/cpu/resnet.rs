@@ -110,9 +110,7 @@ impl FoldedResNet {
         // Folding reads every weight once: spread it over the threads.
         let folded = jobs
             .par_iter()
-            .map(|(conv, bn, name, _)| {
-                fold_conv(&conv.weight, conv.stride, conv.padding, bn, name)
-            })
+            .map(|(conv, bn, name, _)| fold_conv(&conv.weight, conv.stride, conv.padding, bn, name))
             .collect::<Result<Vec<_>>>()?;
         let mut stem = None;
         let mut blocks: Vec<FoldedBlock> = (0..block_names.len())
