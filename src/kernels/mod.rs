@@ -1,9 +1,9 @@
 //! gaze's own CPU kernels: every computation it runs in its own code instead of through
-//! candle's ops, because candle's way was measured several times slower on the CPU or
-//! computed gradients nobody reads. Each one computes exactly what the candle formulation
-//! computes (the tests hold them to it, and to PyTorch), and runs only for f32 tensors on the
-//! CPU: [`eligible`] is that test, the one place it is written. Other devices and dtypes take
-//! candle's ops, which CUDA runs.
+//! candle's ops, because on the CPU candle's way is several times slower (the convolutions)
+//! or computes gradients nobody reads (the attention ops). Each one computes what the candle
+//! formulation computes (the tests hold them to it, and to PyTorch), and runs only for f32
+//! tensors on the CPU: [`eligible`] is that test, the one place it is written. Other devices
+//! and dtypes take candle's ops, which CUDA runs.
 //!
 //! By job:
 //! - [`gemm`]: a convolution as an implicit GEMM over NHWC buffers (no im2col copy), with bias,

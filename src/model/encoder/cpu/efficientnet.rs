@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::error::{CpuEngineError, Result};
-use super::fold::{fold_conv as fold_full, folded_batch_norm, read_f32};
+use super::fold::{fold_conv, folded_batch_norm, read_f32};
 use super::workspace::Workspace;
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::FoldedConv;
@@ -42,14 +42,15 @@ pub struct FoldedEfficientNet {
     x_pad: usize,
 }
 
-fn fold_conv(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
+/// A full convolution of the trunk (its "same" padding is applied when it runs).
+fn fold_conv_bn(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
     if conv.depthwise {
         return Err(CpuEngineError::Unsupported {
             layer: layer.to_string(),
             what: "a depthwise convolution where a full one belongs".into(),
         });
     }
-    fold_full(&conv.weight, conv.stride, 0, &conv.bn, layer)
+    fold_conv(&conv.weight, conv.stride, 0, &conv.bn, layer)
 }
 
 fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
@@ -76,10 +77,10 @@ impl FoldedMbConv {
             expand: block
                 .expand
                 .as_ref()
-                .map(|e| fold_conv(e, &name("_expand_conv")))
+                .map(|e| fold_conv_bn(e, &name("_expand_conv")))
                 .transpose()?,
             depthwise: fold_depthwise(&block.depthwise, &name("_depthwise_conv"))?,
-            project: fold_conv(&block.project, &name("_project_conv"))?,
+            project: fold_conv_bn(&block.project, &name("_project_conv"))?,
             skip: block.skip,
         };
         folded.check(&name(""))?;
@@ -132,8 +133,8 @@ impl FoldedMbConv {
 
 impl FoldedEfficientNet {
     pub fn fold(net: &EfficientNetLite) -> Result<Self> {
-        let stem = fold_conv(&net.stem, "_conv_stem")?;
-        let head = fold_conv(&net.head, "_conv_head")?;
+        let stem = fold_conv_bn(&net.stem, "_conv_stem")?;
+        let head = fold_conv_bn(&net.head, "_conv_head")?;
         // Folding reads every weight once: spread it over the threads.
         let blocks = net
             .blocks
