@@ -13,7 +13,8 @@ use clap::Args;
 use gaze::config::{Config, Source, CONFIG_ENV};
 use gaze::model::{CaptionModel, LoadOptions};
 use gaze::retrain::{run_cycle, CycleOptions, Parent, RunStatus};
-use gaze::store::{registry, Store};
+use gaze::store::api::Registry;
+use gaze::store::Store;
 
 #[derive(Args, Debug)]
 pub struct RetrainArgs {
@@ -106,7 +107,8 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     let device = gaze::device::open_device(&cfg.model.device)?;
     let parent = {
         let store = Store::open(&db)?;
-        match registry::active_model(store.conn())
+        match store
+            .active_model()
             .with_context(|| format!("{}: reading the active model", db.display()))?
         {
             Some(row) => {
@@ -171,7 +173,8 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             cfg.retrain.margin,
             report.log_path.display()
         ),
-        RunStatus::Failed => eprintln!(
+        // A finished cycle is never still running.
+        RunStatus::Failed | RunStatus::Running => eprintln!(
             "run {} failed: {}; log {}",
             report.run_id,
             report.error.as_deref().unwrap_or("unknown error"),
@@ -181,6 +184,6 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     Ok(match report.status {
         RunStatus::Promoted => ExitCode::SUCCESS,
         RunStatus::Rejected => ExitCode::from(1),
-        RunStatus::Failed => ExitCode::from(2),
+        RunStatus::Failed | RunStatus::Running => ExitCode::from(2),
     })
 }
