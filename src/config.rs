@@ -309,31 +309,8 @@ impl Default for LogSection {
     }
 }
 
-// moves to store::registry (the store owns the recaption policy; config only reads it).
-/// Which stored images a newly active model captions again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Recaption {
-    /// Only new images get the new model's captions.
-    None,
-    /// Images with no finished caption by any model (the search never reached `<end>`).
-    #[default]
-    Missing,
-    /// Every stored image, once per content.
-    All,
-}
-
-impl std::str::FromStr for Recaption {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(Recaption::None),
-            "missing" => Ok(Recaption::Missing),
-            "all" => Ok(Recaption::All),
-            other => Err(format!("expected none, missing or all, not {other:?}")),
-        }
-    }
-}
+/// Which stored images a newly active model captions again (the store owns the policy).
+pub use crate::store::registry::Recaption;
 
 /// Scheduled retraining: when, on what, for how long, and when a candidate replaces the
 /// active model.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
-use gaze::store::read::{self, ResultRow, Selection};
+use gaze::store::api::{Query, ResultRow, Selection};
 use gaze::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +100,8 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         (None, _) => DEFAULT_LIMIT,
     };
     let store = Store::open_read_only(&args.db)?;
-    let page = read::select_page(store.conn(), &selection, limit)
+    let page = store
+        .select_page(&selection, limit)
         .with_context(|| format!("querying {}", args.db.display()))?;
     let rows = &page.rows;
     if rows.is_empty() {
@@ -162,7 +163,7 @@ fn print_table(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> 
             };
             [
                 r.image_id.to_string(),
-                r.status.clone(),
+                r.status.to_string(),
                 r.score.map(|s| format!("{s:.3}")).unwrap_or_default(),
                 r.model.clone().unwrap_or_default(),
                 r.path.clone(),
@@ -213,7 +214,7 @@ fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
         let fields = [
             r.image_id.to_string(),
             r.path.clone(),
-            r.status.clone(),
+            r.status.to_string(),
             opt(r.caption.clone()),
             opt(r.model.clone()),
             opt(r.score.map(|s| s.to_string())),
@@ -233,7 +234,11 @@ fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
 
 /// Draws one picture per matched caption from the stored weights, over the image file if it
 /// is still there (a grey panel if not, and it says so).
-fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<ExitCode> {
+pub(crate) fn draw_attention(
+    store: &dyn Query,
+    rows: &[ResultRow],
+    target: &Path,
+) -> Result<ExitCode> {
     let with_caption: Vec<&ResultRow> = rows.iter().filter(|r| r.caption_id.is_some()).collect();
     if with_caption.is_empty() {
         eprintln!("no caption among the matches, so no attention picture to draw");
@@ -247,7 +252,7 @@ fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<Ex
     let mut failures = 0;
     for row in with_caption {
         let caption_id = row.caption_id.expect("filtered");
-        let Some(att) = read::attention_of(store.conn(), caption_id)? else {
+        let Some(att) = store.attention_of(caption_id)? else {
             eprintln!("{}: caption {caption_id} has no stored attention", row.path);
             failures += 1;
             continue;

@@ -12,7 +12,8 @@ use clap::Args;
 use gaze::config::{Config, Flags};
 use gaze::model::{CaptionModel, LoadOptions};
 use gaze::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
-use gaze::store::{registry, Store};
+use gaze::store::api::Registry;
+use gaze::store::Store;
 
 #[derive(Args, Debug)]
 pub struct RetrainArgs {
@@ -76,7 +77,8 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     let device = gaze::device::open_device(&cfg.model.device)?;
     let parent = {
         let store = Store::open(&db)?;
-        match registry::active_model(store.conn())
+        match store
+            .active_model()
             .with_context(|| format!("{}: reading the active model", db.display()))?
         {
             Some(row) => {
@@ -132,7 +134,8 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             settings.margin,
             report.log_path.display()
         ),
-        RunStatus::Failed => eprintln!(
+        // A finished cycle is never still running.
+        RunStatus::Failed | RunStatus::Running => eprintln!(
             "run {} failed: {}; log {}",
             report.run_id,
             report.error.as_deref().unwrap_or("unknown error"),
@@ -142,6 +145,6 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     Ok(match report.status {
         RunStatus::Promoted => ExitCode::SUCCESS,
         RunStatus::Rejected => ExitCode::from(1),
-        RunStatus::Failed => ExitCode::from(2),
+        RunStatus::Failed | RunStatus::Running => ExitCode::from(2),
     })
 }
