@@ -1,6 +1,11 @@
-//! Settings for `gaze watch`, layered: built-in defaults, then a TOML file, then `GAZE_*`
-//! environment variables, then command-line flags (the CLI applies those last), each layer
-//! overriding only the keys it sets.
+//! Settings for `gaze watch` and `gaze retrain`, layered: built-in defaults, then a TOML file,
+//! then `GAZE_*` environment variables, then command-line flags ([`Config::layered`]), each
+//! layer overriding only the keys it sets. The variables are one table ([`ENV_VARS`]: name,
+//! key, conversion); a flag names its key and goes through the same conversion.
+//!
+//! This is a plain settings layer: strings, numbers and paths. The modules that use a section
+//! build their typed options from it (`DaemonOptions::from_config`,
+//! `RetrainOptions::from_config`, which also parses the retraining schedule).
 //!
 //! `config.toml` at the repository root documents every key with its default; a unit test keeps
 //! it equal to [`Config::default`]. Relative paths in a file are taken relative to that file's
@@ -10,6 +15,7 @@
 //! from (the file, the variable or the flag) and the range.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,12 @@ pub enum ConfigError {
     #[error("environment variable {var}={value:?}: {reason}")]
     Env {
         var: String,
+        value: String,
+        reason: String,
+    },
+    #[error("command-line flag {flag} {value:?}: {reason}")]
+    Flag {
+        flag: &'static str,
         value: String,
         reason: String,
     },
@@ -297,30 +309,8 @@ impl Default for LogSection {
     }
 }
 
-/// Which stored images a newly active model captions again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Recaption {
-    /// Only new images get the new model's captions.
-    None,
-    /// Images with no finished caption by any model (the search never reached `<end>`).
-    #[default]
-    Missing,
-    /// Every stored image, once per content.
-    All,
-}
-
-impl std::str::FromStr for Recaption {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(Recaption::None),
-            "missing" => Ok(Recaption::Missing),
-            "all" => Ok(Recaption::All),
-            other => Err(format!("expected none, missing or all, not {other:?}")),
-        }
-    }
-}
+/// Which stored images a newly active model captions again (the store owns the policy).
+pub use crate::store::registry::Recaption;
 
 /// Scheduled retraining: when, on what, for how long, and when a candidate replaces the
 /// active model.
@@ -397,62 +387,12 @@ impl Default for RetrainSection {
     }
 }
 
-impl RetrainSection {
-    /// Training threads: the setting, or half the cores.
-    pub fn train_threads(&self) -> usize {
-        if self.threads > 0 {
-            return self.threads;
-        }
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        (cores / 2).max(1)
-    }
-
-    /// Checks what the types cannot (metric names are checked where they are scored).
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::retrain::Schedule::parse(&self.schedule)
-            .map_err(|e| ConfigError::Invalid(format!("retrain.schedule: {e}")))?;
-        if self.prepared.is_none() && self.images.is_none() {
-            return Err(ConfigError::Invalid(
-                "retrain: no data; set retrain.prepared (with data_name) or retrain.images".into(),
-            ));
-        }
-        if self.prepared.is_some() && self.data_name.is_none() {
-            return Err(ConfigError::Invalid(
-                "retrain.prepared needs retrain.data_name (the files' base name)".into(),
-            ));
-        }
-        if self.prepared.is_some() && self.images.is_some() {
-            return Err(ConfigError::Invalid(
-                "retrain: give retrain.prepared or retrain.images, not both".into(),
-            ));
-        }
-        if self.epochs == 0 && self.max_minutes <= 0.0 {
-            return Err(ConfigError::Invalid(
-                "retrain: set a budget (epochs and/or max_minutes)".into(),
-            ));
-        }
-        if self.beam_size == 0 || self.holdout_images == 0 || self.captions_per_image == 0 {
-            return Err(ConfigError::Invalid(
-                "retrain.beam_size, holdout_images and captions_per_image must be at least 1"
-                    .into(),
-            ));
-        }
-        if !self.margin.is_finite() || !self.max_minutes.is_finite() {
-            return Err(ConfigError::Invalid(
-                "retrain.margin and max_minutes must be numbers".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// One `GAZE_*` variable: its name, the key it sets, and how it sets it.
+/// One `GAZE_*` variable: its name, the key it sets, and how it converts the text. A
+/// command-line flag names the key and goes through the same conversion.
 struct EnvVar {
     var: &'static str,
     key: &'static str,
-    set: fn(&mut Config, &'static str, &str) -> Result<(), ConfigError>,
+    set: fn(&mut Config, &OsStr) -> Result<(), String>,
 }
 
 /// A table row: the variable, the field it sets (which also spells its key), the conversion.
@@ -461,8 +401,8 @@ macro_rules! env_var {
         EnvVar {
             var: $var,
             key: concat!(stringify!($section), ".", stringify!($field)),
-            set: |cfg, var, value| {
-                cfg.$section.$field = $convert(var, value)?;
+            set: |cfg, value| {
+                cfg.$section.$field = $convert(value)?;
                 Ok(())
             },
         }
@@ -507,34 +447,32 @@ const ENV_VARS: &[EnvVar] = &[
     env_var!("GAZE_RETRAIN_RECAPTION" => retrain.recaption, parse),
 ];
 
-// Conversions of a variable's value; `var` names it in errors.
+// Conversions of a value; the caller names the variable or flag in an error. Values other
+// than paths are text (a variable read as a `String`, a flag written from its typed value).
 
-fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
+fn parse<T: std::str::FromStr>(value: &OsStr) -> Result<T, String>
 where
     T::Err: fmt::Display,
 {
-    value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-        var: var.into(),
-        value: value.into(),
-        reason: e.to_string(),
-    })
+    value
+        .to_string_lossy()
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| e.to_string())
 }
 
-fn boolean(var: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
+fn boolean(value: &OsStr) -> Result<bool, String> {
+    match value.to_string_lossy().trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(ConfigError::Env {
-            var: var.into(),
-            value: value.into(),
-            reason: "expected true/false, yes/no, on/off or 1/0".into(),
-        }),
+        _ => Err("expected true/false, yes/no, on/off or 1/0".into()),
     }
 }
 
 /// A ','-separated list.
-fn list(_: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+fn list(value: &OsStr) -> Result<Vec<String>, String> {
     Ok(value
+        .to_string_lossy()
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -543,26 +481,73 @@ fn list(_: &str, value: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Paths separated as in PATH (':' on Unix).
-fn folders(_: &str, value: &str) -> Result<Vec<PathBuf>, ConfigError> {
+fn folders(value: &OsStr) -> Result<Vec<PathBuf>, String> {
     Ok(std::env::split_paths(value)
         .filter(|p| !p.as_os_str().is_empty())
         .collect())
 }
 
-fn path(_: &str, value: &str) -> Result<PathBuf, ConfigError> {
+fn path(value: &OsStr) -> Result<PathBuf, String> {
     Ok(PathBuf::from(value))
 }
 
-fn some_path(_: &str, value: &str) -> Result<Option<PathBuf>, ConfigError> {
+fn some_path(value: &OsStr) -> Result<Option<PathBuf>, String> {
     Ok(Some(PathBuf::from(value)))
 }
 
-fn text(_: &str, value: &str) -> Result<String, ConfigError> {
-    Ok(value.trim().to_string())
+fn text(value: &OsStr) -> Result<String, String> {
+    Ok(value.to_string_lossy().trim().to_string())
 }
 
-fn some_text(_: &str, value: &str) -> Result<Option<String>, ConfigError> {
-    Ok(Some(value.trim().to_string()))
+fn some_text(value: &OsStr) -> Result<Option<String>, String> {
+    text(value).map(Some)
+}
+
+/// The command-line layer: each flag given, with the key it replaces. A value is converted as
+/// the key's environment variable is (a path keeps its bytes); folders given as arguments
+/// replace `watch.folders`.
+#[derive(Debug, Default)]
+pub struct Flags {
+    given: Vec<(&'static str, &'static str, OsString)>,
+    folders: Vec<PathBuf>,
+}
+
+impl Flags {
+    pub fn new() -> Flags {
+        Flags::default()
+    }
+
+    /// `flag` sets `key` to `value`, when given.
+    pub fn value(
+        mut self,
+        flag: &'static str,
+        key: &'static str,
+        value: Option<impl fmt::Display>,
+    ) -> Flags {
+        if let Some(v) = value {
+            self.given.push((flag, key, v.to_string().into()));
+        }
+        self
+    }
+
+    /// `flag` sets the path `key` to `value`, when given.
+    pub fn path(mut self, flag: &'static str, key: &'static str, value: Option<&Path>) -> Flags {
+        if let Some(v) = value {
+            self.given.push((flag, key, v.as_os_str().to_owned()));
+        }
+        self
+    }
+
+    /// A switch: when on, `flag` sets `key` to true (off leaves the key as it is).
+    pub fn switch(self, flag: &'static str, key: &'static str, on: bool) -> Flags {
+        self.value(flag, key, on.then_some(true))
+    }
+
+    /// Folders given as arguments; none leaves `watch.folders` as it is.
+    pub fn folders(mut self, dirs: &[PathBuf]) -> Flags {
+        self.folders = dirs.to_vec();
+        self
+    }
 }
 
 impl Config {
@@ -577,6 +562,21 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(env)?;
+        Ok(cfg)
+    }
+
+    /// Every layer: defaults, then the file (`file`, else the one `GAZE_CONFIG` names), then
+    /// the environment, then `flags`.
+    pub fn layered(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: &Flags,
+    ) -> Result<Config, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
+        let mut cfg = Config::load(file.as_deref(), &env)?;
+        cfg.apply_flags(flags)?;
         Ok(cfg)
     }
 
@@ -639,9 +639,33 @@ impl Config {
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         for e in ENV_VARS {
             if let Some(value) = env(e.var) {
-                (e.set)(self, e.var, &value)?;
+                (e.set)(self, OsStr::new(&value)).map_err(|reason| ConfigError::Env {
+                    var: e.var.into(),
+                    value,
+                    reason,
+                })?;
                 self.sources.set(e.key, Source::Env(e.var));
             }
+        }
+        Ok(())
+    }
+
+    /// Applies the command-line layer, through the conversions of [`ENV_VARS`], and records
+    /// each flag as its key's source.
+    pub fn apply_flags(&mut self, flags: &Flags) -> Result<(), ConfigError> {
+        if !flags.folders.is_empty() {
+            self.watch.folders = flags.folders.clone();
+        }
+        for (flag, key, value) in &flags.given {
+            let setting = ENV_VARS.iter().find(|e| e.key == *key).ok_or_else(|| {
+                ConfigError::Invalid(format!("{flag}: {key} cannot be set from the command line"))
+            })?;
+            (setting.set)(self, value).map_err(|reason| ConfigError::Flag {
+                flag,
+                value: value.to_string_lossy().into_owned(),
+                reason,
+            })?;
+            self.sources.set(key, Source::Flag(flag));
         }
         Ok(())
     }
@@ -756,7 +780,8 @@ impl Config {
     }
 
     /// Checks what the types cannot: [`Config::check_settings`], and that a model and folders
-    /// are named.
+    /// are named. The `[retrain]` section is checked where its typed options are built
+    /// (`RetrainOptions::from_config` in the retraining module), which parses the schedule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_settings()?;
         if self.model.path.is_none() {
@@ -768,9 +793,6 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "no folders to watch: set [watch] folders, GAZE_FOLDERS, or give folders on the command line".into(),
             ));
-        }
-        if self.retrain.enabled {
-            self.retrain.validate()?;
         }
         Ok(())
     }
@@ -1001,6 +1023,80 @@ mod tests {
         })
         .unwrap();
         cfg.check_settings().unwrap();
+    }
+
+    #[test]
+    fn flags_are_the_last_layer_and_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(
+            dir.path(),
+            "[pipeline]\nbatch_size = 4\n[watch]\nfolders = [\"in\"]\n",
+        );
+        let env: HashMap<&str, &str> = [
+            ("GAZE_CONFIG", path.to_str().unwrap()),
+            ("GAZE_BATCH_SIZE", "16"),
+            ("GAZE_DB", "env.db"),
+        ]
+        .into();
+        let env = |k: &str| env.get(k).map(|v| v.to_string());
+        // No flags: the file GAZE_CONFIG names, then the environment.
+        let cfg = Config::layered(None, env, &Flags::new()).unwrap();
+        assert_eq!(cfg.pipeline.batch_size, 16);
+        assert_eq!(cfg.watch.folders, vec![dir.path().join("in")]);
+        let flags = Flags::new()
+            .folders(&["a".into(), "b".into()])
+            .value("--batch-size", "pipeline.batch_size", Some(100_000))
+            .path("--db", "database.path", Some(Path::new("flag.db")))
+            .switch("--poll", "watch.poll", true)
+            .switch("--retrain", "retrain.enabled", false)
+            .value("--margin", "retrain.margin", Some(-0.25))
+            .value("--device", "model.device", None::<&str>);
+        let cfg = Config::layered(None, env, &flags).unwrap();
+        assert_eq!(
+            cfg.watch.folders,
+            vec![PathBuf::from("a"), PathBuf::from("b")]
+        );
+        assert_eq!(cfg.database.path, PathBuf::from("flag.db")); // not relative to the file
+        assert!(cfg.watch.poll);
+        assert!(!cfg.retrain.enabled);
+        assert_eq!(cfg.retrain.margin, -0.25);
+        assert_eq!(cfg.model.device, "cpu");
+        assert_eq!(cfg.source("database.path"), Some(&Source::Flag("--db")));
+        assert_eq!(cfg.source("model.device"), None);
+        assert_eq!(
+            cfg.check_settings().unwrap_err().to_string(),
+            "pipeline.batch_size = 100000 (from command-line flag --batch-size) is outside 1..=4096"
+        );
+        // An explicit file wins over GAZE_CONFIG.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "[model]\nbeam_size = 7\n").unwrap();
+        let cfg = Config::layered(Some(&other), env, &Flags::new()).unwrap();
+        assert_eq!((cfg.model.beam_size, cfg.pipeline.batch_size), (7, 16));
+        assert!(cfg.watch.folders.is_empty());
+        // A value the key's conversion refuses, and a key no flag can set.
+        let bad = Flags::new().value("--batch-size", "pipeline.batch_size", Some("many"));
+        let e = Config::layered(None, |_| None, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("command-line flag --batch-size \"many\": "),
+            "{e}"
+        );
+        let unknown = Flags::new().value("--beams", "model.beams", Some(3));
+        let e = Config::layered(None, |_| None, &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--beams") && e.contains("model.beams"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_path_flag_keeps_its_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = Path::new(OsStr::from_bytes(b"caf\xe9.db"));
+        let flags = Flags::new().path("--db", "database.path", Some(raw));
+        let cfg = Config::layered(None, |_| None, &flags).unwrap();
+        assert_eq!(cfg.database.path, raw);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! The library is organised by job:
 //! - [`model`]: encoder backbones, soft attention, the LSTM decoder, beam search, model files.
+//! - [`kernels`]: the custom CPU kernels (convolutions, pooling, fused attention) the model
+//!   runs instead of candle's ops for f32 on the CPU.
 //! - [`pth`]: reading PyTorch checkpoints (zip and legacy `torch.save` files) without Python.
 //! - [`data`]: Karpathy split JSON, word maps, the tutorial's HDF5/JSON files, image preprocessing.
 //! - [`metrics`]: BLEU, CIDEr-D, ROUGE-L and METEOR as the reference scorers compute them.
@@ -12,15 +14,20 @@
 //! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
 //! - [`viz`]: attention pictures; [`files`]: opening user-named files safely (no FIFOs,
 //!   devices or endless reads).
+//! - [`bench`]: what `gaze bench` measures on (random models, synthetic training data);
+//!   [`demo`]: the settings and file steps of `gaze demo`.
 //! - [`parity`]: the PyTorch parity checks on any device, as a report (`gaze bench parity`
 //!   prints it; the integration tests assert the same computations).
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod files;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod parity;

@@ -71,6 +71,34 @@ impl SplitMix64 {
             items.swap(i, j);
         }
     }
+
+    // The draws below map the high 32 bits onto 0..n by a multiply-shift instead of the
+    // rejection sampling of `below`: one draw each, a bias under 2^-32 * n. The published
+    // synthetic datasets are defined by exactly these draws, so they must stay as they are.
+
+    /// Uniform in 0..n by multiply-shift (n > 0 and below 2^32).
+    pub fn scaled_below(&mut self, n: usize) -> usize {
+        debug_assert!(n > 0 && (n as u64) < (1 << 32));
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.next_f64() < p
+    }
+
+    /// One of `items` (not empty), chosen with [`scaled_below`](Self::scaled_below).
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.scaled_below(items.len())]
+    }
+
+    /// Fisher-Yates shuffle drawing with [`scaled_below`](Self::scaled_below); not the same
+    /// order as [`shuffle`](Self::shuffle).
+    pub fn scaled_shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.scaled_below(i + 1));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +123,20 @@ mod tests {
         assert_ne!(v, sorted);
         let mean: f64 = (0..20000).map(|_| a.normal()).sum::<f64>() / 20000.0;
         assert!(mean.abs() < 0.05);
+    }
+
+    #[test]
+    fn scaled_draws_take_the_high_bits() {
+        let mut r = SplitMix64::new(0);
+        // 0xE220_A839... >> 32 is 0xE220_A839; times 10, over 2^32: 8.
+        assert_eq!(r.scaled_below(10), 8);
+        let mut r = SplitMix64::new(3);
+        let mut v: Vec<u32> = (0..20).collect();
+        r.scaled_shuffle(&mut v);
+        let mut sorted = v.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+        assert!((0..1000).all(|_| r.pick(&[1, 2, 3]) != 0));
+        assert!(!r.chance(0.0) && r.chance(1.0));
     }
 }

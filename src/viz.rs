@@ -4,12 +4,20 @@
 //! `pyramid_expand(upscale=24, sigma=8)` at a 14x14 grid), min-max scaled, drawn in grey
 //! and blended at 0.8 over the image, with the word written above it.
 //!
+//! Pictures come from a fresh caption ([`attention_picture`]) or from attention weights stored
+//! with a caption ([`stored_picture`]), drawn over the image file as it is now: the file may
+//! have changed, gone or become unreadable since, and [`Backdrop`] says which.
+//!
 //! The font (DejaVu Sans, Bitstream Vera license, `assets/fonts/`) is built into the binary.
+
+use std::path::Path;
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::{imageops, DynamicImage, Rgb, RgbImage};
 
+use crate::data::image::{decode_bytes, DecodeOptions};
 use crate::data::WordMap;
+use crate::files::{self, DEFAULT_MAX_FILE_BYTES};
 use crate::model::Caption;
 
 static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
@@ -54,6 +62,100 @@ pub fn attention_picture(image: &DynamicImage, caption: &Caption, word_map: &Wor
         caption.grid,
         &PictureOptions::default(),
     )
+}
+
+/// What a picture of stored attention was drawn over, when it is not the file as captioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackdropNote {
+    /// The file is gone; the maps are drawn over a grey panel.
+    Gone,
+    /// The file cannot be read (the reason, without the path); a grey panel.
+    Unreadable(String),
+    /// The file's hash differs from the stored one; drawn over the file as it is now.
+    Changed,
+    /// The file does not decode (the error, naming the file); a grey panel.
+    Undecodable(String),
+}
+
+impl BackdropNote {
+    /// The note for people; `shown` is the file's name as the caller shows it.
+    pub fn message(&self, shown: &str) -> String {
+        const GREY: &str = "drawing the attention maps over a plain grey image";
+        match self {
+            BackdropNote::Gone => {
+                format!("{shown} is gone (deleted or moved since it was captioned); {GREY}")
+            }
+            BackdropNote::Unreadable(why) => format!("{shown} cannot be read ({why}); {GREY}"),
+            BackdropNote::Changed => format!(
+                "{shown} has changed since it was captioned; drawing over the file as it is now"
+            ),
+            BackdropNote::Undecodable(error) => format!("{error}; {GREY}"),
+        }
+    }
+}
+
+/// The image under the maps of a stored caption, and what went wrong finding it.
+#[derive(Debug, Clone)]
+pub struct Backdrop {
+    pub image: RgbImage,
+    /// Empty when the file is drawn as it was captioned.
+    pub notes: Vec<BackdropNote>,
+}
+
+impl Backdrop {
+    /// The file as it is now (read as a user-named file is), checked against the BLAKE3 hash
+    /// stored with the caption ([`files::content_hash`]); a grey panel when it is gone,
+    /// unreadable or undecodable.
+    pub fn load(image_file: &Path, stored_hash: Option<&str>) -> Backdrop {
+        let grey = |note| Backdrop {
+            image: RgbImage::from_pixel(256, 256, Rgb([128, 128, 128])),
+            notes: vec![note],
+        };
+        let bytes = match files::read_limited(image_file, DEFAULT_MAX_FILE_BYTES, true, None) {
+            Ok((bytes, _)) => bytes,
+            Err(e) if e.is_not_found() => return grey(BackdropNote::Gone),
+            Err(e) => return grey(BackdropNote::Unreadable(e.reason())),
+        };
+        let mut notes = Vec::new();
+        if let Some(stored) = stored_hash {
+            // A file that cannot be hashed now cannot be shown to be the one captioned.
+            if files::content_hash(image_file).ok().as_deref() != Some(stored) {
+                notes.push(BackdropNote::Changed);
+            }
+        }
+        match decode_bytes(&bytes, image_file, &DecodeOptions::default()) {
+            Ok(img) => Backdrop {
+                image: img.to_rgb8(),
+                notes,
+            },
+            Err(e) => {
+                let mut backdrop = grey(BackdropNote::Undecodable(e.to_string()));
+                notes.append(&mut backdrop.notes);
+                backdrop.notes = notes;
+                backdrop
+            }
+        }
+    }
+}
+
+/// The picture of stored attention (`words` with `<start>` first, one `grid * grid` map per
+/// later word) over the image file as it is now; see [`Backdrop::load`].
+pub fn stored_picture(
+    image_file: &Path,
+    stored_hash: Option<&str>,
+    words: &[String],
+    alphas: &[Vec<f32>],
+    grid: usize,
+) -> (RgbImage, Vec<BackdropNote>) {
+    let backdrop = Backdrop::load(image_file, stored_hash);
+    let picture = render(
+        &backdrop.image,
+        words,
+        alphas,
+        grid,
+        &PictureOptions::default(),
+    );
+    (picture, backdrop.notes)
 }
 
 /// Draws the picture from words (`<start>` first) and one `grid * grid` attention map per word
@@ -257,6 +359,57 @@ mod tests {
         let dark_text =
             (GAP..GAP + 60).any(|x| (GAP..GAP + TEXT_BAND).any(|y| pic.get_pixel(x, y).0[0] < 100));
         assert!(dark_text);
+    }
+
+    #[test]
+    fn stored_pictures_say_what_they_are_drawn_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.png");
+        RgbImage::from_pixel(20, 10, Rgb([0, 200, 0]))
+            .save(&file)
+            .unwrap();
+        let hash = files::content_hash(&file).unwrap();
+        let words: Vec<String> = ["<start>", "a", "<end>"].map(String::from).to_vec();
+        let alphas = vec![vec![1.0, 0.0, 0.0, 0.0], vec![0.0, 0.0, 0.0, 1.0]];
+
+        let (picture, notes) = stored_picture(&file, Some(&hash), &words, &alphas, 2);
+        assert!(notes.is_empty(), "{notes:?}");
+        let panel = PictureOptions::default().panel;
+        assert_eq!(picture.width(), 3 * (panel + GAP) + GAP);
+        // The <start> panel is the image itself.
+        assert_eq!(
+            picture.get_pixel(GAP + 10, GAP + TEXT_BAND + 10).0,
+            [0, 200, 0]
+        );
+
+        let backdrop = Backdrop::load(&file, Some("0000"));
+        assert_eq!(backdrop.notes, vec![BackdropNote::Changed]);
+        assert_eq!(backdrop.image.dimensions(), (20, 10));
+        assert!(Backdrop::load(&file, None).notes.is_empty());
+
+        let gone = Backdrop::load(&dir.path().join("gone.png"), Some(&hash));
+        assert_eq!(gone.notes, vec![BackdropNote::Gone]);
+        assert_eq!(gone.image.get_pixel(5, 5).0, [128, 128, 128]);
+        assert!(gone.notes[0].message("x.png").starts_with("x.png is gone"));
+
+        let garbage = dir.path().join("b.png");
+        std::fs::write(&garbage, b"not an image").unwrap();
+        let bad = Backdrop::load(&garbage, Some(&hash));
+        assert!(
+            matches!(
+                bad.notes[..],
+                [BackdropNote::Changed, BackdropNote::Undecodable(_)]
+            ),
+            "{:?}",
+            bad.notes
+        );
+        assert_eq!(bad.image.dimensions(), (256, 256));
+        let unreadable = Backdrop::load(dir.path(), None);
+        assert!(
+            matches!(unreadable.notes[..], [BackdropNote::Unreadable(_)]),
+            "{:?}",
+            unreadable.notes
+        );
     }
 
     #[test]

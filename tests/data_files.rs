@@ -8,10 +8,13 @@ use std::sync::Arc;
 use gaze::data::hdf5::{Hdf5Error, ImagesFile, IMAGE_BYTES};
 use gaze::data::image::{decode_file, normalize_chw, to_rgb_resized, DecodeOptions};
 use gaze::data::karpathy::Split;
-use gaze::data::loader::{Loader, LoaderConfig, Sampling};
 use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
 use gaze::data::{DataError, PreparedFiles, PreparedSplit};
+use loader::{Loader, LoaderConfig, Sampling};
 use serde_json::Value;
+
+#[path = "data_files/loader.rs"]
+mod loader;
 
 const BASE: &str = "tiny_5_cap_per_img_1_min_word_freq";
 
@@ -389,7 +392,7 @@ fn loader_batches_are_deterministic_and_complete() {
     };
     let one = run(1, 0);
     let three = run(3, 0);
-    let ids = |batches: &[gaze::data::loader::Batch]| {
+    let ids = |batches: &[loader::Batch]| {
         batches
             .iter()
             .flat_map(|b| b.caption_indices.clone())

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
 use gaze::data::image::{decode_file, normalize_chw, rgb_to_chw, DecodeOptions};
-use gaze::model::encoder::depthwise::{depthwise_by_taps, depthwise_conv2d};
+use gaze::kernels::depthwise::{depthwise_by_taps, depthwise_conv2d};
 use gaze::model::encoder::efficientnet::{pretrained_tensors, EfficientNetLite, PREFIX};
 use gaze::model::weights::Weights;
 

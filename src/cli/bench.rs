@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use gaze::data::WordMap;
-use gaze::model::{init, BeamOptions, CaptionModel, EncoderConfig, ModelConfig};
+use gaze::bench;
+use gaze::model::{BeamOptions, CaptionModel};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -79,47 +79,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 }
 
 fn build(common: &CommonBench, vocab: usize) -> Result<CaptionModel> {
-    let Some(encoder) = EncoderConfig::named(&common.encoder) else {
-        bail!("unknown encoder {:?}", common.encoder);
-    };
-    let mut cfg = ModelConfig::tutorial(vocab);
-    cfg.encoder = encoder;
-    let words: Vec<String> = (0..vocab.saturating_sub(4))
-        .map(|i| format!("w{i}"))
-        .collect();
-    let word_map = WordMap::from_counts(words.iter().map(|w| (w.as_str(), 10)), 5);
     let device = gaze::device::open_device(&common.device)?;
-    Ok(init::random_model(&cfg, word_map, 1, &device)?)
-}
-
-fn random_images(n: usize, size: usize, model: &CaptionModel) -> Result<candle_core::Tensor> {
-    Ok(candle_core::Tensor::randn(
-        0f32,
-        1.0,
-        (n, 3, size, size),
-        &model.device,
-    )?)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} threads", rayon::current_num_threads())
-}
-
-/// CPU seconds this process has used (user + system), where the OS tells (Linux).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    Ok(bench::random_model(&common.encoder, vocab, &device)?)
 }
 
 fn encoder(b: EncoderBench) -> Result<ExitCode> {
@@ -131,7 +92,7 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         c.image_size,
         c.image_size,
         c.device,
-        machine()
+        bench::machine()
     );
     let t = Instant::now();
     let engine = model.encoder.prepare_inference()?;
@@ -148,7 +109,7 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         "batch", "path", "images/s", "s/image", "cpu-s/image"
     );
     for &bs in &c.batch_sizes {
-        let x = random_images(bs, c.image_size, &model)?;
+        let x = bench::random_images(bs, c.image_size, &model)?;
         let rounds = c.images.div_ceil(bs).max(1);
         let mut paths: Vec<(&str, bool)> = vec![("default", false)];
         if b.reference {
@@ -156,47 +117,29 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         }
         let mut outputs = Vec::new();
         for (name, reference) in paths {
-            let forward = |x: &candle_core::Tensor| {
-                if reference {
-                    model.encoder.forward_reference(x)
+            let (output, timing) = bench::time(b.repeats, rounds, || -> Result<_> {
+                let y = if reference {
+                    model.encoder.forward_reference(&x)?
                 } else {
-                    model.encoder.forward(x)
-                }
-            };
-            outputs.push(forward(&x)?); // warm-up
-            let mut times = Vec::new();
-            let mut cpu_times = Vec::new();
-            for _ in 0..b.repeats.max(1) {
-                let cpu = process_cpu_seconds();
-                let t = Instant::now();
-                for _ in 0..rounds {
-                    let y = forward(&x)?;
-                    y.device().synchronize()?;
-                }
-                times.push(t.elapsed().as_secs_f64());
-                if let (Some(before), Some(after)) = (cpu, process_cpu_seconds()) {
-                    cpu_times.push(after - before);
-                }
-            }
-            let median = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v.get(v.len() / 2).copied()
-            };
-            let secs = median(&mut times).expect("at least one repeat");
+                    model.encoder.forward(&x)?
+                };
+                y.device().synchronize()?;
+                Ok(y)
+            })?;
+            outputs.push(output);
             let n = (rounds * bs) as f64;
-            let cpu = median(&mut cpu_times)
+            let cpu = timing
+                .cpu_seconds
                 .map(|c| format!("{:.4}", c / n))
                 .unwrap_or_else(|| "-".into());
             println!(
                 "{bs:>6} {name:>10} {:>10.2} {:>10.4} {cpu:>14}",
-                n / secs,
-                secs / n
+                n / timing.seconds,
+                timing.seconds / n
             );
         }
         if let [fast, reference] = &outputs[..] {
-            let diff = (fast - reference)?.abs()?.flatten_all()?.max(0)?;
-            let scale = reference.abs()?.flatten_all()?.max(0)?;
-            let (diff, scale) = (diff.to_scalar::<f32>()?, scale.to_scalar::<f32>()?);
+            let (diff, scale) = bench::max_abs_diff(fast, reference)?;
             println!(
                 "{bs:>6} max |default - reference| = {diff:.3e} (largest |reference| {scale:.3e}, ratio {:.1e})",
                 diff / scale.max(f32::MIN_POSITIVE)
@@ -217,7 +160,7 @@ fn caption(b: CaptionBench) -> Result<ExitCode> {
         b.vocab,
         b.max_steps + 1,
         c.device,
-        machine()
+        bench::machine()
     );
     println!(
         "{:>5} {:>6} {:>10} {:>10}",
@@ -230,33 +173,21 @@ fn caption(b: CaptionBench) -> Result<ExitCode> {
                 max_steps: b.max_steps,
                 ..Default::default()
             };
-            let run = |x: &candle_core::Tensor| -> Result<()> {
+            let x = if b.decoder_only {
+                bench::random_features(bs, &model)?
+            } else {
+                bench::random_images(bs, c.image_size, &model)?
+            };
+            let rounds = c.images.div_ceil(bs).max(1);
+            let (_, timing) = bench::time(1, rounds, || -> Result<()> {
                 if b.decoder_only {
-                    model.caption_features(x, &opts)?;
+                    model.caption_features(&x, &opts)?;
                 } else {
-                    model.caption_images(x, &opts)?;
+                    model.caption_images(&x, &opts)?;
                 }
                 Ok(())
-            };
-            let x = if b.decoder_only {
-                let s = model.config.encoded_image_size;
-                candle_core::Tensor::rand(
-                    0f32,
-                    1.0,
-                    (bs, s, s, model.config.encoder_dim()),
-                    &model.device,
-                )?
-            } else {
-                random_images(bs, c.image_size, &model)?
-            };
-            run(&x)?; // warm-up
-            let rounds = c.images.div_ceil(bs).max(1);
-            let t = Instant::now();
-            for _ in 0..rounds {
-                run(&x)?;
-            }
-            let secs = t.elapsed().as_secs_f64();
-            let n = (rounds * bs) as f64;
+            })?;
+            let (secs, n) = (timing.seconds, (rounds * bs) as f64);
             println!("{beam:>5} {bs:>6} {:>10.2} {:>10.4}", n / secs, secs / n);
         }
     }

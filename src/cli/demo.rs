@@ -9,24 +9,22 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gaze::config::Config;
-use gaze::daemon::{Daemon, DaemonOptions};
+use gaze::daemon::Daemon;
 use gaze::data::karpathy::Split;
 use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
 use gaze::data::synth::{self, SynthOptions};
 use gaze::data::PreparedSplit;
+use gaze::demo;
 use gaze::eval::{evaluate, EvalOptions, EvalProgress};
 use gaze::model::CaptionModel;
 use gaze::store::read::{self, Selection};
 use gaze::store::Store;
-use gaze::train::features::CacheMode;
-use gaze::train::{train, StandardObserver, StopReason, TrainConfig, TrainData, TrainOptions};
+use gaze::train::{train, StandardObserver, StopReason, TrainData, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -63,6 +61,45 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
 
+    let (synth_opts, prepared_dir, base) = make_dataset(&args, &dir)?;
+    let model_path = train_model(&args, &dir, &prepared_dir, &base)?;
+    let model = evaluate_model(&model_path, &prepared_dir, &base)?;
+
+    step(
+        5,
+        "Watching an inbox folder: the test images are dropped in one by one",
+    );
+    let inbox = dir.join("inbox");
+    let db = dir.join("gaze.db");
+    let dropped = watch_inbox(&inbox, &db, model, &synth_opts)?;
+
+    step(6, "Drawing attention pictures");
+    draw_pictures(&db, &dropped, &dir.join("attention"), args.pictures)?;
+
+    println!(
+        "\nDone in {:.1} minutes. Try next:\n\n  \
+         cargo run --release -- query --db {db} --recent 5\n  \
+         cargo run --release -- query --db {db} --search red circle\n  \
+         cargo run --release -- query --db {db} --path {first} --attention-png picture.png\n  \
+         cargo run --release -- status --db {db}\n  \
+         cargo run --release -- caption --model {model} --beam-size 3 {first}\n  \
+         cargo run --release -- watch --db {db} --model {model} {inbox}\n  \
+         sqlite3 {db} \"SELECT i.path, c.text FROM images i JOIN captions c USING (content_hash)\"",
+        started.elapsed().as_secs_f64() / 60.0,
+        db = db.display(),
+        model = model_path.display(),
+        inbox = inbox.display(),
+        first = dropped
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Steps 1 and 2: the synthetic dataset and its prepared files. Returns the dataset's options,
+/// the prepared files' folder and their base name.
+fn make_dataset(args: &DemoArgs, dir: &Path) -> Result<(SynthOptions, PathBuf, String)> {
     step(1, "Making a synthetic captioned dataset");
     let synth_dir = dir.join("synth");
     let synth_opts = SynthOptions {
@@ -103,7 +140,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         prepared_dir.display(),
         report.word_map_size
     );
+    Ok((synth_opts, prepared_dir, base))
+}
 
+/// Step 3: trains within the time budget; returns the best model's file.
+fn train_model(args: &DemoArgs, dir: &Path, prepared_dir: &Path, base: &str) -> Result<PathBuf> {
     step(
         3,
         &format!(
@@ -111,23 +152,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             args.train_minutes
         ),
     );
-    let data = TrainData::from_prepared(&prepared_dir, &base)?;
-    let run_dir = dir.join("model");
-    let cfg = demo_training_config(&args);
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: stopping (Ctrl-C again to quit at once)");
-        });
-    }
+    let data = TrainData::from_prepared(prepared_dir, base)?;
+    let cfg = demo::training_config(args.train_minutes, args.test_images, args.seed);
+    let stop = super::signal::stop_flag("\ninterrupted: stopping (Ctrl-C again to quit at once)")?;
     let opts = TrainOptions {
-        out_dir: run_dir.clone(),
+        out_dir: dir.join("model"),
         checkpoint: None,
-        stop: stop.clone(),
+        stop,
     };
     let outcome = train(&cfg, &data, &opts, &mut StandardObserver::new(true))?;
     if outcome.stop == StopReason::Interrupted {
@@ -142,40 +173,43 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         outcome.state.best_score,
         model_path.display()
     );
+    Ok(model_path)
+}
 
+/// Step 4: loads the model and prints its scores on the test split.
+fn evaluate_model(model_path: &Path, prepared_dir: &Path, base: &str) -> Result<CaptionModel> {
     step(4, "Evaluating on the test split");
     let device = gaze::device::open_device("cpu")?;
-    let model = CaptionModel::load(&model_path, &Default::default(), &device)?;
-    let test = PreparedSplit::open(&prepared_dir, &base, Split::Test)?;
+    let model = CaptionModel::load(model_path, &Default::default(), &device)?;
+    let test = PreparedSplit::open(prepared_dir, base, Split::Test)?;
     let eval_opts = EvalOptions {
         beam_sizes: vec![1, 3],
         ..EvalOptions::default()
     };
-    let bar = super::eval::progress_bar(test.image_count());
+    let bar = gaze::progress::bar(test.image_count() as u64, "eval images");
     let evaluation = evaluate(&model, &test, &eval_opts, &mut |p| {
         if let EvalProgress::Captioned { done, .. } = p {
             bar.set_position(done as u64);
         }
     })?;
     bar.finish_and_clear();
-    print!("{}", super::eval::table(&evaluation, &base, "test"));
+    print!("{}", gaze::eval::report::table(&evaluation, base, "test"));
+    Ok(model)
+}
 
-    step(
-        5,
-        "Watching an inbox folder: the test images are dropped in one by one",
-    );
-    let inbox = dir.join("inbox");
-    let db = dir.join("gaze.db");
-    reset_daemon_state(&inbox, &db)?;
-    let mut daemon_cfg = Config::default();
-    daemon_cfg.watch.folders = vec![inbox.clone()];
-    daemon_cfg.watch.stable_ms = 200;
-    daemon_cfg.pipeline.max_wait_ms = 100;
-    let daemon_opts = DaemonOptions::from_config(&daemon_cfg);
-    let daemon = Daemon::start(&db, Arc::new(model), daemon_opts)?;
+/// Step 5: runs the daemon on a fresh inbox and database, drops the test images in and prints
+/// each caption as it lands. Returns the dropped files.
+fn watch_inbox(
+    inbox: &Path,
+    db: &Path,
+    model: CaptionModel,
+    synth_opts: &SynthOptions,
+) -> Result<Vec<PathBuf>> {
+    demo::reset(inbox, db)?;
+    let daemon = Daemon::start(db, Arc::new(model), demo::daemon_options(inbox)?)?;
     let shutdown = daemon.shutdown_handle();
-    let dropped = drop_test_images(&synth_opts, &inbox)?;
-    let landed = print_captions_as_they_land(&db, &dropped, Duration::from_secs(180));
+    let dropped = demo::drop_test_images(synth_opts, inbox)?;
+    let landed = print_captions_as_they_land(db, &dropped, Duration::from_secs(180));
     shutdown.request();
     daemon.wait()?;
     let landed = landed?;
@@ -184,94 +218,46 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         dropped.len(),
         db.display()
     );
+    Ok(dropped)
+}
 
-    step(6, "Drawing attention pictures");
-    let pictures = dir.join("attention");
-    std::fs::create_dir_all(&pictures)?;
-    let store = Store::open_read_only(&db)?;
-    for path in dropped.iter().take(args.pictures) {
+/// Step 6: the attention picture of the first `count` dropped images, redrawn from the weights
+/// stored with their captions, as `gaze query --attention-png` draws them.
+fn draw_pictures(db: &Path, dropped: &[PathBuf], pictures: &Path, count: usize) -> Result<()> {
+    std::fs::create_dir_all(pictures)?;
+    let store = Store::open_read_only(db)?;
+    for path in dropped.iter().take(count) {
         let rows = read::select(
             store.conn(),
             &Selection::Path(path.to_string_lossy().into_owned()),
             1,
         )?;
+        let Some((row, caption_id)) = rows.iter().find_map(|r| Some((r, r.caption_id?))) else {
+            eprintln!("no caption among the matches, so no attention picture to draw");
+            continue;
+        };
+        let Some(att) = read::attention_of(store.conn(), caption_id)? else {
+            eprintln!("{}: caption {caption_id} has no stored attention", row.path);
+            continue;
+        };
+        let (picture, notes) = gaze::viz::stored_picture(
+            path,
+            row.content_hash.as_deref(),
+            &att.tokens,
+            &att.alphas,
+            att.grid,
+        );
+        for note in notes {
+            eprintln!("note: {}", note.message(&row.path));
+        }
         let name = path.file_stem().unwrap_or_default().to_string_lossy();
         let target = pictures.join(format!("{name}.png"));
-        super::query::draw_attention(&store, &rows, &target)?;
-    }
-
-    println!(
-        "\nDone in {:.1} minutes. Try next:\n\n  \
-         cargo run --release -- query --db {db} --recent 5\n  \
-         cargo run --release -- query --db {db} --search red circle\n  \
-         cargo run --release -- query --db {db} --path {first} --attention-png picture.png\n  \
-         cargo run --release -- status --db {db}\n  \
-         cargo run --release -- caption --model {model} --beam-size 3 {first}\n  \
-         cargo run --release -- watch --db {db} --model {model} {inbox}\n  \
-         sqlite3 {db} \"SELECT i.path, c.text FROM images i JOIN captions c USING (content_hash)\"",
-        started.elapsed().as_secs_f64() / 60.0,
-        db = db.display(),
-        model = model_path.display(),
-        inbox = inbox.display(),
-        first = dropped
-            .first()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A small model that learns the synthetic captions in a few minutes on two cores.
-fn demo_training_config(args: &DemoArgs) -> TrainConfig {
-    TrainConfig {
-        encoder: "efficientnet-lite0".into(),
-        encoded_image_size: 8,
-        emb_dim: 128,
-        attention_dim: 128,
-        decoder_dim: 256,
-        decoder_lr: 1e-3,
-        epochs: 100,
-        max_minutes: Some(args.train_minutes),
-        val_images: Some(args.test_images.min(100)),
-        feature_cache: CacheMode::Memory,
-        seed: args.seed,
-        ..TrainConfig::default()
-    }
-}
-
-/// Starts the inbox and database afresh, so a second demo run shows the same thing.
-fn reset_daemon_state(inbox: &Path, db: &Path) -> Result<()> {
-    if inbox.exists() {
-        std::fs::remove_dir_all(inbox).with_context(|| format!("clearing {}", inbox.display()))?;
-    }
-    std::fs::create_dir_all(inbox).with_context(|| format!("creating {}", inbox.display()))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let path = PathBuf::from(format!("{}{suffix}", db.display()));
-        if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        match picture.save(&target) {
+            Ok(()) => eprintln!("wrote {}", target.display()),
+            Err(e) => eprintln!("error: {}: cannot write the picture: {e}", target.display()),
         }
     }
     Ok(())
-}
-
-/// Copies the test split's image files into the inbox, as a user would, and returns their
-/// paths there.
-fn drop_test_images(opts: &SynthOptions, inbox: &Path) -> Result<Vec<PathBuf>> {
-    let mut dropped = Vec::new();
-    for item in synth::plan(opts)
-        .into_iter()
-        .filter(|i| i.split == Split::Test)
-    {
-        let from = opts.out_dir.join("images").join(&item.filename);
-        let to = inbox.join(&item.filename);
-        // Written under a hidden name and renamed, so the watcher sees whole files only.
-        let partial = inbox.join(format!(".{}", item.filename));
-        std::fs::copy(&from, &partial)
-            .with_context(|| format!("copying {} to {}", from.display(), inbox.display()))?;
-        std::fs::rename(&partial, &to)?;
-        dropped.push(to);
-    }
-    Ok(dropped)
 }
 
 /// Polls the database (read-only, beside the daemon) and prints each caption as it commits,

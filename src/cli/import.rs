@@ -3,20 +3,18 @@
 //!
 //! The architecture is inferred from tensor shapes; the attention grid size and dropout come
 //! from the pickled encoder/decoder modules where the checkpoint has them. The provenance
-//! records the source file and what the checkpoint says about its training.
+//! records the source file and what the checkpoint says about its training
+//! (`gaze::pth::import`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Args;
 use gaze::data::WordMap;
 use gaze::model::file::write_model_file;
-use gaze::model::weights::Weights;
-use gaze::model::CaptionModel;
+use gaze::pth::import::import;
 use gaze::pth::Checkpoint;
-use serde_json::json;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -54,63 +52,21 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
             path.display()
         ),
     };
-    let device = Device::Cpu;
-    let (tensors, config) =
-        super::pytorch_model_parts(&ckpt, word_map.len(), args.encoded_image_size, &device)?;
-
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut source =
-        json!({ "file": file_name, "format": format!("pytorch-{}", ckpt.format().name()) });
-    let fields = [
-        ("epoch", info.epoch.map(|v| json!(v))),
-        (
-            "epochs_since_improvement",
-            info.epochs_since_improvement.map(|v| json!(v)),
-        ),
-        ("bleu-4", info.bleu4.map(|v| json!(v))),
-        (
-            "encoder_class",
-            info.encoder_class.as_ref().map(|v| json!(v)),
-        ),
-        (
-            "decoder_class",
-            info.decoder_class.as_ref().map(|v| json!(v)),
-        ),
-    ];
-    for (key, value) in fields {
-        if let Some(v) = value {
-            source[key] = v;
-        }
+    let model = import(&ckpt, word_map, args.encoded_image_size)?;
+    if !model.unused.is_empty() {
+        tracing::warn!(count = model.unused.len(), names = %model.unused.join(", "), "tensors the model does not use were left out");
     }
-    let provenance = json!({ "imported_from": source });
+    let config = &model.config;
+    write_model_file(
+        &args.out,
+        &model.tensors,
+        config,
+        &model.word_map,
+        &model.provenance,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
 
-    // Building the model checks every tensor the architecture needs, by name and shape.
-    let weights = Weights::new(tensors, &device);
-    let model = CaptionModel::build(
-        &weights,
-        config.clone(),
-        word_map.clone(),
-        provenance.clone(),
-        path,
-    )?;
-    drop(model);
-    let unused = weights.unused();
-    if !unused.is_empty() {
-        tracing::warn!(count = unused.len(), names = %unused.join(", "), "tensors the model does not use were left out");
-    }
-    let mut keep: Vec<(String, candle_core::Tensor)> = weights
-        .into_tensors()
-        .into_iter()
-        .filter(|(n, _)| !unused.contains(n))
-        .collect();
-    keep.sort_by(|a, b| a.0.cmp(&b.0));
-    write_model_file(&args.out, &keep, &config, &word_map, &provenance)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-
-    let params: usize = keep.iter().map(|(_, t)| t.elem_count()).sum();
+    let params: usize = model.tensors.iter().map(|(_, t)| t.elem_count()).sum();
     println!(
         "wrote {}: {} encoder, grid {}x{}, attention {}, embedding {}, decoder {}, {} words, {} tensors ({params} parameters)",
         args.out.display(),
@@ -120,10 +76,14 @@ pub fn run(args: ImportArgs) -> Result<ExitCode> {
         config.attention_dim,
         config.embed_dim,
         config.decoder_dim,
-        word_map.len(),
-        keep.len(),
+        model.word_map.len(),
+        model.tensors.len(),
     );
     if let (Some(epoch), Some(bleu)) = (info.epoch, info.bleu4) {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         println!(
             "from {file_name} ({} format): epoch {epoch}, BLEU-4 {bleu}",
             ckpt.format().name()

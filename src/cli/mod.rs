@@ -13,23 +13,19 @@ pub mod prepare;
 pub mod query;
 pub mod retrain;
 pub mod score;
+pub mod signal;
 pub mod status;
 pub mod synth;
 pub mod train;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use clap::Args;
 use gaze::config::Source;
 use gaze::data::WordMap;
-use gaze::model::file::infer_config;
-use gaze::model::{CaptionModel, LoadOptions, ModelConfig};
-use gaze::pth::{self, Checkpoint};
-use serde_json::json;
+use gaze::model::{CaptionModel, LoadOptions};
 
 /// Sets up `tracing` to stderr: `GAZE_LOG` overrides `--log-level` (`flag`), which overrides
 /// `default`. A level that is not one is an error naming where it came from, never a filter
@@ -85,7 +81,18 @@ impl ModelSource {
         };
         let device = gaze::device::open_device(&self.device)?;
         if self.model.is_none() && !is_safetensors(path) {
-            return self.load_pytorch(path, &device);
+            // A PyTorch file, read as `gaze import` does, without writing a file.
+            let word_map_path = self
+                .word_map
+                .as_ref()
+                .context("--weights needs --word-map WORDMAP.json")?;
+            let word_map = WordMap::load(word_map_path)?;
+            return Ok(CaptionModel::from_pytorch(
+                path,
+                word_map,
+                self.encoded_image_size,
+                &device,
+            )?);
         }
         let opts = LoadOptions {
             word_map: self.word_map.clone(),
@@ -94,44 +101,6 @@ impl ModelSource {
         // Model errors name the file themselves.
         Ok(CaptionModel::load(path, &opts, &device)?)
     }
-
-    /// `--weights` given a PyTorch file: read it as `gaze import` does, without writing a file.
-    fn load_pytorch(&self, path: &Path, device: &Device) -> Result<CaptionModel> {
-        let word_map_path = self
-            .word_map
-            .as_ref()
-            .context("--weights needs --word-map WORDMAP.json")?;
-        let word_map = WordMap::load(word_map_path)?;
-        let checkpoint = Checkpoint::open(path)?;
-        let (tensors, config) =
-            pytorch_model_parts(&checkpoint, word_map.len(), self.encoded_image_size, device)?;
-        let provenance = json!({
-            "file": path.display().to_string(),
-            "format": format!("pytorch-{}", checkpoint.format().name()),
-        });
-        Ok(CaptionModel::from_parts(
-            tensors, config, word_map, provenance, device, path,
-        )?)
-    }
-}
-
-/// The tutorial-named tensors of a PyTorch checkpoint and the architecture they imply: the
-/// attention grid from `grid`, else from the checkpoint; dropout from the checkpoint when it
-/// records one.
-pub(crate) fn pytorch_model_parts(
-    checkpoint: &Checkpoint,
-    vocab_size: usize,
-    grid: Option<usize>,
-    device: &Device,
-) -> Result<(HashMap<String, Tensor>, ModelConfig)> {
-    let info = checkpoint.training_info();
-    let tensors = pth::tutorial_tensors(checkpoint, device)?;
-    let grid = grid.or(info.encoded_image_size);
-    let mut config = infer_config(&tensors, vocab_size, grid, checkpoint.path())?;
-    if let Some(p) = info.dropout {
-        config.dropout = p as f32;
-    }
-    Ok((tensors, config))
 }
 
 /// Whether a file is a safetensors file (by its extension; PyTorch files are .pth, .pt, .tar).

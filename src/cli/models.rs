@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use gaze::store::registry::{self, ModelRow, RunRow};
+use gaze::store::api::{CaptionStore, ModelRow, Registry, RunRow, Runs};
 use gaze::store::{unix_now, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,7 +29,7 @@ pub struct RecaptionArg {
     /// no finished caption by any model) or all. They are queued in the same transaction as
     /// the activation, and the next `gaze watch` started on the database captions them.
     #[arg(long, env = "GAZE_RETRAIN_RECAPTION", default_value = "missing")]
-    pub recaption: gaze::config::Recaption,
+    pub recaption: gaze::store::registry::Recaption,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,19 +66,14 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
     match cmd {
         ModelsCommand::List { db, format, runs } => list(&db.db, format, runs),
         ModelsCommand::Activate { db, recaption, id } => {
-            let mut store = Store::open(&db.db)?;
-            let tx = store.conn_mut().transaction()?;
-            let (previous, requeued) = registry::activate_and_requeue(
-                &tx,
-                id,
-                "activate",
-                recaption.recaption,
-                unix_now(),
-            )
-            .with_context(|| format!("{}: activating model {id}", db.db.display()))?;
-            tx.commit()
+            let mut sqlite = Store::open(&db.db)?;
+            let store: &mut dyn CaptionStore = &mut sqlite;
+            // The activation and its requeue commit together.
+            let done = store
+                .activate(id, "activate", recaption.recaption, unix_now())
                 .with_context(|| format!("{}: activating model {id}", db.db.display()))?;
-            match previous {
+            let requeued = done.requeued;
+            match done.previous {
                 Some(p) => println!("model {id} is active (was model {p})"),
                 None => println!("model {id} is active"),
             }
@@ -86,15 +81,16 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Rollback { db, recaption } => {
-            let mut store = Store::open(&db.db)?;
-            let tx = store.conn_mut().transaction()?;
-            let ((from, to), requeued) =
-                registry::rollback_and_requeue(&tx, recaption.recaption, unix_now())
-                    .with_context(|| format!("{}: rolling back", db.db.display()))?;
-            tx.commit()
+            let mut sqlite = Store::open(&db.db)?;
+            let store: &mut dyn CaptionStore = &mut sqlite;
+            let back = store
+                .rollback(recaption.recaption, unix_now())
                 .with_context(|| format!("{}: rolling back", db.db.display()))?;
-            println!("model {to} is active again (was model {from})");
-            println!("{requeued} image(s) queued again for it");
+            println!(
+                "model {} is active again (was model {})",
+                back.to, back.from
+            );
+            println!("{} image(s) queued again for it", back.requeued);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -102,9 +98,11 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
 
 fn list(db: &std::path::Path, format: Format, max_runs: usize) -> Result<ExitCode> {
     let store = Store::open_read_only(db)?;
-    let models = registry::list_models(store.conn())
+    let models = store
+        .list_models()
         .with_context(|| format!("{}: listing models", db.display()))?;
-    let runs = registry::list_runs(store.conn(), max_runs)
+    let runs = store
+        .list_runs(max_runs)
         .with_context(|| format!("{}: listing runs", db.display()))?;
     if format == Format::Json {
         let v = serde_json::json!({ "models": models, "runs": runs });

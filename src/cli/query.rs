@@ -9,10 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
-use gaze::data::image::{decode_bytes, DecodeOptions};
-use gaze::store::read::{self, ResultRow, Selection};
+use gaze::store::api::{Query, ResultRow, Selection};
 use gaze::store::Store;
-use image::{Rgb, RgbImage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -102,7 +100,8 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         (None, _) => DEFAULT_LIMIT,
     };
     let store = Store::open_read_only(&args.db)?;
-    let page = read::select_page(store.conn(), &selection, limit)
+    let page = store
+        .select_page(&selection, limit)
         .with_context(|| format!("querying {}", args.db.display()))?;
     let rows = &page.rows;
     if rows.is_empty() {
@@ -164,7 +163,7 @@ fn print_table(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> 
             };
             [
                 r.image_id.to_string(),
-                r.status.clone(),
+                r.status.to_string(),
                 r.score.map(|s| format!("{s:.3}")).unwrap_or_default(),
                 r.model.clone().unwrap_or_default(),
                 r.path.clone(),
@@ -215,7 +214,7 @@ fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
         let fields = [
             r.image_id.to_string(),
             r.path.clone(),
-            r.status.clone(),
+            r.status.to_string(),
             opt(r.caption.clone()),
             opt(r.model.clone()),
             opt(r.score.map(|s| s.to_string())),
@@ -235,7 +234,11 @@ fn print_csv(out: &mut impl Write, rows: &[ResultRow]) -> std::io::Result<()> {
 
 /// Draws one picture per matched caption from the stored weights, over the image file if it
 /// is still there (a grey panel if not, and it says so).
-pub(crate) fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -> Result<ExitCode> {
+pub(crate) fn draw_attention(
+    store: &dyn Query,
+    rows: &[ResultRow],
+    target: &Path,
+) -> Result<ExitCode> {
     let with_caption: Vec<&ResultRow> = rows.iter().filter(|r| r.caption_id.is_some()).collect();
     if with_caption.is_empty() {
         eprintln!("no caption among the matches, so no attention picture to draw");
@@ -249,19 +252,22 @@ pub(crate) fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -
     let mut failures = 0;
     for row in with_caption {
         let caption_id = row.caption_id.expect("filtered");
-        let Some(att) = read::attention_of(store.conn(), caption_id)? else {
+        let Some(att) = store.attention_of(caption_id)? else {
             eprintln!("{}: caption {caption_id} has no stored attention", row.path);
             failures += 1;
             continue;
         };
-        let image = background(row);
-        let picture = gaze::viz::render(
-            &image,
+        let path = gaze::store::path_key::key_path(&row.path);
+        let (picture, notes) = gaze::viz::stored_picture(
+            &path,
+            row.content_hash.as_deref(),
             &att.tokens,
             &att.alphas,
             att.grid,
-            &gaze::viz::PictureOptions::default(),
         );
+        for note in notes {
+            eprintln!("note: {}", note.message(&row.path));
+        }
         let file = if single {
             target.to_path_buf()
         } else {
@@ -280,42 +286,4 @@ pub(crate) fn draw_attention(store: &Store, rows: &[ResultRow], target: &Path) -
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The image under the maps: the file as it is now, or a grey panel when it is gone or
-/// unreadable.
-fn background(row: &ResultRow) -> RgbImage {
-    let grey = || RgbImage::from_pixel(256, 256, Rgb([128, 128, 128]));
-    let path = gaze::store::path_key::key_path(&row.path);
-    let read = gaze::files::read_limited(&path, gaze::files::DEFAULT_MAX_FILE_BYTES, true, None);
-    let bytes = match read {
-        Ok((b, _)) => b,
-        Err(e) => {
-            let why = if e.is_not_found() {
-                "is gone (deleted or moved since it was captioned)".to_string()
-            } else {
-                format!("cannot be read ({})", e.reason())
-            };
-            eprintln!(
-                "note: {} {why}; drawing the attention maps over a plain grey image",
-                row.path
-            );
-            return grey();
-        }
-    };
-    if let Some(stored) = &row.content_hash {
-        if blake3::hash(&bytes).to_hex().as_str() != stored {
-            eprintln!(
-                "note: {} has changed since it was captioned; drawing over the file as it is now",
-                row.path
-            );
-        }
-    }
-    match decode_bytes(&bytes, &path, &DecodeOptions::default()) {
-        Ok(img) => img.to_rgb8(),
-        Err(e) => {
-            eprintln!("note: {e}; drawing the attention maps over a plain grey image");
-            grey()
-        }
-    }
 }

@@ -5,15 +5,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gaze::config::{Config, Source, CONFIG_ENV};
+use gaze::config::{Config, Flags};
 use gaze::model::{CaptionModel, LoadOptions};
-use gaze::retrain::{run_cycle, CycleOptions, Parent, RunStatus};
-use gaze::store::{registry, Store};
+use gaze::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
+use gaze::store::api::Registry;
+use gaze::store::Store;
 
 #[derive(Args, Debug)]
 pub struct RetrainArgs {
@@ -54,59 +54,31 @@ pub struct RetrainArgs {
 
 pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
-    let file = args
-        .config
-        .clone()
-        .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
-    let mut cfg = Config::load(file.as_deref(), env)?;
     // The command-line layer: each flag given replaces its key and becomes its source.
-    let flag = |cfg: &mut Config, key: &str, name: &'static str| {
-        cfg.set_source(key, Source::Flag(name));
-    };
-    if let Some(v) = &args.db {
-        cfg.database.path = v.clone();
-        flag(&mut cfg, "database.path", "--db");
-    }
-    if let Some(v) = &args.prepared {
-        cfg.retrain.prepared = Some(v.clone());
-        flag(&mut cfg, "retrain.prepared", "--prepared");
-    }
-    if let Some(v) = &args.data_name {
-        cfg.retrain.data_name = Some(v.clone());
-        flag(&mut cfg, "retrain.data_name", "--data-name");
-    }
-    if let Some(v) = &args.images {
-        cfg.retrain.images = Some(v.clone());
-        flag(&mut cfg, "retrain.images", "--images");
-    }
-    if let Some(v) = args.epochs {
-        cfg.retrain.epochs = v;
-        flag(&mut cfg, "retrain.epochs", "--epochs");
-    }
-    if let Some(v) = args.max_minutes {
-        cfg.retrain.max_minutes = v;
-        flag(&mut cfg, "retrain.max_minutes", "--max-minutes");
-    }
-    if let Some(v) = &args.metric {
-        cfg.retrain.metric = v.clone();
-        flag(&mut cfg, "retrain.metric", "--metric");
-    }
-    if let Some(v) = args.margin {
-        cfg.retrain.margin = v;
-        flag(&mut cfg, "retrain.margin", "--margin");
-    }
-    if let Some(v) = args.threads {
-        cfg.retrain.threads = v;
-        flag(&mut cfg, "retrain.threads", "--threads");
-    }
+    let flags = Flags::new()
+        .path("--db", "database.path", args.db.as_deref())
+        .path("--prepared", "retrain.prepared", args.prepared.as_deref())
+        .value(
+            "--data-name",
+            "retrain.data_name",
+            args.data_name.as_deref(),
+        )
+        .path("--images", "retrain.images", args.images.as_deref())
+        .value("--epochs", "retrain.epochs", args.epochs)
+        .value("--max-minutes", "retrain.max_minutes", args.max_minutes)
+        .value("--metric", "retrain.metric", args.metric.as_deref())
+        .value("--margin", "retrain.margin", args.margin)
+        .value("--threads", "retrain.threads", args.threads);
+    let cfg = Config::layered(args.config.as_deref(), env, &flags)?;
     cfg.check_settings()?;
-    cfg.retrain.validate()?;
+    let settings = RetrainOptions::from_config(&cfg)?;
 
     let db = cfg.database.path.clone();
     let device = gaze::device::open_device(&cfg.model.device)?;
     let parent = {
         let store = Store::open(&db)?;
-        match registry::active_model(store.conn())
+        match store
+            .active_model()
             .with_context(|| format!("{}: reading the active model", db.display()))?
         {
             Some(row) => {
@@ -121,7 +93,7 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
                     model: Arc::new(model),
                 })
             }
-            None if cfg.retrain.warm_start => {
+            None if settings.warm_start => {
                 bail!(
                     "{}: no active model to start from; run `gaze watch` once, or set retrain.warm_start = false",
                     db.display()
@@ -130,29 +102,20 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             None => None,
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("stopping after the current batch (again to stop at once)");
-        })
-        .context("installing the signal handler")?;
-    }
+    let stop =
+        super::signal::stop_flag("stopping after the current batch (again to stop at once)")?;
     let report = run_cycle(
         &db,
         parent.as_ref(),
         &CycleOptions {
-            settings: &cfg.retrain,
+            settings: &settings,
             device: cfg.model.device.clone(),
             trigger: "manual",
             stop,
         },
     )?;
     let score = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-    let metric = &cfg.retrain.metric;
+    let metric = &settings.metric;
     match report.status {
         RunStatus::Promoted => println!(
             "run {}: promoted model {} ({metric} {} vs {} for the active model); log {}",
@@ -168,10 +131,11 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             report.candidate_id.unwrap_or(-1),
             score(report.candidate_score),
             score(report.parent_score),
-            cfg.retrain.margin,
+            settings.margin,
             report.log_path.display()
         ),
-        RunStatus::Failed => eprintln!(
+        // A finished cycle is never still running.
+        RunStatus::Failed | RunStatus::Running => eprintln!(
             "run {} failed: {}; log {}",
             report.run_id,
             report.error.as_deref().unwrap_or("unknown error"),
@@ -181,6 +145,6 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     Ok(match report.status {
         RunStatus::Promoted => ExitCode::SUCCESS,
         RunStatus::Rejected => ExitCode::from(1),
-        RunStatus::Failed => ExitCode::from(2),
+        RunStatus::Failed | RunStatus::Running => ExitCode::from(2),
     })
 }

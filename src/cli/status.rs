@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use gaze::store::{read, unix_now, Store};
+use gaze::store::api::Query;
+use gaze::store::{unix_now, Store};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -22,7 +23,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     // Before the connection opens: see gaze::daemon::is_running.
     let running = gaze::daemon::is_running(&args.db);
     let store = Store::open_read_only(&args.db)?;
-    let report = read::status(store.conn(), store.schema_version()?, unix_now())?;
+    let report = store.status(unix_now())?;
     if args.json {
         let mut v = serde_json::to_value(&report)?;
         v["db"] = args.db.display().to_string().into();
@@ -30,7 +31,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         v["by_status"] = report
             .by_status
             .iter()
-            .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
+            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
             .collect::<serde_json::Map<_, _>>()
             .into();
         println!("{}", serde_json::to_string_pretty(&v)?);

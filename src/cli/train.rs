@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -211,17 +209,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     // would only fail later (float16 cache overflow) or train on noise.
     gaze::train::encoder_start(&cfg, args.checkpoint.as_deref())?;
     let data = gaze::train::TrainData::from_prepared(&args.data_folder, &args.data_name)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C once: finish the batch, write a checkpoint, exit. Twice: exit now.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: writing a checkpoint (Ctrl-C again to quit at once)");
-        });
-    }
+    // Ctrl-C once: finish the batch, write a checkpoint, exit. Twice: exit now.
+    let stop = super::signal::stop_flag(
+        "\ninterrupted: writing a checkpoint (Ctrl-C again to quit at once)",
+    )?;
     let opts = TrainOptions {
         out_dir: args.out.clone(),
         checkpoint: args.checkpoint.clone(),

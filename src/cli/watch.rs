@@ -7,12 +7,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use gaze::config::{Config, Source, CONFIG_ENV};
+use gaze::config::{Config, Flags};
 use gaze::daemon::{Daemon, DaemonOptions};
 use gaze::model::{CaptionModel, LoadOptions};
 
@@ -68,76 +67,36 @@ pub struct WatchArgs {
 
 impl WatchArgs {
     /// The command-line layer: each flag given replaces its key and becomes its source.
-    fn apply(&self, cfg: &mut Config) {
-        let flag = |cfg: &mut Config, key: &str, name: &'static str| {
-            cfg.set_source(key, Source::Flag(name));
-        };
-        if !self.dirs.is_empty() {
-            cfg.watch.folders = self.dirs.clone();
-        }
-        if let Some(v) = &self.db {
-            cfg.database.path = v.clone();
-            flag(cfg, "database.path", "--db");
-        }
-        if let Some(v) = &self.model {
-            cfg.model.path = Some(v.clone());
-            flag(cfg, "model.path", "--model");
-        }
-        if let Some(v) = &self.word_map {
-            cfg.model.word_map = Some(v.clone());
-            flag(cfg, "model.word_map", "--word-map");
-        }
-        if let Some(v) = &self.device {
-            cfg.model.device = v.clone();
-            flag(cfg, "model.device", "--device");
-        }
-        if let Some(v) = self.beam_size {
-            cfg.model.beam_size = v;
-            flag(cfg, "model.beam_size", "--beam-size");
-        }
-        if self.poll {
-            cfg.watch.poll = true;
-            flag(cfg, "watch.poll", "--poll");
-        }
-        if let Some(v) = self.stable_ms {
-            cfg.watch.stable_ms = v;
-            flag(cfg, "watch.stable_ms", "--stable-ms");
-        }
-        if let Some(v) = self.batch_size {
-            cfg.pipeline.batch_size = v;
-            flag(cfg, "pipeline.batch_size", "--batch-size");
-        }
-        if let Some(v) = self.max_wait_ms {
-            cfg.pipeline.max_wait_ms = v;
-            flag(cfg, "pipeline.max_wait_ms", "--max-wait-ms");
-        }
-        if let Some(v) = self.decode_threads {
-            cfg.pipeline.decode_threads = v;
-            flag(cfg, "pipeline.decode_threads", "--decode-threads");
-        }
-        if self.retrain {
-            cfg.retrain.enabled = true;
-            flag(cfg, "retrain.enabled", "--retrain");
-        }
-        if let Some(v) = &self.retrain_schedule {
-            cfg.retrain.schedule = v.clone();
-            flag(cfg, "retrain.schedule", "--retrain-schedule");
-        }
+    fn flags(&self, log_level: Option<&str>) -> Flags {
+        Flags::new()
+            .folders(&self.dirs)
+            .path("--db", "database.path", self.db.as_deref())
+            .path("--model", "model.path", self.model.as_deref())
+            .path("--word-map", "model.word_map", self.word_map.as_deref())
+            .value("--device", "model.device", self.device.as_deref())
+            .value("--beam-size", "model.beam_size", self.beam_size)
+            .switch("--poll", "watch.poll", self.poll)
+            .value("--stable-ms", "watch.stable_ms", self.stable_ms)
+            .value("--batch-size", "pipeline.batch_size", self.batch_size)
+            .value("--max-wait-ms", "pipeline.max_wait_ms", self.max_wait_ms)
+            .value(
+                "--decode-threads",
+                "pipeline.decode_threads",
+                self.decode_threads,
+            )
+            .switch("--retrain", "retrain.enabled", self.retrain)
+            .value(
+                "--retrain-schedule",
+                "retrain.schedule",
+                self.retrain_schedule.as_deref(),
+            )
+            .value("--log-level", "log.level", log_level)
     }
 }
 
 pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
-    let file = args
-        .config
-        .clone()
-        .or_else(|| env(CONFIG_ENV).map(PathBuf::from));
-    let mut cfg = Config::load(file.as_deref(), env)?;
-    args.apply(&mut cfg);
-    if let Some(level) = log_level_flag {
-        cfg.log.level = level.to_string();
-        cfg.set_source("log.level", Source::Flag("--log-level"));
-    }
+    let cfg = Config::layered(args.config.as_deref(), env, &args.flags(log_level_flag))?;
     // Before anything is allocated or logged: every range, and a log level that logs.
     cfg.check_settings()?;
     let filter = cfg.log_filter()?;
@@ -147,6 +106,9 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     cfg.validate()?;
+    // Also checks the [retrain] settings (when enabled) before the model is loaded.
+    let mut opts = DaemonOptions::from_config(&cfg)?;
+    opts.exit_when_idle = args.exit_when_idle;
 
     let model_path = cfg.model.path.clone().expect("validate checks the model");
     let device = gaze::device::open_device(&cfg.model.device)?;
@@ -155,23 +117,13 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
         encoded_image_size: None,
     };
     let model = CaptionModel::load(&model_path, &load, &device)?;
-    let mut opts = DaemonOptions::from_config(&cfg);
-    opts.exit_when_idle = args.exit_when_idle;
 
     let daemon = Daemon::start(&cfg.database.path, Arc::new(model), opts)?;
     let shutdown = daemon.shutdown_handle();
-    let signals = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            tracing::info!(
-                "stopping: finishing the batches in flight (signal again to stop at once)"
-            );
-            shutdown.request();
-        } else {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the signal handler")?;
+    super::signal::on_interrupt(move || {
+        tracing::info!("stopping: finishing the batches in flight (signal again to stop at once)");
+        shutdown.request();
+    })?;
 
     let summary = daemon.wait()?;
     tracing::info!(

@@ -128,15 +128,17 @@ pub struct DaemonOptions {
     /// Stop once every file found has been captioned or has failed.
     pub exit_when_idle: bool,
     /// Scheduled retraining, when enabled.
-    pub retrain: Option<crate::config::RetrainSection>,
+    pub retrain: Option<crate::retrain::RetrainOptions>,
     /// Where retraining runs (cpu, cuda, cuda:N).
     pub device: String,
 }
 
 impl DaemonOptions {
-    pub fn from_config(cfg: &Config) -> Self {
+    /// The options of `cfg`; an error names a `[retrain]` setting that is wrong (checked only
+    /// when retraining is enabled).
+    pub fn from_config(cfg: &Config) -> Result<Self, crate::config::ConfigError> {
         let ms = Duration::from_millis;
-        DaemonOptions {
+        Ok(DaemonOptions {
             folders: cfg.watch.folders.clone(),
             include: cfg.watch.include.clone(),
             exclude: cfg.watch.exclude.clone(),
@@ -161,9 +163,13 @@ impl DaemonOptions {
             max_file_bytes: cfg.limits.max_file_bytes,
             max_attempts: cfg.limits.max_attempts.max(1),
             exit_when_idle: false,
-            retrain: cfg.retrain.enabled.then(|| cfg.retrain.clone()),
+            retrain: cfg
+                .retrain
+                .enabled
+                .then(|| crate::retrain::RetrainOptions::from_config(cfg))
+                .transpose()?,
             device: cfg.model.device.clone(),
-        }
+        })
     }
 }
 

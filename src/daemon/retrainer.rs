@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use super::models::{load_registered, ActiveModel};
 use super::{DaemonError, ModelSwap, Shutdown};
-use crate::config::RetrainSection;
-use crate::retrain::{run_cycle, CycleOptions, Parent, RunStatus, Schedule};
+use crate::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
 use crate::store::registry;
 use crate::store::{unix_now, Store};
 
@@ -25,8 +24,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct Retrainer {
     db: PathBuf,
-    settings: RetrainSection,
-    schedule: Schedule,
+    settings: RetrainOptions,
+    schedule: crate::retrain::Schedule,
     device: String,
     current: ActiveModel,
     swap: ModelSwap,
@@ -38,17 +37,13 @@ pub(crate) struct Retrainer {
 impl Retrainer {
     pub fn new(
         db: &Path,
-        settings: RetrainSection,
+        settings: RetrainOptions,
         device: String,
         current: ActiveModel,
         swap: ModelSwap,
         shutdown: Shutdown,
     ) -> Result<Self, DaemonError> {
-        let schedule =
-            Schedule::parse(&settings.schedule).map_err(|reason| DaemonError::Registry {
-                path: db.to_path_buf(),
-                reason: format!("retrain.schedule: {reason}"),
-            })?;
+        let schedule = settings.schedule.clone();
         Ok(Retrainer {
             db: db.to_path_buf(),
             settings,
@@ -74,7 +69,7 @@ impl Retrainer {
         let started = unix_now();
         let mut due = self.schedule.next_after(started, started);
         tracing::info!(
-            schedule = %self.settings.schedule,
+            schedule = %self.settings.schedule_text,
             first_in_s = format!("{:.0}", due - started),
             threads = self.settings.train_threads(),
             "retraining scheduled"

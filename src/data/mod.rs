@@ -1,12 +1,11 @@
 //! Data: Karpathy split JSON, word maps, image decoding and preprocessing, the tutorial's
 //! prepared HDF5/JSON files (writing them with `prepare`, reading them with `prepared`), and the
-//! threaded training loader.
+//! synthetic captioned dataset (`synth`).
 
 pub mod error;
 pub mod hdf5;
 pub mod image;
 pub mod karpathy;
-pub mod loader;
 pub mod prepare;
 pub mod prepared;
 pub mod pyjson;

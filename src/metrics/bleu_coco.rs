@@ -18,7 +18,7 @@ use std::hash::Hash;
 use serde::Serialize;
 
 use super::ngram::{bleu_image_stats, intern_corpus, BleuImageStats};
-use super::MetricsError;
+use super::{check_corpus, MetricsError};
 
 const SMALL: f64 = 1e-9;
 const TINY: f64 = 1e-15;
@@ -63,15 +63,7 @@ where
     S: AsRef<[T]>,
     R: AsRef<[S]>,
 {
-    if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch {
-            references: references.len(),
-            hypotheses: hypotheses.len(),
-        });
-    }
-    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
-        return Err(MetricsError::NoReferences { index });
-    }
+    check_corpus(references, hypotheses)?;
     let corpus = intern_corpus(references, hypotheses);
     let stats: Vec<BleuImageStats> = corpus
         .references

@@ -23,7 +23,7 @@ use super::ngram::{
     bleu_image_stats, closest_reference_length, intern_corpus, max_reference_counts,
     BleuImageStats, NgramCounts, MAX_PACKED_ORDER,
 };
-use super::MetricsError;
+use super::{check_corpus, MetricsError};
 
 /// NLTK's weights for BLEU-1..4: `(1,)`, `(1/2, 1/2)`, `(1/3,)*3`, `(1/4,)*4`.
 pub const BLEU_1_TO_4_WEIGHTS: [&[f64]; 4] = [&[1.0], &[0.5, 0.5], &[1.0 / 3.0; 3], &[0.25; 4]];
@@ -104,15 +104,7 @@ where
     S: AsRef<[T]>,
     R: AsRef<[S]>,
 {
-    if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch {
-            references: references.len(),
-            hypotheses: hypotheses.len(),
-        });
-    }
-    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
-        return Err(MetricsError::NoReferences { index });
-    }
+    check_corpus(references, hypotheses)?;
     if max_order <= MAX_PACKED_ORDER {
         // Integer n-grams: the same counts, much faster.
         let corpus = intern_corpus(references, hypotheses);
@@ -130,12 +122,9 @@ where
         hypothesis_length: 0,
         reference_length: 0,
     };
-    for (index, (refs, hyp)) in references.iter().zip(hypotheses).enumerate() {
+    for (refs, hyp) in references.iter().zip(hypotheses) {
         let refs = refs.as_ref();
         let hyp = hyp.as_ref();
-        if refs.is_empty() {
-            return Err(MetricsError::NoReferences { index });
-        }
         let max_ref = max_reference_counts(refs, max_order);
         let hyp_counts = NgramCounts::new(hyp, max_order);
         for (n, order) in hyp_counts.orders.iter().enumerate() {

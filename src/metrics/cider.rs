@@ -25,7 +25,7 @@ use super::fsum::numpy_mean;
 use rayon::prelude::*;
 
 use super::ngram::{intern_corpus, DistinctGrams, FastMap, GramKey};
-use super::MetricsError;
+use super::{check_corpus, MetricsError};
 
 const ORDERS: usize = 4;
 const SIGMA: f64 = 6.0;
@@ -120,15 +120,7 @@ where
     S: AsRef<[T]>,
     R: AsRef<[S]>,
 {
-    if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch {
-            references: references.len(),
-            hypotheses: hypotheses.len(),
-        });
-    }
-    if let Some(index) = references.iter().position(|r| r.as_ref().is_empty()) {
-        return Err(MetricsError::NoReferences { index });
-    }
+    check_corpus(references, hypotheses)?;
     let corpus = intern_corpus(references, hypotheses);
     Ok(cider_d_ids(&corpus.references, &corpus.hypotheses))
 }

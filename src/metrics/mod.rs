@@ -50,6 +50,24 @@ pub enum MetricsError {
     BadWeights(String),
 }
 
+/// The check every corpus metric makes first: one reference list per hypothesis, and none
+/// of them empty.
+pub(crate) fn check_corpus<X, R: AsRef<[X]>, H>(
+    references: &[R],
+    hypotheses: &[H],
+) -> Result<(), MetricsError> {
+    if references.len() != hypotheses.len() {
+        return Err(MetricsError::LengthMismatch {
+            references: references.len(),
+            hypotheses: hypotheses.len(),
+        });
+    }
+    match references.iter().position(|r| r.as_ref().is_empty()) {
+        Some(index) => Err(MetricsError::NoReferences { index }),
+        None => Ok(()),
+    }
+}
+
 /// Corpus-level values of every computed metric. Field names are the stable JSON keys.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CorpusMetrics {
@@ -233,15 +251,7 @@ fn score_with_nltk_tokens(
     hypotheses: &[String],
     nltk: Option<NltkTokens<'_>>,
 ) -> Result<CorpusScores, MetricsError> {
-    if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch {
-            references: references.len(),
-            hypotheses: hypotheses.len(),
-        });
-    }
-    if let Some(index) = references.iter().position(|r| r.is_empty()) {
-        return Err(MetricsError::NoReferences { index });
-    }
+    check_corpus(references, hypotheses)?;
     // Computed first and apart: its inputs differ from the other columns'.
     let separate_nltk = nltk
         .map(|t| {

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::fsum::numpy_mean;
-use super::MetricsError;
+use super::{check_corpus, MetricsError};
 
 const BETA: f64 = 1.2;
 
@@ -63,17 +63,9 @@ pub fn split_on_space(text: &str) -> Vec<&str> {
 
 /// pycocoevalcap's `Rouge().compute_score` over strings.
 pub fn rouge_l(references: &[Vec<String>], hypotheses: &[String]) -> Result<RougeL, MetricsError> {
-    if references.len() != hypotheses.len() {
-        return Err(MetricsError::LengthMismatch {
-            references: references.len(),
-            hypotheses: hypotheses.len(),
-        });
-    }
+    check_corpus(references, hypotheses)?;
     let mut per_image = Vec::with_capacity(hypotheses.len());
-    for (index, (refs, hyp)) in references.iter().zip(hypotheses).enumerate() {
-        if refs.is_empty() {
-            return Err(MetricsError::NoReferences { index });
-        }
+    for (refs, hyp) in references.iter().zip(hypotheses) {
         let ref_tokens: Vec<Vec<&str>> = refs.iter().map(|r| split_on_space(r)).collect();
         per_image.push(sentence_rouge_l(&split_on_space(hyp), &ref_tokens));
     }

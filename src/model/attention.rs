@@ -10,6 +10,8 @@ use candle_core::{Module, Result, Tensor, D};
 
 use super::encoder::layers::Linear;
 use super::weights::WeightsView;
+use crate::kernels::attention::{attention_scores, attention_weighted_sum};
+use crate::kernels::projection::project;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -35,7 +37,7 @@ impl Attention {
     /// `(B, P, E)` encoder output to its `(B, P, A)` projection.
     pub fn project_encoder(&self, encoder_out: &Tensor) -> Result<Tensor> {
         // Through the fused op, whose backward skips the (frozen) encoder output's gradient.
-        let proj = super::fused::project(encoder_out, &self.encoder_att.weight)?;
+        let proj = project(encoder_out, &self.encoder_att.weight)?;
         proj.broadcast_add(&self.encoder_att.bias)
     }
 
@@ -49,29 +51,14 @@ impl Attention {
         encoder_proj: &Tensor,
         h: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (b, p, a) = encoder_proj.dims3()?;
-        let q = h.dim(1)?;
         let att2 = self.decoder_att.forward(h)?; // (B, Q, A)
-        let w = self.full_att.weight.reshape((a, 1))?;
-        let scores = if encoder_proj.device().is_cpu()
-            && encoder_proj.dtype() == candle_core::DType::F32
-            && att2.dtype() == candle_core::DType::F32
-        {
-            // On the CPU: one fused pass instead of three over (B, Q, P, A), and one for
-            // the gradients when training.
-            super::fused::attention_scores(encoder_proj, &att2, &w.flatten_all()?)?
-        } else {
-            let sum = encoder_proj
-                .unsqueeze(1)?
-                .broadcast_add(&att2.unsqueeze(2)?)?
-                .relu()?; // (B, Q, P, A)
-            sum.reshape((b * q * p, a))?
-                .matmul(&w)?
-                .reshape((b, q, p))?
-        };
+        let w = self.full_att.weight.flatten_all()?;
+        // On the CPU one fused pass instead of three over (B, Q, P, A), and one for the
+        // gradients when training.
+        let scores = attention_scores(encoder_proj, &att2, &w)?;
         let scores = scores.broadcast_add(&self.full_att.bias.reshape((1, 1, 1))?)?;
         let alpha = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let awe = super::fused::attention_weighted_sum(&alpha, encoder_out)?; // (B, Q, P) x (B, P, E)
+        let awe = attention_weighted_sum(&alpha, encoder_out)?; // (B, Q, P) x (B, P, E)
         Ok((awe, alpha))
     }
 }

@@ -8,7 +8,6 @@ pub mod decoder;
 pub mod encoder;
 pub mod error;
 pub mod file;
-pub mod fused;
 pub mod init;
 pub mod weights;
 

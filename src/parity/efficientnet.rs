@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use super::error::{ParityError, Result};
 use super::fixtures::load_tensors;
 use super::report::{both, max_abs, Report, Tol};
-use crate::model::encoder::depthwise::{depthwise_by_taps, depthwise_conv2d};
+use crate::kernels::depthwise::{depthwise_by_taps, depthwise_conv2d};
 use crate::model::encoder::efficientnet::{pretrained_tensors, EfficientNetLite, PREFIX};
 use crate::model::weights::Weights;
 

@@ -17,7 +17,7 @@
 //! and converts to f32 or keeps the dtype. Errors name the file and what is wrong where.
 //!
 //! [`extract`] finds the model tensors in whatever layout the file uses and names them as the
-//! tutorial does.
+//! tutorial does; [`import`] turns them into a caption model ([`crate::model::CaptionModel::from_pytorch`]).
 //!
 //! Files may be hostile. Nothing in them is ever executed; a pickle naming functions a checkpoint
 //! does not need (`os.system`, `builtins.eval`, ...; the rule is [`pickle::is_expected_global`])
@@ -28,6 +28,7 @@
 
 mod error;
 pub mod extract;
+pub mod import;
 pub mod pickle;
 pub mod value;
 

@@ -18,14 +18,14 @@ use serde_json::{json, Value};
 
 use super::data;
 use super::evaluate::{metric_names, score_split, HeldOutScores};
-use super::RetrainError;
-use crate::config::RetrainSection;
+use super::{RetrainError, RetrainOptions};
 use crate::data::karpathy::Split;
 use crate::data::PreparedSplit;
 use crate::model::file::{self, LoadOptions};
 use crate::model::CaptionModel;
-use crate::store::registry::{self, RunEnd};
-use crate::store::write::{self, NewModel};
+use crate::store::api::{CaptionStore, NewModel, NewRun, StoreTx};
+use crate::store::registry::ModelStatus;
+use crate::store::runs::{self, RunEnd};
 use crate::store::{unix_now, Store};
 use crate::train::{train, StandardObserver, StopReason, TrainConfig, TrainData, TrainOptions};
 
@@ -38,7 +38,7 @@ pub struct Parent {
 
 /// How a cycle is run.
 pub struct CycleOptions<'a> {
-    pub settings: &'a RetrainSection,
+    pub settings: &'a RetrainOptions,
     /// Where training runs (cpu, cuda, cuda:N).
     pub device: String,
     /// `schedule` or `manual`, recorded with the run.
@@ -47,12 +47,8 @@ pub struct CycleOptions<'a> {
     pub stop: Arc<AtomicBool>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Promoted,
-    Rejected,
-    Failed,
-}
+/// How a run ended (a cycle reports promoted, rejected or failed).
+pub use crate::store::runs::RunStatus;
 
 /// What a cycle did.
 pub struct CycleReport {
@@ -122,8 +118,9 @@ pub fn run_cycle(
     opts: &CycleOptions,
 ) -> Result<CycleReport, RetrainError> {
     let settings = opts.settings;
-    let mut store = Store::open(db)?;
-    let stale = registry::fail_stale_runs(store.conn(), registry::process_alive, unix_now())?;
+    let mut sqlite = Store::open(db)?;
+    let store: &mut dyn CaptionStore = &mut sqlite;
+    let stale = store.fail_stale_runs(&runs::process_alive, unix_now())?;
     if stale > 0 {
         tracing::warn!(
             runs = stale,
@@ -132,12 +129,13 @@ pub fn run_cycle(
     }
     let rule = json!({"metric": settings.metric, "margin": settings.margin});
     let fingerprint = data::fingerprint(settings).unwrap_or_default();
-    let run_id = registry::start_run(
-        store.conn(),
-        opts.trigger,
-        parent.map(|p| p.id),
-        &rule,
-        &fingerprint,
+    let run_id = store.start_run(
+        &NewRun {
+            trigger: opts.trigger,
+            parent: parent.map(|p| p.id),
+            rule: &rule,
+            fingerprint: &fingerprint,
+        },
         unix_now(),
     )?;
     let run_dir = settings.work_dir.join(format!("run-{run_id:04}"));
@@ -148,7 +146,7 @@ pub fn run_cycle(
     let run_dir = std::fs::canonicalize(&run_dir).unwrap_or(run_dir);
     let log_path = run_dir.join("retrain.log");
     let mut log = RunLog::new(&log_path);
-    registry::set_run_log_path(store.conn(), run_id, &log_path.to_string_lossy())?;
+    store.set_run_log_path(run_id, &log_path.to_string_lossy())?;
     tracing::info!(run = run_id, parent = ?parent.map(|p| p.id), log = %log_path.display(), "retraining started");
     log.line(&format!(
         "run {run_id} ({}) from model {:?}; rule: {} at least the active model's + {}",
@@ -171,68 +169,82 @@ pub fn run_cycle(
     });
 
     let now = unix_now();
-    let tx = store
-        .conn_mut()
-        .transaction()
-        .map_err(registry::RegistryError::from)?;
+    let mut tx = store.begin()?;
+    let report = record(
+        &mut *tx, run_id, parent, settings, outcome, &mut log, &log_path, now,
+    )?;
+    tx.commit()?;
+    tracing::info!(
+        run = run_id,
+        status = ?report.status,
+        candidate = ?report.candidate_id,
+        parent_score = ?report.parent_score,
+        candidate_score = ?report.candidate_score,
+        error = report.error.as_deref().unwrap_or(""),
+        "retraining finished"
+    );
+    Ok(report)
+}
+
+/// Records how a run ended in `tx`: the candidate registered (ready, rejected or corrupt), the
+/// scores, the promotion with its requeue, and the run's end.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    tx: &mut dyn StoreTx,
+    run_id: i64,
+    parent: Option<&Parent>,
+    settings: &RetrainOptions,
+    outcome: Result<Judged, Failure>,
+    log: &mut RunLog,
+    log_path: &Path,
+    now: f64,
+) -> Result<CycleReport, RetrainError> {
+    let log_path = log_path.to_path_buf();
     let report = match outcome {
         Ok(j) => {
-            let hash =
-                blake3::hash(&std::fs::read(&j.path).map_err(|source| RetrainError::Io {
-                    path: j.path.clone(),
-                    source,
-                })?)
-                .to_hex()
-                .to_string();
+            let hash = crate::files::content_hash(&j.path).map_err(|source| RetrainError::Io {
+                path: j.path.clone(),
+                source,
+            })?;
             let candidate_json = j.candidate.to_json();
             let parent_json = j.parent.as_ref().map(|p| p.to_json());
             let candidate_score = j.candidate.metric(&settings.metric);
             let parent_score = j.parent.as_ref().and_then(|p| p.metric(&settings.metric));
-            if let Some(existing) = registry::model_by_hash(&tx, &hash)? {
+            if let Some(existing) = tx.model_by_hash(&hash)? {
                 // Identical bytes to a known model: nothing new to promote.
                 let error = format!("the candidate is identical to model {}", existing.id);
                 log.line(&error);
-                registry::finish_run(
-                    &tx,
-                    run_id,
-                    &RunEnd {
-                        status: "failed",
-                        log: &log.text,
-                        error: Some(&error),
-                        ..Default::default()
-                    },
-                    now,
-                )?;
-                tx.commit().map_err(registry::RegistryError::from)?;
+                tx.finish_run(run_id, &RunEnd::failed(&log.text, &error), now)?;
                 return Ok(failed_report(run_id, error, log_path));
             }
-            let id = write::register_model(
-                &tx,
-                &NewModel {
-                    content_hash: &hash,
-                    path: &j.path.to_string_lossy(),
-                    name: &j.name,
-                    config_json: &serde_json::to_string(&j.model.config).expect("serialises"),
-                    provenance_json: &j.model.provenance.to_string(),
-                },
-                now,
-            )
-            .map_err(registry::RegistryError::from)?;
-            registry::set_trained(
-                &tx,
-                id,
-                parent.map(|p| p.id),
-                if j.promote { "ready" } else { "rejected" },
-            )?;
-            registry::set_metrics(&tx, id, &candidate_json)?;
+            let id = tx
+                .register_model(
+                    &NewModel {
+                        content_hash: &hash,
+                        path: &j.path.to_string_lossy(),
+                        name: &j.name,
+                        config_json: &serde_json::to_string(&j.model.config).expect("serialises"),
+                        provenance_json: &j.model.provenance.to_string(),
+                    },
+                    now,
+                )?
+                .id;
+            let verdict = if j.promote {
+                ModelStatus::Ready
+            } else {
+                ModelStatus::Rejected
+            };
+            tx.set_trained(id, parent.map(|p| p.id), verdict)?;
+            tx.set_metrics(id, &candidate_json)?;
             if let (Some(p), Some(pj)) = (parent, &parent_json) {
-                registry::set_metrics(&tx, p.id, pj)?;
+                tx.set_metrics(p.id, pj)?;
             }
             let status = if j.promote {
                 // The policy's requeue commits with the promotion, so a daemon started later
                 // (or another one) finds the new model's work as pending rows.
-                let (_, requeued) =
-                    registry::activate_and_requeue(&tx, id, "retrain", settings.recaption, now)?;
+                let requeued = tx
+                    .activate(id, "retrain", settings.recaption, now)?
+                    .requeued;
                 log.line(&format!(
                     "promoted: model {id} is now active; {requeued} image(s) queued again \
                      (recaption = {:?})",
@@ -243,15 +255,15 @@ pub fn run_cycle(
                 log.line(&format!("rejected: model {id} stays inactive"));
                 RunStatus::Rejected
             };
-            registry::finish_run(
-                &tx,
+            let log_tail = runs::tail(&log.text, runs::LOG_KEEP);
+            tx.finish_run(
                 run_id,
                 &RunEnd {
-                    status: if j.promote { "promoted" } else { "rejected" },
+                    status,
                     candidate: Some(id),
                     parent_metrics: parent_json.as_ref(),
                     candidate_metrics: Some(&candidate_json),
-                    log: &registry::tail(&log.text, registry::LOG_KEEP),
+                    log: &log_tail,
                     error: None,
                 },
                 now,
@@ -278,53 +290,36 @@ pub fn run_cycle(
             log.line(&format!("failed: {error}; the active model is unchanged"));
             let mut candidate = None;
             if let Some(path) = corrupt {
-                if let Ok(bytes) = std::fs::read(&path) {
-                    let hash = blake3::hash(&bytes).to_hex().to_string();
-                    if registry::model_by_hash(&tx, &hash)?.is_none() {
-                        let id = write::register_model(
-                            &tx,
-                            &NewModel {
-                                content_hash: &hash,
-                                path: &path.to_string_lossy(),
-                                name: &format!("retrain-{run_id}"),
-                                config_json: "{}",
-                                provenance_json: "{}",
-                            },
-                            now,
-                        )
-                        .map_err(registry::RegistryError::from)?;
-                        registry::set_trained(&tx, id, parent.map(|p| p.id), "corrupt")?;
+                if let Ok(hash) = crate::files::content_hash(&path) {
+                    if tx.model_by_hash(&hash)?.is_none() {
+                        let id = tx
+                            .register_model(
+                                &NewModel {
+                                    content_hash: &hash,
+                                    path: &path.to_string_lossy(),
+                                    name: &format!("retrain-{run_id}"),
+                                    config_json: "{}",
+                                    provenance_json: "{}",
+                                },
+                                now,
+                            )?
+                            .id;
+                        tx.set_trained(id, parent.map(|p| p.id), ModelStatus::Corrupt)?;
                         candidate = Some(id);
                     }
                 }
             }
-            registry::finish_run(
-                &tx,
-                run_id,
-                &RunEnd {
-                    status: "failed",
-                    candidate,
-                    log: &registry::tail(&log.text, registry::LOG_KEEP),
-                    error: Some(&error),
-                    ..Default::default()
-                },
-                now,
-            )?;
+            let log_tail = runs::tail(&log.text, runs::LOG_KEEP);
+            let end = RunEnd {
+                candidate,
+                ..RunEnd::failed(&log_tail, &error)
+            };
+            tx.finish_run(run_id, &end, now)?;
             let mut r = failed_report(run_id, error, log_path.clone());
             r.candidate_id = candidate;
             r
         }
     };
-    tx.commit().map_err(registry::RegistryError::from)?;
-    tracing::info!(
-        run = run_id,
-        status = ?report.status,
-        candidate = ?report.candidate_id,
-        parent_score = ?report.parent_score,
-        candidate_score = ?report.candidate_score,
-        error = report.error.as_deref().unwrap_or(""),
-        "retraining finished"
-    );
     Ok(report)
 }
 

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::RetrainSection;
+use super::RetrainOptions;
 use crate::data::karpathy::{KarpathyDataset, KarpathyImage, KarpathySentence};
 use crate::data::prepare::{prepare, NoProgress, PrepareConfig};
 use crate::data::prepared::{base_name, PreparedFiles};
@@ -24,7 +24,7 @@ const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif",
 /// Where the prepared files of a run are: (folder, base name), preparing labelled images
 /// first when they changed. `log` receives a line about what was done.
 pub fn locate(
-    settings: &RetrainSection,
+    settings: &RetrainOptions,
     log: &mut dyn FnMut(&str),
 ) -> Result<(PathBuf, String), String> {
     if let Some(folder) = &settings.prepared {
@@ -227,14 +227,10 @@ fn karpathy_from_labelled(items: &[Labelled]) -> Result<KarpathyDataset, String>
 
 /// A digest of the data a run would use and of the settings that shape it (not `enabled`
 /// or `schedule`): equal digests mean a run would learn nothing new.
-pub fn fingerprint(settings: &RetrainSection) -> Result<String, String> {
+pub fn fingerprint(settings: &RetrainOptions) -> Result<String, String> {
     let mut hasher = blake3::Hasher::new();
-    let mut shaping = settings.clone();
-    shaping.enabled = false;
-    shaping.schedule.clear();
-    shaping.only_when_changed = false;
     hasher.update(
-        toml::to_string(&shaping)
+        toml::to_string(&settings.shaping_section())
             .map_err(|e| e.to_string())?
             .as_bytes(),
     );

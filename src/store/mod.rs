@@ -9,12 +9,81 @@
 //! survives the process being killed; only a power cut can lose the last commits, and never
 //! corrupts), and a busy timeout. An image is done only when the transaction holding its
 //! caption has committed, which is what makes a SIGKILL at any moment harmless.
+//!
+//! Users hold the store through its interface, [`api`] ([`CaptionStore`] and its traits), which
+//! [`Store`] implements ([`sqlite`]). The SQL is split by what it stores: [`queue`] (images),
+//! [`captions`] (captions and attention), [`registry`] (models and activations), [`runs`]
+//! (retraining runs) and [`query`] (reading for people and programs).
 
-pub mod attention;
+/// A status column's values as a Rust enum, stored as the same text as ever: `as_str`,
+/// `parse`, `ALL`, `Display` (which pads), `Serialize` and rusqlite's `ToSql`/`FromSql`.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("{text:?} is not a {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+pub mod api;
+pub mod captions;
 pub mod path_key;
+pub mod query;
+pub mod queue;
 pub mod read;
 pub mod registry;
+pub mod runs;
+pub mod sqlite;
 pub mod write;
+
+pub use api::{CaptionStore, StoreTx};
+pub use sqlite::SqliteTx;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +138,19 @@ pub enum StoreError {
     Migration { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("no model with id {0}")]
+    NoSuchModel(i64),
+    #[error("model {id} is {status}; only ready or rejected models can be activated")]
+    NotActivatable {
+        id: i64,
+        status: registry::ModelStatus,
+    },
+    #[error("nothing to roll back to: the active model has no earlier model in the history")]
+    NothingToRollBack,
+    #[error("no model is active")]
+    NoActiveModel,
+    #[error("caption {0}: {1}")]
+    BadAttention(i64, String),
 }
 
 impl StoreError {

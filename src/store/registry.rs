@@ -1,17 +1,68 @@
-//! The model registry: every model gaze used or trained, which one is active, the history of
-//! activations (so a rollback returns to the model before), and the record of retraining runs.
+//! The model registry: every model gaze used or trained, which one is active, and the history
+//! of activations (so a rollback returns to the model before). This is the only place that
+//! registers a model or changes the active one.
 //!
 //! Guarantees: at most one model is active (a unique partial index); a model whose file failed
 //! to load or check (`corrupt`) or that is still being judged (`candidate`) is never activated;
-//! every change of the active model is a row in `model_activations`. Functions take a
-//! `&Connection` and do not commit, except where they say so; run them in a transaction to
-//! change several things at once.
+//! every change of the active model is a row in `model_activations`, and the images the new
+//! model captions again (by the [`Recaption`] policy) are queued in the same transaction by
+//! [`activate_and_requeue`] and [`rollback_and_requeue`]. Functions take a `&Connection` and do
+//! not commit; run them in a transaction to change several things at once.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::Recaption;
+use super::{queue, runs};
+
+text_enum! {
+    /// Whether a model may be activated (`models.status`).
+    ModelStatus {
+        /// May be activated.
+        Ready = "ready",
+        /// Being judged by a retraining run.
+        Candidate = "candidate",
+        /// Lost against the active model; may still be activated by hand.
+        Rejected = "rejected",
+        /// Its file failed to load or check.
+        Corrupt = "corrupt",
+    }
+}
+
+text_enum! {
+    /// Where a model came from (`models.kind`).
+    ModelKind {
+        /// Given to `gaze watch`.
+        Loaded = "loaded",
+        /// Made by a retraining run.
+        Trained = "trained",
+    }
+}
+
+/// Which stored images a newly active model captions again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Recaption {
+    /// Only new images get the new model's captions.
+    None,
+    /// Images with no finished caption by any model (the search never reached `<end>`).
+    #[default]
+    Missing,
+    /// Every stored image, once per content.
+    All,
+}
+
+impl std::str::FromStr for Recaption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Recaption::None),
+            "missing" => Ok(Recaption::Missing),
+            "all" => Ok(Recaption::All),
+            other => Err(format!("expected none, missing or all, not {other:?}")),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -20,7 +71,7 @@ pub enum RegistryError {
     #[error("no model with id {0}")]
     NoSuchModel(i64),
     #[error("model {id} is {status}; only ready or rejected models can be activated")]
-    NotActivatable { id: i64, status: String },
+    NotActivatable { id: i64, status: ModelStatus },
     #[error("nothing to roll back to: the active model has no earlier model in the history")]
     NothingToRollBack,
     #[error("no model is active")]
@@ -29,15 +80,15 @@ pub enum RegistryError {
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-/// A row of `models`, as the registry shows it.
+/// A row of `models`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelRow {
     pub id: i64,
     pub name: String,
     pub path: String,
     pub content_hash: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: ModelKind,
+    pub status: ModelStatus,
     pub parent_id: Option<i64>,
     pub active: bool,
     pub created_at: f64,
@@ -104,13 +155,17 @@ pub fn model_by_hash(conn: &Connection, content_hash: &str) -> Result<Option<Mod
 }
 
 pub fn active_model(conn: &Connection) -> Result<Option<ModelRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {MODEL_COLUMNS} FROM models m WHERE m.active = 1"),
-            [],
-            model_row,
-        )
-        .optional()?)
+    Ok(active_model_row(conn)?)
+}
+
+/// [`active_model`] with SQLite's error, for queries that have no other.
+pub(crate) fn active_model_row(conn: &Connection) -> rusqlite::Result<Option<ModelRow>> {
+    conn.query_row(
+        &format!("SELECT {MODEL_COLUMNS} FROM models m WHERE m.active = 1"),
+        [],
+        model_row,
+    )
+    .optional()
 }
 
 /// Makes `id` the active model and records why; returns the model that was active before
@@ -120,7 +175,7 @@ pub fn activate(conn: &Connection, id: i64, reason: &str, now: f64) -> Result<Op
     if target.active {
         return Ok(None);
     }
-    if !matches!(target.status.as_str(), "ready" | "rejected") {
+    if !matches!(target.status, ModelStatus::Ready | ModelStatus::Rejected) {
         return Err(RegistryError::NotActivatable {
             id,
             status: target.status,
@@ -170,7 +225,7 @@ pub fn rollback(conn: &Connection, now: f64) -> Result<(i64, i64)> {
     let current = active_model(conn)?.ok_or(RegistryError::NoActiveModel)?;
     let target = previous_of(conn, current.id)?.ok_or(RegistryError::NothingToRollBack)?;
     let row = model(conn, target)?.ok_or(RegistryError::NoSuchModel(target))?;
-    if row.status == "corrupt" || row.status == "candidate" {
+    if matches!(row.status, ModelStatus::Corrupt | ModelStatus::Candidate) {
         return Err(RegistryError::NotActivatable {
             id: target,
             status: row.status,
@@ -183,7 +238,12 @@ pub fn rollback(conn: &Connection, now: f64) -> Result<(i64, i64)> {
 }
 
 /// Marks a model as made by retraining from `parent`, with a status.
-pub fn set_trained(conn: &Connection, id: i64, parent: Option<i64>, status: &str) -> Result<()> {
+pub fn set_trained(
+    conn: &Connection,
+    id: i64,
+    parent: Option<i64>,
+    status: ModelStatus,
+) -> Result<()> {
     conn.execute(
         "UPDATE models SET kind = 'trained', parent_id = ?2, status = ?3 WHERE id = ?1",
         params![id, parent, status],
@@ -191,7 +251,7 @@ pub fn set_trained(conn: &Connection, id: i64, parent: Option<i64>, status: &str
     Ok(())
 }
 
-pub fn set_status(conn: &Connection, id: i64, status: &str) -> Result<()> {
+pub fn set_status(conn: &Connection, id: i64, status: ModelStatus) -> Result<()> {
     conn.execute(
         "UPDATE models SET status = ?2 WHERE id = ?1",
         params![id, status],
@@ -207,212 +267,56 @@ pub fn set_metrics(conn: &Connection, id: i64, metrics: &Value) -> Result<()> {
     Ok(())
 }
 
-/// A retraining run, as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunRow {
+/// A model to register.
+#[derive(Debug, Clone)]
+pub struct NewModel<'a> {
+    pub content_hash: &'a str,
+    pub path: &'a str,
+    pub name: &'a str,
+    pub config_json: &'a str,
+    pub provenance_json: &'a str,
+}
+
+/// A registered model's id, and whether it was known before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
     pub id: i64,
-    pub started_at: f64,
-    pub finished_at: Option<f64>,
-    pub status: String,
-    pub trigger: String,
-    pub pid: i64,
-    pub parent_model_id: Option<i64>,
-    pub candidate_model_id: Option<i64>,
-    pub rule: Option<Value>,
-    pub parent_metrics: Option<Value>,
-    pub candidate_metrics: Option<Value>,
-    pub fingerprint: Option<String>,
-    pub log_path: Option<String>,
-    pub log: Option<String>,
-    pub error: Option<String>,
+    pub known: bool,
 }
 
-const RUN_COLUMNS: &str = "id, started_at, finished_at, status, trigger, pid, parent_model_id,
-     candidate_model_id, rule, parent_metrics, candidate_metrics, fingerprint, log_path, log,
-     error";
-
-fn run_row(r: &rusqlite::Row) -> rusqlite::Result<RunRow> {
-    let json = |i: usize| -> rusqlite::Result<Option<Value>> {
-        let s: Option<String> = r.get(i)?;
-        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
-    };
-    Ok(RunRow {
-        id: r.get(0)?,
-        started_at: r.get(1)?,
-        finished_at: r.get(2)?,
-        status: r.get(3)?,
-        trigger: r.get(4)?,
-        pid: r.get(5)?,
-        parent_model_id: r.get(6)?,
-        candidate_model_id: r.get(7)?,
-        rule: json(8)?,
-        parent_metrics: json(9)?,
-        candidate_metrics: json(10)?,
-        fingerprint: r.get(11)?,
-        log_path: r.get(12)?,
-        log: r.get(13)?,
-        error: r.get(14)?,
-    })
-}
-
-/// Records a run as started; returns its id.
-pub fn start_run(
-    conn: &Connection,
-    trigger: &str,
-    parent: Option<i64>,
-    rule: &Value,
-    fingerprint: &str,
-    now: f64,
-) -> Result<i64> {
+/// Registers a model (once per content hash; a known one keeps its row and takes the new
+/// path). Activating it is a separate step ([`activate_and_requeue`]).
+pub fn register(conn: &Connection, m: &NewModel, now: f64) -> rusqlite::Result<Registered> {
+    let known = model_id_by_hash(conn, m.content_hash)?.is_some();
     conn.execute(
-        "INSERT INTO retrain_runs (started_at, status, trigger, pid, parent_model_id, rule,
-                                   fingerprint)
-             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO models (content_hash, path, name, config, provenance, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (content_hash) DO UPDATE SET path = excluded.path",
         params![
-            now,
-            trigger,
-            std::process::id() as i64,
-            parent,
-            rule.to_string(),
-            fingerprint
+            m.content_hash,
+            m.path,
+            m.name,
+            m.config_json,
+            m.provenance_json,
+            now
         ],
     )?;
-    Ok(conn.last_insert_rowid())
-}
-
-pub fn set_run_log_path(conn: &Connection, id: i64, path: &str) -> Result<()> {
-    conn.execute(
-        "UPDATE retrain_runs SET log_path = ?2 WHERE id = ?1",
-        params![id, path],
+    let id = conn.query_row(
+        "SELECT id FROM models WHERE content_hash = ?1",
+        [m.content_hash],
+        |r| r.get(0),
     )?;
-    Ok(())
+    Ok(Registered { id, known })
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Default)]
-pub struct RunEnd<'a> {
-    /// promoted, rejected or failed.
-    pub status: &'a str,
-    pub candidate: Option<i64>,
-    pub parent_metrics: Option<&'a Value>,
-    pub candidate_metrics: Option<&'a Value>,
-    pub log: &'a str,
-    pub error: Option<&'a str>,
-}
-
-pub fn finish_run(conn: &Connection, id: i64, end: &RunEnd, now: f64) -> Result<()> {
-    conn.execute(
-        "UPDATE retrain_runs SET finished_at = ?2, status = ?3, candidate_model_id = ?4,
-             parent_metrics = ?5, candidate_metrics = ?6, log = ?7, error = ?8
-         WHERE id = ?1",
-        params![
-            id,
-            now,
-            end.status,
-            end.candidate,
-            end.parent_metrics.map(|v| v.to_string()),
-            end.candidate_metrics.map(|v| v.to_string()),
-            end.log,
-            end.error
-        ],
-    )?;
-    Ok(())
-}
-
-/// Runs, newest first; at most `limit`.
-pub fn list_runs(conn: &Connection, limit: usize) -> Result<Vec<RunRow>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RUN_COLUMNS} FROM retrain_runs ORDER BY id DESC LIMIT ?1"
-    ))?;
-    let rows = stmt.query_map([limit as i64], run_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-pub fn run(conn: &Connection, id: i64) -> Result<Option<RunRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {RUN_COLUMNS} FROM retrain_runs WHERE id = ?1"),
-            [id],
-            run_row,
-        )
-        .optional()?)
-}
-
-/// The fingerprint of the newest run that finished with a decision (promoted or rejected).
-pub fn last_decided_fingerprint(conn: &Connection) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT fingerprint FROM retrain_runs WHERE status IN ('promoted', 'rejected')
-             ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .optional()?
-        .flatten())
-}
-
-/// Records as failed every run still `running` whose process is gone (`alive` says whether a
-/// process id lives; this process's own runs are never stale). Returns how many.
-pub fn fail_stale_runs(conn: &Connection, alive: impl Fn(i64) -> bool, now: f64) -> Result<usize> {
-    let me = std::process::id() as i64;
-    let stale: Vec<(i64, i64, Option<String>)> = {
-        let mut stmt =
-            conn.prepare("SELECT id, pid, log_path FROM retrain_runs WHERE status = 'running'")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    let mut n = 0;
-    for (id, pid, log_path) in stale {
-        if pid == me || alive(pid) {
-            continue;
-        }
-        // What the run managed to log before it died.
-        let log = log_path
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| tail(&s, LOG_KEEP))
-            .unwrap_or_default();
-        finish_run(
-            conn,
-            id,
-            &RunEnd {
-                status: "failed",
-                log: &log,
-                error: Some(&format!(
-                    "the process running it (pid {pid}) ended before the run finished \
-                     (killed or crashed); the active model was not changed"
-                )),
-                ..Default::default()
-            },
-            now,
-        )?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// How much of a run's log the database keeps (the end).
-pub const LOG_KEEP: usize = 64 * 1024;
-
-/// The last `max` bytes of `s`, cut at a character boundary.
-pub fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[...]\n{}", &s[start..])
-}
-
-/// Whether a process id is alive (Linux: its /proc entry exists; elsewhere assumed alive
-/// unless it is this process's).
-pub fn process_alive(pid: i64) -> bool {
-    if cfg!(target_os = "linux") {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
+/// The id of the model with this content hash, if registered.
+pub fn model_id_by_hash(conn: &Connection, content_hash: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM models WHERE content_hash = ?1",
+        [content_hash],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Puts back in the queue the stored images that a newly active `model_id` captions again, as
@@ -425,8 +329,8 @@ pub fn requeue(
 ) -> rusqlite::Result<usize> {
     match recaption {
         Recaption::None => Ok(0),
-        Recaption::Missing => requeue_missing(conn, now),
-        Recaption::All => crate::store::write::requeue_for_model(conn, model_id, now),
+        Recaption::Missing => queue::requeue_missing(conn, now),
+        Recaption::All => queue::requeue_for_model(conn, model_id, now),
     }
 }
 
@@ -465,26 +369,33 @@ pub fn rollback_and_requeue(
     Ok(((from, to), requeued))
 }
 
-/// Puts back in the queue the done images with no finished caption by any model. Returns
-/// how many.
-pub fn requeue_missing(conn: &Connection, now: f64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "UPDATE images SET status = 'pending', updated_at = ?1
-         WHERE status = 'done'
-           AND NOT EXISTS (SELECT 1 FROM captions c
-                           WHERE c.content_hash = images.content_hash AND c.finished = 1)",
-        [now],
-    )
+/// The runs functions the daemon calls here, with the registry's error (transitional: the
+/// daemon moves to the store's interface next).
+pub use runs::process_alive;
+
+/// [`runs::fail_stale_runs`] with the registry's error.
+pub fn fail_stale_runs(conn: &Connection, alive: impl Fn(i64) -> bool, now: f64) -> Result<usize> {
+    Ok(runs::fail_stale_runs(conn, alive, now)?)
+}
+
+/// [`runs::last_decided_fingerprint`] with the registry's error.
+pub fn last_decided_fingerprint(conn: &Connection) -> Result<Option<String>> {
+    Ok(runs::last_decided_fingerprint(conn)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::write::{self, NewModel};
+    use crate::store::captions::{self, NewCaption};
+    use crate::store::queue::{self, ImageStatus, ReadImage};
+    use crate::store::runs::{
+        finish_run, last_decided_fingerprint, list_runs, run, set_run_log_path, start_run, tail,
+        RunEnd, RunStatus,
+    };
     use crate::store::Store;
 
     fn add(conn: &Connection, hash: &str) -> i64 {
-        write::register_model(
+        register(
             conn,
             &NewModel {
                 content_hash: hash,
@@ -496,6 +407,7 @@ mod tests {
             1.0,
         )
         .unwrap()
+        .id
     }
 
     fn active(conn: &Connection) -> i64 {
@@ -519,7 +431,7 @@ mod tests {
         ));
         assert_eq!(activate(c, b, "retrain", 2.0).unwrap(), Some(a));
         assert_eq!(activate(c, b, "retrain", 2.5).unwrap(), None, "no-op");
-        set_trained(c, x, Some(b), "ready").unwrap();
+        set_trained(c, x, Some(b), ModelStatus::Ready).unwrap();
         assert_eq!(activate(c, x, "activate", 3.0).unwrap(), Some(b));
         // x -> b -> a, then nothing further.
         assert_eq!(rollback(c, 4.0).unwrap(), (x, b));
@@ -554,9 +466,9 @@ mod tests {
         let c = store.conn();
         let (a, bad, cand, rej) = (add(c, "a"), add(c, "bad"), add(c, "cand"), add(c, "rej"));
         activate(c, a, "start", 1.0).unwrap();
-        set_trained(c, bad, Some(a), "corrupt").unwrap();
-        set_trained(c, cand, Some(a), "candidate").unwrap();
-        set_trained(c, rej, Some(a), "rejected").unwrap();
+        set_trained(c, bad, Some(a), ModelStatus::Corrupt).unwrap();
+        set_trained(c, cand, Some(a), ModelStatus::Candidate).unwrap();
+        set_trained(c, rej, Some(a), ModelStatus::Rejected).unwrap();
         for id in [bad, cand] {
             let e = activate(c, id, "activate", 2.0).unwrap_err();
             assert!(matches!(e, RegistryError::NotActivatable { .. }), "{e}");
@@ -564,7 +476,7 @@ mod tests {
         assert_eq!(active(c), a);
         // A rejected model may still be chosen by hand; it becomes ready.
         assert_eq!(activate(c, rej, "activate", 3.0).unwrap(), Some(a));
-        assert_eq!(model(c, rej).unwrap().unwrap().status, "ready");
+        assert_eq!(model(c, rej).unwrap().unwrap().status, ModelStatus::Ready);
     }
 
     #[test]
@@ -581,7 +493,7 @@ mod tests {
             c,
             r1,
             &RunEnd {
-                status: "rejected",
+                status: RunStatus::Rejected,
                 candidate: Some(b),
                 parent_metrics: Some(&scores),
                 candidate_metrics: Some(&scores),
@@ -611,10 +523,10 @@ mod tests {
             vec![r3, r2, r1]
         );
         let dead = run(c, r2).unwrap().unwrap();
-        assert_eq!(dead.status, "failed");
+        assert_eq!(dead.status, RunStatus::Failed);
         assert!(dead.error.unwrap().contains("killed or crashed"));
         assert_eq!(dead.log.as_deref(), Some("epoch 0 started\n"));
-        assert_eq!(run(c, r3).unwrap().unwrap().status, "running");
+        assert_eq!(run(c, r3).unwrap().unwrap().status, RunStatus::Running);
         assert_eq!(run(c, r1).unwrap().unwrap().candidate_metrics, Some(scores));
         // Failed runs do not count as decided.
         assert_eq!(last_decided_fingerprint(c).unwrap().as_deref(), Some("fp1"));
@@ -630,9 +542,9 @@ mod tests {
         let a = add(c, "a");
         let tokens: Vec<String> = vec!["<start>".into(), "x".into()];
         for (hash, finished) in [("h1", true), ("h2", false)] {
-            write::insert_caption(
+            captions::insert_caption(
                 c,
-                &write::NewCaption {
+                &NewCaption {
                     content_hash: hash,
                     model_id: a,
                     text: "x",
@@ -647,9 +559,9 @@ mod tests {
                 1.0,
             )
             .unwrap();
-            write::mark_done(
+            queue::mark_done(
                 c,
-                &write::ReadImage {
+                &ReadImage {
                     path: &format!("/{hash}.jpg"),
                     size: 1,
                     mtime_ns: 1,
@@ -661,9 +573,9 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(requeue_missing(c, 2.0).unwrap(), 1);
-        let s = write::image_state(c, "/h2.jpg").unwrap().unwrap();
-        assert_eq!(s.status, write::ImageStatus::Pending);
+        assert_eq!(queue::requeue_missing(c, 2.0).unwrap(), 1);
+        let s = queue::image_state(c, "/h2.jpg").unwrap().unwrap();
+        assert_eq!(s.status, ImageStatus::Pending);
         assert_eq!(tail("abcdef", 3), "[...]\ndef");
     }
 }

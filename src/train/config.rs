@@ -23,9 +23,9 @@ pub struct TrainConfig {
     pub encoder_weights: Option<PathBuf>,
     /// Train a randomly initialised ResNet encoder on purpose (no `encoder_weights`, no
     /// checkpoint). Its residual branches then start at zero, so its features fit the float16
-    /// feature cache. `gaze train` refuses a random encoder without it
-    /// ([`super::trainer::encoder_start`]); library callers of [`super::train`] are not checked,
-    /// and without it get plain random weights, as before.
+    /// feature cache. `gaze train` refuses a random encoder without it (the trainer's
+    /// `encoder_start` check); library callers of the training loop are not checked, and
+    /// without it get plain random weights, as before.
     pub random_encoder: bool,
     /// Epochs to run at most (the tutorial's 120).
     pub epochs: usize,

@@ -41,7 +41,7 @@ use serde::Serialize;
 pub use function_words::ENGLISH_FUNCTION_WORDS;
 
 use super::ngram::FastMap;
-use super::MetricsError;
+use super::{check_corpus, MetricsError};
 
 /// METEOR 1.5's English ranking-task parameters.
 pub const ALPHA: f64 = 0.85;
@@ -311,15 +311,7 @@ impl Meteor {
         references: &[Vec<S>],
         hypotheses: &[S],
     ) -> Result<MeteorScores, MetricsError> {
-        if references.len() != hypotheses.len() {
-            return Err(MetricsError::LengthMismatch {
-                references: references.len(),
-                hypotheses: hypotheses.len(),
-            });
-        }
-        if let Some(index) = references.iter().position(|r| r.is_empty()) {
-            return Err(MetricsError::NoReferences { index });
-        }
+        check_corpus(references, hypotheses)?;
         let mut cache = WordCache::default();
         let stats: Vec<MeteorStats> = references
             .iter()

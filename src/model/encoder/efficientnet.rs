@@ -10,8 +10,9 @@
 
 use candle_core::{Module, Result, Tensor};
 
-use super::depthwise::depthwise_conv2d;
 use super::layers::{BatchNorm, Linear};
+use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::layout::same_padding;
 use crate::model::weights::WeightsView;
 
 /// BatchNorm epsilon of the TensorFlow original.
@@ -60,14 +61,6 @@ pub fn pretrained_tensors(
         out.insert(format!("encoder.{PREFIX}.{name}"), view.load(device)?);
     }
     Ok(out)
-}
-
-/// TensorFlow "same" padding for one dimension: (before, after). The output has
-/// `size.div_ceil(stride)` pixels.
-pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = size.div_ceil(stride);
-    let total = ((out - 1) * stride + kernel).saturating_sub(size);
-    (total / 2, total - total / 2)
 }
 
 fn pad_same(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
@@ -259,19 +252,5 @@ impl EfficientNetLite {
 
     pub fn batch_norms(&self) -> Vec<&BatchNorm> {
         self.convs().into_iter().map(|c| &c.bn).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_padding_matches_tensorflow() {
-        assert_eq!(same_padding(224, 3, 2), (0, 1));
-        assert_eq!(same_padding(225, 3, 2), (1, 1));
-        assert_eq!(same_padding(112, 5, 2), (1, 2));
-        assert_eq!(same_padding(14, 5, 1), (2, 2));
-        assert_eq!(same_padding(7, 1, 1), (0, 0));
     }
 }

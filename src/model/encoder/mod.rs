@@ -17,7 +17,6 @@
 //! hashes the trainable weights on each inference call.
 
 pub mod cpu;
-pub mod depthwise;
 pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
@@ -29,6 +28,8 @@ use rayon::prelude::*;
 
 use super::config::{EncoderConfig, ModelConfig};
 use super::weights::WeightsView;
+use crate::kernels::eligible;
+use crate::kernels::pool::adaptive_pool_matrix;
 
 /// A CNN trunk with spatial output.
 pub trait Backbone: Send + Sync {
@@ -231,10 +232,7 @@ impl Encoder {
     }
 
     fn uses_engine_for(&self, images: &Tensor) -> bool {
-        self.path == InferencePath::Auto
-            && self.device.is_cpu()
-            && images.device().is_cpu()
-            && images.dtype() == DType::F32
+        self.path == InferencePath::Auto && self.device.is_cpu() && eligible(&[images])
     }
 
     /// The cached engine if its fingerprint still matches the tensors, else a fresh one;
@@ -314,21 +312,6 @@ fn hash_tensor(t: &Tensor) -> Result<blake3::Hash> {
     Ok(hasher.finalize())
 }
 
-/// PyTorch's `AdaptiveAvgPool1d` bins as a `(out, in)` averaging matrix: bin `i` spans
-/// `floor(i*in/out) .. ceil((i+1)*in/out)`, so bins overlap when `out > in`.
-pub fn adaptive_pool_matrix(input: usize, output: usize) -> Vec<f32> {
-    let mut m = vec![0f32; output * input];
-    for i in 0..output {
-        let start = i * input / output;
-        let end = ((i + 1) * input).div_ceil(output);
-        let weight = 1.0 / (end - start) as f32;
-        for j in start..end {
-            m[i * input + j] = weight;
-        }
-    }
-    m
-}
-
 /// `AdaptiveAvgPool2d(s)` of an NCHW map, returned as `(N, s*s, C)` (pixels row-major), as one
 /// matrix product with the Kronecker product of the row and column bin matrices.
 pub fn adaptive_avg_pool_nhwc(map: &Tensor, s: usize) -> Result<Tensor> {
@@ -367,40 +350,6 @@ pub fn images_to_tensor(images: &[Vec<f32>], size: usize, device: &Device) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pool_bins_match_pytorch() {
-        // 8 -> 14: bins overlap; bin 0 is [0, 1), bin 1 is [0, 2), bin 13 is [7, 8).
-        let m = adaptive_pool_matrix(8, 14);
-        assert_eq!(&m[0..8], &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(&m[8..16], &[0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        assert_eq!(
-            &m[13 * 8..14 * 8],
-            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
-        );
-        // 5 -> 3: [0,2), [1,4), [3,5)
-        let m = adaptive_pool_matrix(5, 3);
-        assert_eq!(
-            m,
-            vec![
-                0.5,
-                0.5,
-                0.0,
-                0.0,
-                0.0,
-                0.0,
-                1.0 / 3.0,
-                1.0 / 3.0,
-                1.0 / 3.0,
-                0.0,
-                0.0,
-                0.0,
-                0.0,
-                0.5,
-                0.5
-            ]
-        );
-    }
 
     #[test]
     fn pooling_averages_each_bin() -> Result<()> {

@@ -2,20 +2,25 @@
 //! [`crate::model::encoder::efficientnet`] with BatchNorm folded, in NHWC.
 //!
 //! - Stem (3x3, stride 2), expansion, projection and head convolutions are implicit GEMMs
-//!   ([`super::kernel`]) with bias and ReLU6 (or nothing, for the projection) in the epilogue;
-//!   a projection with an identity shortcut adds the block input in place.
-//! - Depthwise convolutions run [`super::depthwise`].
+//!   ([`FoldedConv::run_same`]) with bias and ReLU6 (or nothing, for the projection) in the
+//!   epilogue; a projection with an identity shortcut adds the block input in place.
+//! - Depthwise convolutions run [`crate::kernels::depthwise::folded`].
 //! - TensorFlow "same" padding puts more zeros after than before for stride 2 and some sizes;
 //!   every buffer a padded convolution reads has a zero border as wide as the larger side
 //!   (`k / 2`), and the windows start `before` pixels into it, so no padded copy is made.
 
 use rayon::prelude::*;
 
-use super::depthwise::{depthwise, DepthwiseWeights};
-use super::kernel::{Activation, ConvGemm, KernelKind};
-use super::ops::{self, Grid};
-use super::{folded_batch_norm, read_f32, CpuEngineError, FoldedConv, Result, Workspace};
-use crate::model::encoder::efficientnet::{same_padding, ConvBn, EfficientNetLite};
+use super::error::{CpuEngineError, Result};
+use super::fold::{fold_conv, folded_batch_norm, read_f32};
+use super::workspace::Workspace;
+use crate::kernels::activation::Activation;
+use crate::kernels::conv::FoldedConv;
+use crate::kernels::depthwise::{depthwise, DepthwiseWeights};
+use crate::kernels::isa::KernelKind;
+use crate::kernels::layout::{ensure_len, pack_nchw, same_border, same_padding, Grid};
+use crate::kernels::pool::{adaptive_avg_pool, adaptive_pool_matrix};
+use crate::model::encoder::efficientnet::{ConvBn, EfficientNetLite, MbConv};
 
 /// One MBConv block, folded.
 #[derive(Debug, Clone)]
@@ -28,7 +33,7 @@ struct FoldedMbConv {
 
 /// The folded trunk.
 #[derive(Debug, Clone)]
-pub(super) struct FoldedEfficientNet {
+pub struct FoldedEfficientNet {
     stem: FoldedConv,
     blocks: Vec<FoldedMbConv>,
     head: FoldedConv,
@@ -37,19 +42,15 @@ pub(super) struct FoldedEfficientNet {
     x_pad: usize,
 }
 
-/// The border a "same" convolution with a `kernel`-wide window needs after the image.
-fn same_border(kernel: usize) -> usize {
-    kernel / 2
-}
-
-fn fold_conv(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
+/// A full convolution of the trunk (its "same" padding is applied when it runs).
+fn fold_conv_bn(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
     if conv.depthwise {
         return Err(CpuEngineError::Unsupported {
             layer: layer.to_string(),
             what: "a depthwise convolution where a full one belongs".into(),
         });
     }
-    FoldedConv::fold_weight(&conv.weight, conv.stride, 0, &conv.bn, layer)
+    fold_conv(&conv.weight, conv.stride, 0, &conv.bn, layer)
 }
 
 fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
@@ -70,16 +71,16 @@ fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
 }
 
 impl FoldedMbConv {
-    fn fold(block: &crate::model::encoder::efficientnet::MbConv, i: usize) -> Result<Self> {
+    fn fold(block: &MbConv, i: usize) -> Result<Self> {
         let name = |part: &str| format!("_blocks.{i}.{part}");
         let folded = FoldedMbConv {
             expand: block
                 .expand
                 .as_ref()
-                .map(|e| fold_conv(e, &name("_expand_conv")))
+                .map(|e| fold_conv_bn(e, &name("_expand_conv")))
                 .transpose()?,
             depthwise: fold_depthwise(&block.depthwise, &name("_depthwise_conv"))?,
-            project: fold_conv(&block.project, &name("_project_conv"))?,
+            project: fold_conv_bn(&block.project, &name("_project_conv"))?,
             skip: block.skip,
         };
         folded.check(&name(""))?;
@@ -88,7 +89,7 @@ impl FoldedMbConv {
 
     fn c_in(&self) -> usize {
         match &self.expand {
-            Some(e) => e.c_in,
+            Some(e) => e.c_in(),
             None => self.depthwise.channels(),
         }
     }
@@ -102,11 +103,11 @@ impl FoldedMbConv {
             })
         };
         for conv in self.expand.iter().chain([&self.project]) {
-            if conv.kernel != 1 || conv.stride != 1 {
+            if conv.kernel() != 1 || conv.stride() != 1 {
                 return fail(format!(
                     "{k}x{k} stride {s} pointwise convolution",
-                    k = conv.kernel,
-                    s = conv.stride
+                    k = conv.kernel(),
+                    s = conv.stride()
                 ));
             }
         }
@@ -115,12 +116,12 @@ impl FoldedMbConv {
             .as_ref()
             .map(|e| e.c_out())
             .unwrap_or(self.c_in());
-        if mid != self.depthwise.channels() || self.project.c_in != mid {
+        if mid != self.depthwise.channels() || self.project.c_in() != mid {
             return fail(format!(
                 "channels do not chain: {} expanded, {} depthwise, {} projected",
                 mid,
                 self.depthwise.channels(),
-                self.project.c_in
+                self.project.c_in()
             ));
         }
         if self.skip && (self.depthwise.stride() != 1 || self.project.c_out() != self.c_in()) {
@@ -131,9 +132,9 @@ impl FoldedMbConv {
 }
 
 impl FoldedEfficientNet {
-    pub(super) fn fold(net: &EfficientNetLite) -> Result<Self> {
-        let stem = fold_conv(&net.stem, "_conv_stem")?;
-        let head = fold_conv(&net.head, "_conv_head")?;
+    pub fn fold(net: &EfficientNetLite) -> Result<Self> {
+        let stem = fold_conv_bn(&net.stem, "_conv_stem")?;
+        let head = fold_conv_bn(&net.head, "_conv_head")?;
         // Folding reads every weight once: spread it over the threads.
         let blocks = net
             .blocks
@@ -151,14 +152,14 @@ impl FoldedEfficientNet {
             }
             c = b.project.c_out();
         }
-        if head.c_in != c || head.kernel != 1 || head.stride != 1 {
+        if head.c_in() != c || head.kernel() != 1 || head.stride() != 1 {
             return Err(CpuEngineError::Unsupported {
                 layer: "_conv_head".into(),
                 what: format!(
                     "{k}x{k} stride {s} convolution of {} channels after {c}",
-                    head.c_in,
-                    k = head.kernel,
-                    s = head.stride
+                    head.c_in(),
+                    k = head.kernel(),
+                    s = head.stride()
                 ),
             });
         }
@@ -176,20 +177,20 @@ impl FoldedEfficientNet {
         })
     }
 
-    pub(super) fn in_channels(&self) -> usize {
-        self.stem.c_in
+    pub fn in_channels(&self) -> usize {
+        self.stem.c_in()
     }
 
-    pub(super) fn out_channels(&self) -> usize {
+    pub fn out_channels(&self) -> usize {
         self.head.c_out()
     }
 
-    pub(super) fn blocks(&self) -> usize {
+    pub fn blocks(&self) -> usize {
         self.blocks.len()
     }
 
     /// Floats held by the folded weights.
-    pub(super) fn parameters(&self) -> usize {
+    pub fn parameters(&self) -> usize {
         let convs: usize = [&self.stem, &self.head]
             .into_iter()
             .chain(
@@ -197,14 +198,14 @@ impl FoldedEfficientNet {
                     .iter()
                     .flat_map(|b| b.expand.iter().chain([&b.project])),
             )
-            .map(|c| c.weights.len())
+            .map(|c| c.len())
             .sum();
         convs + self.blocks.iter().map(|b| b.depthwise.len()).sum::<usize>()
     }
 
     /// `images` (NCHW, `shape`) through the trunk, then adaptive average pooling to `s x s` into
     /// `out` (`(n, s, s, C)`).
-    pub(super) fn run(
+    pub fn run(
         &self,
         images: &[f32],
         (n, c, h, w): (usize, usize, usize, usize),
@@ -218,11 +219,11 @@ impl FoldedEfficientNet {
             h,
             w,
             c,
-            pad: same_border(self.stem.kernel),
+            pad: same_border(self.stem.kernel()),
         };
-        ops::ensure_len(&mut ws.input, in_grid.floats());
-        ops::pack_nchw(images, in_grid, &mut ws.input);
-        let stride = self.stem.stride;
+        ensure_len(&mut ws.input, in_grid.floats());
+        pack_nchw(images, in_grid, &mut ws.input);
+        let stride = self.stem.stride();
         let mut x_grid = Grid {
             n,
             h: h.div_ceil(stride),
@@ -230,9 +231,8 @@ impl FoldedEfficientNet {
             c: self.stem.c_out(),
             pad: self.x_pad,
         };
-        ops::ensure_len(&mut ws.x, x_grid.floats());
-        same_conv(
-            &self.stem,
+        ensure_len(&mut ws.x, x_grid.floats());
+        self.stem.run_same(
             &ws.input,
             in_grid,
             &mut ws.x,
@@ -249,9 +249,8 @@ impl FoldedEfficientNet {
             pad: 0,
             ..x_grid
         };
-        ops::ensure_len(&mut ws.t2, head_grid.floats());
-        same_conv(
-            &self.head,
+        ensure_len(&mut ws.t2, head_grid.floats());
+        self.head.run_same(
             &ws.x,
             x_grid,
             &mut ws.t2,
@@ -260,9 +259,9 @@ impl FoldedEfficientNet {
             Activation::Relu6,
             kernel,
         );
-        let rows = crate::model::encoder::adaptive_pool_matrix(head_grid.h, s);
-        let cols = crate::model::encoder::adaptive_pool_matrix(head_grid.w, s);
-        ops::adaptive_avg_pool(&ws.t2, head_grid, s, &rows, &cols, out);
+        let rows = adaptive_pool_matrix(head_grid.h, s);
+        let cols = adaptive_pool_matrix(head_grid.w, s);
+        adaptive_avg_pool(&ws.t2, head_grid, s, &rows, &cols, out);
     }
 
     /// One MBConv block from `ws.x` (laid out as `x_grid`) back into `ws.x`; returns the new
@@ -284,8 +283,8 @@ impl FoldedEfficientNet {
                     pad: same_border(k),
                     ..x_grid
                 };
-                ops::ensure_len(t1, g.floats());
-                same_conv(expand, x, x_grid, t1, g, false, Activation::Relu6, kernel);
+                ensure_len(t1, g.floats());
+                expand.run_same(x, x_grid, t1, g, false, Activation::Relu6, kernel);
                 (t1.as_slice(), g)
             }
             None => (x.as_slice(), x_grid),
@@ -297,7 +296,7 @@ impl FoldedEfficientNet {
             c: block.depthwise.channels(),
             pad: 0,
         };
-        ops::ensure_len(t2, dw_grid.floats());
+        ensure_len(t2, dw_grid.floats());
         let top = same_padding(x_grid.h, k, stride).0;
         let left = same_padding(x_grid.w, k, stride).0;
         depthwise(
@@ -318,20 +317,12 @@ impl FoldedEfficientNet {
         };
         if block.skip {
             debug_assert_eq!(out_grid, x_grid, "checked when folded");
-            same_conv(
-                &block.project,
-                t2,
-                dw_grid,
-                x,
-                out_grid,
-                true,
-                Activation::Identity,
-                kernel,
-            );
+            block
+                .project
+                .run_same(t2, dw_grid, x, out_grid, true, Activation::Identity, kernel);
         } else {
-            ops::ensure_len(d, out_grid.floats());
-            same_conv(
-                &block.project,
+            ensure_len(d, out_grid.floats());
+            block.project.run_same(
                 t2,
                 dw_grid,
                 d,
@@ -344,49 +335,4 @@ impl FoldedEfficientNet {
         }
         out_grid
     }
-}
-
-/// A convolution with TensorFlow "same" padding from `input` (laid out as `in_grid`, border at
-/// least `k / 2`) into `output` (laid out as `out`, border re-zeroed). With `residual`, the
-/// output's current interior is added before the activation.
-#[allow(clippy::too_many_arguments)]
-fn same_conv(
-    conv: &FoldedConv,
-    input: &[f32],
-    in_grid: Grid,
-    output: &mut [f32],
-    out: Grid,
-    residual: bool,
-    activation: Activation,
-    kernel: KernelKind,
-) {
-    let (k, stride) = (conv.kernel, conv.stride);
-    let (top, bottom) = same_padding(in_grid.h, k, stride);
-    let (left, right) = same_padding(in_grid.w, k, stride);
-    assert!(
-        bottom <= in_grid.pad && right <= in_grid.pad,
-        "border narrower than the padding"
-    );
-    assert_eq!(
-        (out.n, out.h, out.w, out.c),
-        (
-            in_grid.n,
-            in_grid.h.div_ceil(stride),
-            in_grid.w.div_ceil(stride),
-            conv.c_out()
-        ),
-        "output grid"
-    );
-    let taps = in_grid.kernel_rows(k);
-    ConvGemm {
-        input,
-        input_map: in_grid.windows_at(out.h, out.w, stride, top, left),
-        tap_offsets: &taps,
-        weights: &conv.weights,
-        residual: residual.then(|| out.interior()),
-        activation,
-        output_map: out.interior(),
-    }
-    .run(output, kernel);
-    ops::zero_border(output, out);
 }

@@ -1,17 +1,21 @@
-//! An inference-only engine for the ResNet and EfficientNet-Lite encoders on the CPU, in f32.
+//! An inference-only engine for the ResNet and EfficientNet-Lite encoders on the CPU, in f32:
+//! the networks' wiring onto the kernels of [`crate::kernels`].
 //!
 //! Why it exists: candle's CPU convolution (im2col copies, NCHW transposes, BatchNorm and ReLU
 //! as separate passes, an allocation per op) is several times slower than the matrix product
 //! underneath it. This engine runs the same function as the reference forward in inference
 //! mode (BatchNorm from its running statistics) another way:
 //! - BatchNorm is folded into each convolution's weights and a bias, once, when the engine is
-//!   built;
+//!   built ([`fold`]);
 //! - activations stay NHWC (a row per pixel) with a one-pixel zero border, so every
-//!   convolution is an implicit GEMM over the buffer as it lies ([`kernel`]), with bias,
-//!   residual add and ReLU (or ReLU6) applied in registers; EfficientNet's depthwise
-//!   convolutions run a direct kernel over the same layout ([`depthwise`]), and its
-//!   TensorFlow "same" padding is the border read from an offset ([`efficientnet`]);
-//! - a block's buffers are reused from call to call.
+//!   convolution is an implicit GEMM over the buffer as it lies ([`crate::kernels::gemm`]),
+//!   with bias, residual add and ReLU (or ReLU6) applied in registers; EfficientNet's depthwise
+//!   convolutions run a direct kernel over the same layout ([`crate::kernels::depthwise`]),
+//!   and its TensorFlow "same" padding is the border read from an offset ([`efficientnet`]);
+//! - a block's buffers are reused from call to call ([`workspace`]).
+//!
+//! The kernels compute; this module owns which layer runs which kernel into which buffer
+//! ([`resnet`], [`efficientnet`]), and reading the layers' tensors.
 //!
 //! What it guarantees: the reference path's outputs up to float rounding (the tests hold it to
 //! 1e-4 relative on basic and bottleneck networks and on EfficientNet-Lite0, several sizes and
@@ -22,241 +26,31 @@
 //! for f32 inference with the model and the images on the CPU; on CUDA (and in training) the
 //! reference forward runs, candle's convolution, BatchNorm and pooling ops on the GPU.
 
-pub mod depthwise;
 mod efficientnet;
-pub mod kernel;
-pub mod ops;
+mod error;
+mod fold;
+mod resnet;
+mod workspace;
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{Device, Storage, Tensor};
 use rayon::prelude::*;
 
-use self::kernel::{Activation, ConvGemm, KernelKind, PackedWeights};
-use self::ops::Grid;
-use super::efficientnet::EfficientNetLite;
-use super::layers::{BatchNorm, Conv};
-use super::resnet::ResNet;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CpuEngineError {
-    #[error("CPU encoder: expected images of shape (N, 3, H, W) with N, H, W > 0, got {0:?}")]
-    InputShape(Vec<usize>),
-    #[error("CPU encoder: expected f32 images on the CPU, got {dtype:?} on {device:?}")]
-    InputKind { dtype: DType, device: Device },
-    #[error("CPU encoder: cannot read the tensors of {layer}: {source}")]
-    Weights {
-        layer: String,
-        source: candle_core::Error,
-    },
-    #[error("CPU encoder: layer {layer} has a shape the engine does not support: {what}")]
-    Unsupported { layer: String, what: String },
-    #[error("CPU encoder: {0}")]
-    Candle(#[from] candle_core::Error),
-}
-
-type Result<T> = std::result::Result<T, CpuEngineError>;
-
-/// A convolution with its BatchNorm folded in.
-#[derive(Debug, Clone)]
-struct FoldedConv {
-    weights: PackedWeights,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    c_in: usize,
-}
-
-impl FoldedConv {
-    /// `conv` followed by inference-mode `bn`: weights scaled per output channel, shift as bias.
-    fn fold(conv: &Conv, bn: &BatchNorm, layer: &str) -> Result<Self> {
-        Self::fold_weight(&conv.weight, conv.stride, conv.padding, bn, layer)
-    }
-
-    /// A bias-free convolution with `(C_out, C_in, k, k)` `weight` followed by `bn`.
-    fn fold_weight(
-        weight: &Tensor,
-        stride: usize,
-        padding: usize,
-        bn: &BatchNorm,
-        layer: &str,
-    ) -> Result<Self> {
-        let wrap = |source| CpuEngineError::Weights {
-            layer: layer.to_string(),
-            source,
-        };
-        let (c_out, c_in, kh, kw) = weight.dims4().map_err(wrap)?;
-        if kh != kw {
-            return Err(CpuEngineError::Unsupported {
-                layer: layer.to_string(),
-                what: format!("kernel {kh}x{kw} is not square"),
-            });
-        }
-        let k = kh;
-        let w = read_f32(weight).map_err(wrap)?;
-        let (scale, shift) = folded_batch_norm(bn, c_out, layer)?;
-        // Row (ky, kx, ci) of the GEMM: kernel row ky is one tap of k * c_in floats.
-        let mut m = vec![0f32; k * k * c_in * c_out];
-        for o in 0..c_out {
-            for ci in 0..c_in {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        m[((ky * k + kx) * c_in + ci) * c_out + o] =
-                            w[((o * c_in + ci) * k + ky) * k + kx] * scale[o];
-                    }
-                }
-            }
-        }
-        Ok(FoldedConv {
-            weights: PackedWeights::pack(&m, k, k * c_in, c_out, &shift),
-            kernel: k,
-            stride,
-            padding,
-            c_in,
-        })
-    }
-
-    fn c_out(&self) -> usize {
-        self.weights.out_channels()
-    }
-
-    /// The output grid (border 1) for an input grid.
-    fn output_grid(&self, input: Grid) -> Grid {
-        let size = |x: usize| (x + 2 * self.padding - self.kernel) / self.stride + 1;
-        Grid {
-            n: input.n,
-            h: size(input.h),
-            w: size(input.w),
-            c: self.c_out(),
-            pad: 1,
-        }
-    }
-
-    /// Runs into `output` (laid out as `out`, border re-zeroed). With `residual`, the output
-    /// buffer's current interior is added before the activation.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        input: &[f32],
-        in_grid: Grid,
-        output: &mut [f32],
-        out: Grid,
-        residual: bool,
-        activation: Activation,
-        kernel: KernelKind,
-    ) {
-        debug_assert_eq!(in_grid.c, self.c_in);
-        debug_assert_eq!(out, self.output_grid(in_grid));
-        let taps = in_grid.kernel_rows(self.kernel);
-        ConvGemm {
-            input,
-            input_map: in_grid.windows(out.h, out.w, self.stride, self.padding),
-            tap_offsets: &taps,
-            weights: &self.weights,
-            residual: residual.then(|| out.interior()),
-            activation,
-            output_map: out.interior(),
-        }
-        .run(output, kernel);
-        ops::zero_border(output, out);
-    }
-}
-
-/// A tensor's values as f32 on the CPU.
-fn read_f32(t: &Tensor) -> std::result::Result<Vec<f32>, candle_core::Error> {
-    t.to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()
-}
-
-/// Inference-mode `bn` as per-channel `(scale, shift)`, checked to have `channels` entries.
-fn folded_batch_norm(bn: &BatchNorm, channels: usize, layer: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    let wrap = |source| CpuEngineError::Weights {
-        layer: layer.to_string(),
-        source,
-    };
-    let (scale, shift) = bn.scale_shift().map_err(wrap)?;
-    let scale = read_f32(&scale).map_err(wrap)?;
-    let shift = read_f32(&shift).map_err(wrap)?;
-    if scale.len() != channels || shift.len() != channels {
-        return Err(CpuEngineError::Unsupported {
-            layer: layer.to_string(),
-            what: format!("{} BatchNorm channels for {channels} outputs", scale.len()),
-        });
-    }
-    Ok((scale, shift))
-}
-
-#[derive(Debug, Clone)]
-struct FoldedBlock {
-    /// Two 3x3 convolutions (basic) or 1x1, 3x3, 1x1 (bottleneck).
-    convs: Vec<FoldedConv>,
-    downsample: Option<FoldedConv>,
-}
-
-impl FoldedBlock {
-    /// The engine handles blocks of 2 or 3 convolutions whose shapes chain, and whose identity
-    /// path matches the output unless a downsample convolution replaces it.
-    fn check(&self, layer: &str) -> Result<()> {
-        let fail = |what: String| {
-            Err(CpuEngineError::Unsupported {
-                layer: layer.to_string(),
-                what,
-            })
-        };
-        if !(2..=3).contains(&self.convs.len()) {
-            return fail(format!("{} convolutions in a block", self.convs.len()));
-        }
-        // A probe grid large enough for any stride.
-        let x = Grid {
-            n: 1,
-            h: 9,
-            w: 9,
-            c: self.convs[0].c_in,
-            pad: 1,
-        };
-        let mut g = x;
-        for conv in &self.convs {
-            if conv.c_in != g.c || conv.padding > 1 {
-                return fail(format!(
-                    "convolution with {} inputs and padding {} after {} channels",
-                    conv.c_in, conv.padding, g.c
-                ));
-            }
-            g = conv.output_grid(g);
-        }
-        let identity = match &self.downsample {
-            Some(ds) if ds.c_in == x.c && ds.padding == 0 => ds.output_grid(x),
-            Some(_) => return fail("downsample does not match the block input".into()),
-            None => x,
-        };
-        if identity != g {
-            return fail(format!(
-                "residual {identity:?} does not match the block output {g:?}"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Reusable buffers for one forward call.
-#[derive(Default)]
-struct Workspace {
-    input: Vec<f32>,
-    x: Vec<f32>,
-    t1: Vec<f32>,
-    t2: Vec<f32>,
-    d: Vec<f32>,
-}
+use self::efficientnet::FoldedEfficientNet;
+pub use self::error::CpuEngineError;
+use self::error::Result;
+use self::resnet::FoldedResNet;
+use self::workspace::Workspace;
+use crate::kernels::isa::KernelKind;
+use crate::kernels::operands::{contiguous_f32, eligible};
+use crate::model::encoder::efficientnet::EfficientNetLite;
+use crate::model::encoder::resnet::ResNet;
 
 /// The folded layers of one of the networks the engine runs.
 enum Network {
-    ResNet {
-        stem: FoldedConv,
-        blocks: Vec<FoldedBlock>,
-    },
-    EfficientNet(efficientnet::FoldedEfficientNet),
+    ResNet(FoldedResNet),
+    EfficientNet(FoldedEfficientNet),
 }
 
 /// The folded network (see the module docs).
@@ -273,7 +67,7 @@ pub struct CpuEncoder {
 impl std::fmt::Debug for CpuEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (network, blocks) = match &self.network {
-            Network::ResNet { blocks, .. } => ("ResNet", blocks.len()),
+            Network::ResNet(net) => ("ResNet", net.blocks()),
             Network::EfficientNet(net) => ("EfficientNet", net.blocks()),
         };
         f.debug_struct("CpuEncoder")
@@ -294,68 +88,14 @@ impl CpuEncoder {
 
     /// Folds the current tensors of `net` for `kernel`.
     pub fn from_resnet_with(net: &ResNet, kernel: KernelKind) -> Result<Self> {
-        // Every (conv, bn) with its name and place: None for the stem, else (block, part)
-        // where part is the convolution's index, or None for the downsample.
-        type Place = Option<(usize, Option<usize>)>;
-        let mut jobs: Vec<(&Conv, &BatchNorm, String, Place)> =
-            vec![(&net.conv1, &net.bn1, "conv1".to_string(), None)];
-        let mut block_names = Vec::new();
-        for (stage, stage_blocks) in net.layers.iter().enumerate() {
-            for (i, block) in stage_blocks.iter().enumerate() {
-                let b = block_names.len();
-                block_names.push(format!("layer{}.{i}", stage + 1));
-                let name = |part: &str| format!("layer{}.{i}.{part}", stage + 1);
-                for (j, (conv, bn)) in block.convs.iter().enumerate() {
-                    jobs.push((
-                        conv,
-                        bn,
-                        name(&format!("conv{}", j + 1)),
-                        Some((b, Some(j))),
-                    ));
-                }
-                if let Some((conv, bn)) = &block.downsample {
-                    jobs.push((conv, bn, name("downsample"), Some((b, None))));
-                }
-            }
-        }
-        // Folding reads every weight once: spread it over the threads.
-        let folded = jobs
-            .par_iter()
-            .map(|(conv, bn, name, _)| FoldedConv::fold(conv, bn, name))
-            .collect::<Result<Vec<_>>>()?;
-        let mut stem = None;
-        let mut blocks: Vec<FoldedBlock> = (0..block_names.len())
-            .map(|_| FoldedBlock {
-                convs: Vec::new(),
-                downsample: None,
-            })
-            .collect();
-        for ((.., place), conv) in jobs.into_iter().zip(folded) {
-            match place {
-                None => stem = Some(conv),
-                Some((b, Some(_))) => blocks[b].convs.push(conv),
-                Some((b, None)) => blocks[b].downsample = Some(conv),
-            }
-        }
-        for (block, name) in blocks.iter().zip(&block_names) {
-            block.check(name)?;
-        }
-        let stem = stem.expect("the stem is the first job");
-        let parameters = std::iter::once(&stem)
-            .chain(
-                blocks
-                    .iter()
-                    .flat_map(|b| b.convs.iter().chain(&b.downsample)),
-            )
-            .map(|c| c.weights.len())
-            .sum();
+        let folded = FoldedResNet::fold(net)?;
         Ok(CpuEncoder {
-            in_channels: stem.c_in,
-            network: Network::ResNet { stem, blocks },
+            in_channels: folded.in_channels(),
             out_channels: net.out_channels(),
+            parameters: folded.parameters(),
+            network: Network::ResNet(folded),
             kernel,
             workspaces: Mutex::new(Vec::new()),
-            parameters,
             images_per_pass: 1,
         })
     }
@@ -368,7 +108,7 @@ impl CpuEncoder {
 
     /// Folds the current tensors of an EfficientNet-Lite trunk for `kernel`.
     pub fn from_efficientnet_with(net: &EfficientNetLite, kernel: KernelKind) -> Result<Self> {
-        let folded = efficientnet::FoldedEfficientNet::fold(net)?;
+        let folded = FoldedEfficientNet::fold(net)?;
         Ok(CpuEncoder {
             in_channels: folded.in_channels(),
             out_channels: folded.out_channels(),
@@ -391,7 +131,7 @@ impl CpuEncoder {
     /// `(N, 3, H, W)` f32 CPU images to `(N, s, s, C)` features: the trunk, then PyTorch's
     /// `AdaptiveAvgPool2d(s)`, channels last.
     pub fn forward(&self, images: &Tensor, s: usize) -> Result<Tensor> {
-        if images.dtype() != DType::F32 || !images.device().is_cpu() {
+        if !eligible(&[images]) {
             return Err(CpuEngineError::InputKind {
                 dtype: images.dtype(),
                 device: images.device().clone(),
@@ -409,12 +149,10 @@ impl CpuEncoder {
         let mut out = vec![0f32; n * per_image];
         {
             let (storage, layout) = images.storage_and_layout();
-            let data = match &*storage {
-                Storage::Cpu(CpuStorage::F32(v)) => v.as_slice(),
-                _ => unreachable!("checked: f32 on the CPU"),
+            let Storage::Cpu(storage) = &*storage else {
+                unreachable!("checked: on the CPU")
             };
-            let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-            let data = &data[start..end];
+            let data = contiguous_f32(storage, layout, "the CPU encoder")?;
             // Groups of images run through the whole network in parallel: a group's
             // activations stay in cache, and the threads rarely wait for each other. Inside a
             // group, each convolution is parallel too, which keeps idle threads busy at the end.
@@ -469,92 +207,9 @@ impl CpuEncoder {
         out: &mut [f32],
     ) {
         match &self.network {
-            Network::ResNet { stem, blocks } => {
-                self.run_resnet(stem, blocks, images, shape, s, ws, out)
-            }
+            Network::ResNet(net) => net.run(images, shape, s, ws, out, self.kernel),
             Network::EfficientNet(net) => net.run(images, shape, s, ws, out, self.kernel),
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_resnet(
-        &self,
-        stem: &FoldedConv,
-        blocks: &[FoldedBlock],
-        images: &[f32],
-        (n, c, h, w): (usize, usize, usize, usize),
-        s: usize,
-        ws: &mut Workspace,
-        out: &mut [f32],
-    ) {
-        let k = self.kernel;
-        // Stem: the input with a border as wide as the stem's padding.
-        let in_grid = Grid {
-            n,
-            h,
-            w,
-            c,
-            pad: stem.padding,
-        };
-        ops::ensure_len(&mut ws.input, in_grid.floats());
-        ops::pack_nchw(images, in_grid, &mut ws.input);
-        let stem_grid = stem.output_grid(in_grid);
-        ops::ensure_len(&mut ws.t1, stem_grid.floats());
-        stem.run(
-            &ws.input,
-            in_grid,
-            &mut ws.t1,
-            stem_grid,
-            false,
-            Activation::Relu,
-            k,
-        );
-        // Max-pool 3x3/2, padding 1 (the stem output is >= 0 after its ReLU).
-        let size = |x: usize| (x + 2 - 3) / 2 + 1;
-        let mut x_grid = stem_grid.with(size(stem_grid.h), size(stem_grid.w), stem_grid.c);
-        ops::ensure_len(&mut ws.x, x_grid.floats());
-        ops::zero_border(&mut ws.x, x_grid);
-        ops::max_pool(&ws.t1, stem_grid, 3, 2, 1, &mut ws.x, x_grid);
-
-        for block in blocks {
-            x_grid = self.block(block, x_grid, ws);
-        }
-
-        let rows = super::adaptive_pool_matrix(x_grid.h, s);
-        let cols = super::adaptive_pool_matrix(x_grid.w, s);
-        ops::adaptive_avg_pool(&ws.x, x_grid, s, &rows, &cols, out);
-    }
-
-    /// One residual block from `ws.x` (laid out as `x_grid`) back into `ws.x`; returns the new
-    /// layout.
-    fn block(&self, block: &FoldedBlock, x_grid: Grid, ws: &mut Workspace) -> Grid {
-        let k = self.kernel;
-        let Workspace { x, t1, t2, d, .. } = ws;
-        // Every convolution but the last, each followed by ReLU: x -> t1 (-> t2).
-        let (last, inner) = block.convs.split_last().expect("checked when built");
-        let g1 = inner[0].output_grid(x_grid);
-        ops::ensure_len(t1, g1.floats());
-        inner[0].run(x, x_grid, t1, g1, false, Activation::Relu, k);
-        let (src, src_grid): (&[f32], Grid) = if let Some(second) = inner.get(1) {
-            let g2 = second.output_grid(g1);
-            ops::ensure_len(t2, g2.floats());
-            second.run(t1, g1, t2, g2, false, Activation::Relu, k);
-            (t2, g2)
-        } else {
-            (t1, g1)
-        };
-        // The last convolution adds the identity (or the downsampled input), then ReLU.
-        let out_grid = last.output_grid(src_grid);
-        match &block.downsample {
-            Some(ds) => {
-                ops::ensure_len(d, out_grid.floats());
-                ds.run(x, x_grid, d, out_grid, false, Activation::Identity, k);
-                last.run(src, src_grid, d, out_grid, true, Activation::Relu, k);
-                std::mem::swap(x, d);
-            }
-            None => last.run(src, src_grid, x, out_grid, true, Activation::Relu, k),
-        }
-        out_grid
     }
 }
 
@@ -564,7 +219,7 @@ mod tests {
 
     use candle_core::{Device, Tensor, Var};
 
-    use super::kernel::KernelKind;
+    use crate::kernels::isa::KernelKind;
     use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
     use crate::model::encoder::{Encoder, InferencePath};
     use crate::model::init::random_tensors;

@@ -1,4 +1,4 @@
-//! Fused CPU kernels for the attention, where candle would make several passes over large
+//! Fused CPU kernels for soft attention, where candle would make several passes over large
 //! temporaries or compute gradients nobody asked for.
 //!
 //! Attention scores `full_att(relu(proj_p + att2_q))` for every pixel p and decoder state q
@@ -13,41 +13,40 @@
 //! [`attention_weighted_sum`] computes the same product and skips that gradient unless
 //! `encoder_out` is tracked (fine-tuning).
 //!
-//! The encoder projection `encoder_att(encoder_out)` has the same waste once per batch: its
-//! `(B, P, E)` input gradient is as much work as the projection itself. [`project`] skips it
-//! for an untracked input.
-//!
-//! GPU path: these ops have only a CPU implementation and are called for f32 on the CPU only;
-//! on every other device (CUDA) the same results come from candle ops (broadcast add, ReLU,
-//! matmul), which run on the GPU.
+//! GPU path: these ops have only a CPU implementation and run for f32 on the CPU only
+//! ([`crate::kernels::eligible`]); on every other device (CUDA) the same results come from
+//! candle ops (broadcast add, ReLU, matmul), which run on the GPU.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::operands::{contiguous_f32, eligible};
+
 /// `scores[b, q, p] = sum_a w[a] * max(proj[b, p, a] + att2[b, q, a], 0)`, for `proj`
-/// `(B, P, A)`, `att2` `(B, Q, A)` and `w` `(A)`; f32 on the CPU. The backward pass
-/// recomputes the ReLU mask in one pass instead of keeping `(B, Q, P, A)` temporaries.
+/// `(B, P, A)`, `att2` `(B, Q, A)` and `w` `(A)`. On the CPU in f32, one fused pass instead of
+/// three over `(B, Q, P, A)`, and a backward pass that recomputes the ReLU mask in one pass
+/// instead of keeping `(B, Q, P, A)` temporaries; elsewhere the same through candle's ops.
 pub fn attention_scores(proj: &Tensor, att2: &Tensor, w: &Tensor) -> Result<Tensor> {
-    proj.contiguous()?
-        .apply_op3(&att2.contiguous()?, &w.contiguous()?, AttentionScores)
+    if eligible(&[proj, att2, w]) {
+        proj.contiguous()?
+            .apply_op3(&att2.contiguous()?, &w.contiguous()?, AttentionScores)
+    } else {
+        let (b, p, a) = proj.dims3()?;
+        let q = att2.dim(1)?;
+        let sum = proj
+            .unsqueeze(1)?
+            .broadcast_add(&att2.unsqueeze(2)?)?
+            .relu()?; // (B, Q, P, A)
+        sum.reshape((b * q * p, a))?
+            .matmul(&w.reshape((a, 1))?)?
+            .reshape((b, q, p))
+    }
 }
 
 struct AttentionScores;
 
-/// Whether the CPU kernels here can take these operands.
-fn cpu_f32(a: &Tensor, b: &Tensor) -> bool {
-    a.device().is_cpu()
-        && a.dtype() == candle_core::DType::F32
-        && b.dtype() == candle_core::DType::F32
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("attention scores need contiguous inputs"),
-    }
-}
+/// The name the attention ops give in their errors.
+const OP: &str = "attention";
 
 /// Dot product of `w` with `relu(x + y)`, in 16 independent lanes so it vectorises.
 #[inline]
@@ -86,7 +85,11 @@ impl CustomOp3 for AttentionScores {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (proj, att2, w) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (proj, att2, w) = (
+            contiguous_f32(s1, l1, OP)?,
+            contiguous_f32(s2, l2, OP)?,
+            contiguous_f32(s3, l3, OP)?,
+        );
         let (&[b, p, a], &[b2, q, a2]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!("attention scores: expected (B, P, A) and (B, Q, A)");
         };
@@ -173,7 +176,7 @@ impl CustomOp3 for AttentionScores {
 /// gradient of `values` when `values` does not track gradients. f32 on the CPU; elsewhere a
 /// plain matmul.
 pub fn attention_weighted_sum(alpha: &Tensor, values: &Tensor) -> Result<Tensor> {
-    if cpu_f32(alpha, values) {
+    if eligible(&[alpha, values]) {
         alpha
             .contiguous()?
             .apply_op2(&values.contiguous()?, WeightedSum)
@@ -196,7 +199,7 @@ impl CustomOp2 for WeightedSum {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (alpha, values) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (alpha, values) = (contiguous_f32(s1, l1, OP)?, contiguous_f32(s2, l2, OP)?);
         let (&[b, q, p], &[b2, p2, e]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!("attention weighted sum: expected (B, Q, P) and (B, P, E)");
         };
@@ -239,102 +242,10 @@ impl CustomOp2 for WeightedSum {
     }
 }
 
-/// `x W^T` for `x` `(B, P, K)` and `weight` `(N, K)`: a linear layer without its bias, whose
-/// backward pass computes the gradient of `x` only when `x` tracks gradients. f32 on the CPU;
-/// elsewhere a plain broadcast matmul.
-pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if cpu_f32(x, weight) {
-        x.contiguous()?.apply_op2(&weight.contiguous()?, Projection)
-    } else {
-        x.broadcast_matmul(&weight.t()?)
-    }
-}
-
-struct Projection;
-
-impl CustomOp2 for Projection {
-    fn name(&self) -> &'static str {
-        "projection"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
-        let (&[b, p, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("projection: expected (B, P, K) and (N, K)");
-        };
-        if k != k2 {
-            candle_core::bail!(
-                "projection: shapes {:?} and {:?} do not agree",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let m = b * p;
-        let mut out = vec![0f32; m * n];
-        let threads = rayon::current_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // out (m x n, row-major) = x (m x k, row-major) times W^T (k x n: W read column-wise).
-        // SAFETY: the pointers cover m*n, m*k and n*k floats, as the strides say.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, p, n))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, p, k) = x.dims3()?;
-        let n = weight.dim(0)?;
-        let grad2 = grad.reshape((b * p, n))?;
-        // d W = grad^T x; d x = grad W, only when someone needs it.
-        let weight_grad = grad2.t()?.matmul(&x.reshape((b * p, k))?)?;
-        let x_grad = if x.track_op() {
-            Some(grad2.matmul(weight)?.reshape((b, p, k))?)
-        } else {
-            None
-        };
-        Ok((x_grad, Some(weight_grad)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::max_diff;
     use candle_core::Device;
 
     #[test]
@@ -363,19 +274,6 @@ mod tests {
             .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     #[test]
     fn weighted_sum_and_its_gradients_match_matmul() {
         let dev = Device::Cpu;
@@ -401,35 +299,6 @@ mod tests {
         let out = attention_weighted_sum(alpha, &frozen).unwrap();
         let grads = loss(&out).backward().unwrap();
         assert!(max_diff(grads.get(alpha).unwrap(), g_plain.get(alpha).unwrap()) < 1e-5);
-        assert!(grads.get(&frozen).is_none());
-    }
-
-    #[test]
-    fn projection_and_its_gradients_match_broadcast_matmul() {
-        let dev = Device::Cpu;
-        let x_var = candle_core::Var::randn(0f32, 1.0, (3, 5, 19), &dev).unwrap();
-        let w_var = candle_core::Var::randn(0f32, 1.0, (11, 19), &dev).unwrap();
-        let (x, w) = (x_var.as_tensor(), w_var.as_tensor());
-        let weights = Tensor::randn(0f32, 1.0, (3, 5, 11), &dev).unwrap();
-
-        let fused = project(x, w).unwrap();
-        let plain = x.broadcast_matmul(&w.t().unwrap()).unwrap();
-        assert_eq!(fused.dims(), &[3, 5, 11]);
-        assert!(max_diff(&fused, &plain) < 1e-4);
-
-        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
-        let g_fused = loss(&fused).backward().unwrap();
-        let g_plain = loss(&plain).backward().unwrap();
-        for t in [x, w] {
-            let (a, b) = (g_fused.get(t).unwrap(), g_plain.get(t).unwrap());
-            assert!(max_diff(a, b) < 1e-4);
-        }
-
-        // A frozen input: the weight's gradient is the same and the input gets none.
-        let frozen = x.detach();
-        let out = project(&frozen, w).unwrap();
-        let grads = loss(&out).backward().unwrap();
-        assert!(max_diff(grads.get(w).unwrap(), g_plain.get(w).unwrap()) < 1e-4);
         assert!(grads.get(&frozen).is_none());
     }
 

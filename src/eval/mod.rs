@@ -23,6 +23,13 @@
 //! - Timings: reading, normalising and encoding are shared ([`Evaluation::encode_seconds`]);
 //!   each beam size has its own search time. [`Evaluation::images_per_second`] counts both,
 //!   as if that beam size ran alone.
+//!
+//! [`report`] turns an evaluation into the JSON report, results files and table that
+//! `gaze eval` writes; [`results`] matches COCO-format results files to a Karpathy split and
+//! scores them (`gaze score`).
+
+pub mod report;
+pub mod results;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,6 @@
-//! Depthwise 2-D convolution (one filter per channel, PyTorch's `groups == channels`).
+//! Depthwise 2-D convolution (one filter per channel, PyTorch's `groups == channels`) on NCHW
+//! tensors, with its backward pass: the reference EfficientNet's (training, and inference
+//! off the CPU engine).
 //!
 //! Candle runs a grouped convolution as one convolution per group, far too slow for the
 //! hundreds of channels of an EfficientNet. On the CPU this is a direct kernel (forward, and
@@ -6,11 +8,14 @@
 //! On other devices the same result comes from candle ops: a sum over kernel taps of shifted,
 //! channel-scaled inputs, which autograd differentiates too.
 //!
-//! GPU path: [`depthwise_conv2d`] runs the custom op only for f32 tensors on the CPU; on CUDA
-//! it routes to [`depthwise_by_taps`] (index_select, broadcast_mul, add: candle's CUDA kernels).
+//! GPU path: [`depthwise_conv2d`] runs the custom op only for f32 tensors on the CPU
+//! ([`crate::kernels::eligible`]); on CUDA it routes to [`depthwise_by_taps`] (index_select,
+//! broadcast_mul, add: candle's CUDA kernels).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::kernels::operands::{contiguous_f32, eligible};
 
 /// `(N, C, H, W)` input, `(C, 1, K, K)` weights, symmetric zero padding `padding`.
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -23,7 +28,7 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -
             x.dims()
         );
     }
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if eligible(&[x, w]) {
         x.apply_op2(w, Depthwise { stride, padding })
     } else {
         depthwise_by_taps(x, w, stride, padding)
@@ -113,13 +118,8 @@ impl Geometry {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("depthwise convolution needs contiguous tensors"),
-    }
-}
+/// The name the depthwise ops give in their errors.
+const OP: &str = "depthwise convolution";
 
 struct Depthwise {
     stride: usize,
@@ -138,8 +138,8 @@ impl CustomOp2 for Depthwise {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let w = contiguous_f32(s2, l2)?;
+        let x = contiguous_f32(s1, l1, OP)?;
+        let w = contiguous_f32(s2, l2, OP)?;
         let g = Geometry::new(l1.dims(), l2.dims()[2], self.stride, self.padding)?;
         let mut out = vec![0f32; g.n * g.c * g.ho * g.wo];
         out.par_chunks_mut(g.ho * g.wo)
@@ -223,8 +223,8 @@ impl CustomOp2 for GradInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gy = contiguous_f32(s1, l1)?;
-        let w = contiguous_f32(s2, l2)?;
+        let gy = contiguous_f32(s1, l1, OP)?;
+        let w = contiguous_f32(s2, l2, OP)?;
         let g = Geometry::new(&self.input, l2.dims()[2], self.geometry.0, self.geometry.1)?;
         let mut gx = vec![0f32; g.n * g.c * g.h * g.w];
         gx.par_chunks_mut(g.h * g.w)
@@ -271,8 +271,8 @@ impl CustomOp2 for GradWeight {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gy = contiguous_f32(s1, l1)?;
-        let x = contiguous_f32(s2, l2)?;
+        let gy = contiguous_f32(s1, l1, OP)?;
+        let x = contiguous_f32(s2, l2, OP)?;
         let g = Geometry::new(l2.dims(), self.k, self.geometry.0, self.geometry.1)?;
         let kk = g.k * g.k;
         let mut gw = vec![0f32; g.c * kk];

@@ -1,4 +1,8 @@
-//! Batches for training and evaluation from a [`PreparedSplit`].
+//! Batches from a [`PreparedSplit`] in the tutorial's `CaptionDataset` order, on worker threads.
+//!
+//! The library's training reads its splits through `gaze::train::data`; this loader lives with
+//! the tests that check the prepared files can be read back in the tutorial's order, batch by
+//! batch, from several threads.
 //!
 //! Sampling follows the tutorial's `CaptionDataset`: for training, one sample per caption
 //! (caption i with image i / captions_per_image); for validation or feature caching, one sample
@@ -18,10 +22,10 @@ use std::thread::JoinHandle;
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::hdf5::IMAGE_BYTES;
-use super::image::normalize_chw;
-use super::pyrandom::PyRandom;
-use super::{DataError, PreparedSplit};
+use gaze::data::hdf5::IMAGE_BYTES;
+use gaze::data::image::normalize_chw;
+use gaze::data::pyrandom::PyRandom;
+use gaze::data::{DataError, PreparedSplit};
 
 /// What one sample is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +105,6 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.image_indices.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.image_indices.is_empty()
-    }
 }
 
 /// Makes epochs of batches from one split.
@@ -117,10 +117,6 @@ impl Loader {
     pub fn new(split: Arc<PreparedSplit>, config: LoaderConfig) -> Self {
         assert!(config.batch_size > 0, "batch size must be positive");
         Loader { split, config }
-    }
-
-    pub fn split(&self) -> &Arc<PreparedSplit> {
-        &self.split
     }
 
     pub fn config(&self) -> &LoaderConfig {
@@ -274,13 +270,6 @@ pub struct Batches {
     next_submit: usize,
     next_yield: usize,
     prefetch: usize,
-}
-
-impl Batches {
-    /// Batches in this epoch.
-    pub fn batch_count(&self) -> usize {
-        self.batches.len()
-    }
 }
 
 impl Iterator for Batches {

@@ -1,142 +1,13 @@
-//! The non-convolution steps of the CPU engine, on NHWC buffers with a zero border: the layout
-//! of a feature map ([`Grid`]), input packing, border clearing, max pooling and adaptive
-//! average pooling. (The depthwise convolution has its own module, [`super::depthwise`].)
+//! Pooling on [`Grid`] feature maps: the ResNet stem's max pooling, and PyTorch's
+//! `AdaptiveAvgPool2d` that turns the last map into the encoder's `S x S` grid, with the bin
+//! matrices both it and the reference path (candle ops) average with.
+//!
+//! Why here: on the engine's NHWC buffers with their zero border, pooling is one parallel pass
+//! that reads the map in place, where candle would first transpose it back to NCHW.
 
 use rayon::prelude::*;
 
-use super::kernel::PixelMap;
-
-/// An NHWC feature map of `n` images, `h x w` pixels, `c` channels, stored with a zero border
-/// of `pad` pixels on every side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grid {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c: usize,
-    pub pad: usize,
-}
-
-impl Grid {
-    /// Floats the stored map takes.
-    pub fn floats(&self) -> usize {
-        self.n * self.image_len()
-    }
-
-    pub fn row_len(&self) -> usize {
-        (self.w + 2 * self.pad) * self.c
-    }
-
-    pub fn image_len(&self) -> usize {
-        (self.h + 2 * self.pad) * self.row_len()
-    }
-
-    /// Every pixel of the map.
-    pub fn interior(&self) -> PixelMap {
-        PixelMap {
-            images: self.n,
-            height: self.h,
-            width: self.w,
-            base: self.pad * (self.row_len() + self.c),
-            image_step: self.image_len(),
-            row_step: self.row_len(),
-            col_step: self.c,
-        }
-    }
-
-    /// The top-left corners of the windows of a convolution with `conv_pad` padding and
-    /// `stride`, for an `out_h x out_w` output. The border must be at least `conv_pad`.
-    pub fn windows(&self, out_h: usize, out_w: usize, stride: usize, conv_pad: usize) -> PixelMap {
-        self.windows_at(out_h, out_w, stride, conv_pad, conv_pad)
-    }
-
-    /// As [`Grid::windows`], with padding `top` above and `left` to the left (TensorFlow's
-    /// "same" padding is asymmetric); what lies below and to the right comes from the border.
-    pub fn windows_at(
-        &self,
-        out_h: usize,
-        out_w: usize,
-        stride: usize,
-        top: usize,
-        left: usize,
-    ) -> PixelMap {
-        assert!(
-            top <= self.pad && left <= self.pad,
-            "border narrower than the padding"
-        );
-        PixelMap {
-            images: self.n,
-            height: out_h,
-            width: out_w,
-            base: (self.pad - top) * self.row_len() + (self.pad - left) * self.c,
-            image_step: self.image_len(),
-            row_step: stride * self.row_len(),
-            col_step: stride * self.c,
-        }
-    }
-
-    /// Offsets of the kernel rows of a `k x k` window from its top-left corner.
-    pub fn kernel_rows(&self, k: usize) -> Vec<usize> {
-        (0..k).map(|ky| ky * self.row_len()).collect()
-    }
-
-    /// With a different pixel size and channel count, same images and border.
-    pub fn with(&self, h: usize, w: usize, c: usize) -> Grid {
-        Grid { h, w, c, ..*self }
-    }
-}
-
-/// Grows `buf` to at least `len` floats (never shrinks: buffers are reused across calls).
-pub fn ensure_len(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-}
-
-/// Sets the border of `grid` in `buf` to zero.
-pub fn zero_border(buf: &mut [f32], grid: Grid) {
-    if grid.pad == 0 {
-        return;
-    }
-    let row = grid.row_len();
-    let edge = grid.pad * grid.c;
-    let top = grid.pad * row;
-    buf[..grid.floats()]
-        .par_chunks_mut(grid.image_len())
-        .for_each(|image| {
-            image[..top].fill(0.0);
-            let bottom = top + grid.h * row;
-            image[bottom..].fill(0.0);
-            for y in 0..grid.h {
-                let r = &mut image[top + y * row..][..row];
-                r[..edge].fill(0.0);
-                r[row - edge..].fill(0.0);
-            }
-        });
-}
-
-/// Copies NCHW images into `buf` laid out as `grid` (channels `c`, zero border).
-pub fn pack_nchw(images: &[f32], grid: Grid, buf: &mut [f32]) {
-    let (h, w, c) = (grid.h, grid.w, grid.c);
-    let interior = grid.interior();
-    buf[..grid.floats()]
-        .par_chunks_mut(grid.image_len())
-        .enumerate()
-        .for_each(|(n, image)| {
-            image.fill(0.0);
-            let src = &images[n * c * h * w..][..c * h * w];
-            let base = interior.base;
-            for y in 0..h {
-                let row = &mut image[base + y * interior.row_step..][..w * c];
-                for ch in 0..c {
-                    let plane = &src[(ch * h + y) * w..][..w];
-                    for (x, &v) in plane.iter().enumerate() {
-                        row[x * c + ch] = v;
-                    }
-                }
-            }
-        });
-}
+use super::layout::Grid;
 
 /// Max pooling with a `k x k` window and `stride` over `input` (laid out as `in_grid`, whose
 /// zero border must be at least `pad`) into the interior of `output` (`out_grid`).
@@ -187,7 +58,7 @@ pub fn max_pool(
 
 /// PyTorch's `AdaptiveAvgPool2d(s)` of the interior of `input` (laid out as `grid`), written
 /// into `out` as a dense `(n, s, s, c)` array. `rows` and `cols` are the `(s, h)` and `(s, w)` bin
-/// matrices of [`crate::model::encoder::adaptive_pool_matrix`].
+/// matrices of [`adaptive_pool_matrix`].
 pub fn adaptive_avg_pool(
     input: &[f32],
     grid: Grid,
@@ -226,9 +97,25 @@ pub fn adaptive_avg_pool(
     });
 }
 
+/// PyTorch's `AdaptiveAvgPool1d` bins as a `(out, in)` averaging matrix: bin `i` spans
+/// `floor(i*in/out) .. ceil((i+1)*in/out)`, so bins overlap when `out > in`.
+pub fn adaptive_pool_matrix(input: usize, output: usize) -> Vec<f32> {
+    let mut m = vec![0f32; output * input];
+    for i in 0..output {
+        let start = i * input / output;
+        let end = ((i + 1) * input).div_ceil(output);
+        let weight = 1.0 / (end - start) as f32;
+        for j in start..end {
+            m[i * input + j] = weight;
+        }
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::layout::{pack_nchw, zero_border};
 
     #[test]
     fn packing_borders_and_max_pool() {
@@ -279,9 +166,43 @@ mod tests {
         for i in 0..8 {
             buf[m.offset(i)] = i as f32;
         }
-        let bins = crate::model::encoder::adaptive_pool_matrix(2, 1);
+        let bins = adaptive_pool_matrix(2, 1);
         let mut out = vec![f32::NAN; 2];
         adaptive_avg_pool(&buf, g, 1, &bins, &bins, &mut out);
         assert_eq!(out, vec![1.5, 5.5]);
+    }
+
+    #[test]
+    fn pool_bins_match_pytorch() {
+        // 8 -> 14: bins overlap; bin 0 is [0, 1), bin 1 is [0, 2), bin 13 is [7, 8).
+        let m = adaptive_pool_matrix(8, 14);
+        assert_eq!(&m[0..8], &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&m[8..16], &[0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            &m[13 * 8..14 * 8],
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        );
+        // 5 -> 3: [0,2), [1,4), [3,5)
+        let m = adaptive_pool_matrix(5, 3);
+        assert_eq!(
+            m,
+            vec![
+                0.5,
+                0.5,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0 / 3.0,
+                1.0 / 3.0,
+                1.0 / 3.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.5,
+                0.5
+            ]
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The depthwise convolution of the CPU engine (EfficientNet's MBConv blocks): one `k x k`
-//! filter per channel, on NHWC buffers with a zero border, BatchNorm folded into the weights
-//! and the activation applied before the store.
+//! The depthwise convolution of the CPU encoder engine (EfficientNet's MBConv blocks): one
+//! `k x k` filter per channel, on NHWC buffers with a zero border, BatchNorm folded into the
+//! weights and the activation applied before the store. Inference only; training runs
+//! [`super::autograd`].
 //!
 //! In NHWC a pixel's channels are contiguous, and so are the folded weights of one tap
 //! (`(k * k, C)`, tap-major), so each output pixel is `k * k` multiply-adds of two contiguous
@@ -11,8 +12,9 @@
 
 use rayon::prelude::*;
 
-use super::kernel::{Activation, KernelKind};
-use super::ops::Grid;
+use crate::kernels::activation::Activation;
+use crate::kernels::isa::KernelKind;
+use crate::kernels::layout::Grid;
 
 /// Depthwise `k x k` weights with BatchNorm folded in.
 #[derive(Debug, Clone)]
@@ -190,19 +192,8 @@ fn portable_row(input: &[f32], row: &Row, w: &DepthwiseWeights, dst: &mut [f32])
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{DepthwiseWeights, Row};
-    use crate::model::encoder::cpu::kernel::Activation;
+    use crate::kernels::activation::avx2::apply as activate;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn activate(v: __m256, activation: Activation) -> __m256 {
-        match activation {
-            Activation::Identity => v,
-            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-            Activation::Relu6 => {
-                _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0))
-            }
-        }
-    }
 
     /// Sixteen channels at a time in two accumulators, then eight, then one.
     #[target_feature(enable = "avx2,fma")]
@@ -267,14 +258,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::encoder::efficientnet::same_padding;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use crate::kernels::layout::same_padding;
+    use crate::kernels::testing::lcg;
 
     #[test]
     fn matches_direct_depthwise_convolution() {

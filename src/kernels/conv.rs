@@ -1,0 +1,177 @@
+//! A convolution with BatchNorm folded into its weights and bias, on [`Grid`] feature maps,
+//! computed by the implicit GEMM of [`super::gemm`]: every full (not depthwise) convolution of
+//! the CPU encoder engine, ResNet's and EfficientNet's.
+//!
+//! Inference-mode BatchNorm is `scale * x + shift` per output channel, so it folds into the
+//! convolution once, when the engine is built: the weights scaled per output channel, the
+//! shift as the bias the GEMM's epilogue adds. The output is written with its border
+//! re-zeroed, ready for the next convolution to read its windows from it. Two paddings:
+//! PyTorch's symmetric zero padding ([`FoldedConv::run`]) and TensorFlow's "same" padding,
+//! asymmetric for stride 2 ([`FoldedConv::run_same`]); both are the input's border read from
+//! an offset.
+
+use super::activation::Activation;
+use super::gemm::{ConvGemm, PackedWeights};
+use super::isa::KernelKind;
+use super::layout::{same_padding, zero_border, Grid};
+
+/// A `k x k` convolution with its BatchNorm folded in, packed for the GEMM.
+#[derive(Debug, Clone)]
+pub struct FoldedConv {
+    weights: PackedWeights,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    c_in: usize,
+}
+
+impl FoldedConv {
+    /// From PyTorch's `(c_out, c_in, k, k)` weights (flattened), output channel `o` multiplied
+    /// by `scale[o]`, with `shift` as the bias. `padding` is the symmetric padding
+    /// [`FoldedConv::run`] applies. Panics when the sizes disagree.
+    pub fn fold(
+        weight: &[f32],
+        (c_out, c_in, k): (usize, usize, usize),
+        scale: &[f32],
+        shift: &[f32],
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * k * k, "weight size");
+        assert_eq!(scale.len(), c_out, "scale size");
+        // Row (ky, kx, ci) of the GEMM: kernel row ky is one tap of k * c_in floats.
+        let mut m = vec![0f32; k * k * c_in * c_out];
+        for o in 0..c_out {
+            for ci in 0..c_in {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        m[((ky * k + kx) * c_in + ci) * c_out + o] =
+                            weight[((o * c_in + ci) * k + ky) * k + kx] * scale[o];
+                    }
+                }
+            }
+        }
+        FoldedConv {
+            weights: PackedWeights::pack(&m, k, k * c_in, c_out, shift),
+            kernel: k,
+            stride,
+            padding,
+            c_in,
+        }
+    }
+
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.weights.out_channels()
+    }
+
+    /// Floats held (weights and bias).
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The output grid (border 1) for an input grid, with the symmetric padding.
+    pub fn output_grid(&self, input: Grid) -> Grid {
+        let size = |x: usize| (x + 2 * self.padding - self.kernel) / self.stride + 1;
+        Grid {
+            n: input.n,
+            h: size(input.h),
+            w: size(input.w),
+            c: self.c_out(),
+            pad: 1,
+        }
+    }
+
+    /// Runs with the symmetric padding into `output` (laid out as `out`, border re-zeroed).
+    /// With `residual`, the output buffer's current interior is added before the activation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        input: &[f32],
+        in_grid: Grid,
+        output: &mut [f32],
+        out: Grid,
+        residual: bool,
+        activation: Activation,
+        kernel: KernelKind,
+    ) {
+        debug_assert_eq!(in_grid.c, self.c_in);
+        debug_assert_eq!(out, self.output_grid(in_grid));
+        let taps = in_grid.kernel_rows(self.kernel);
+        ConvGemm {
+            input,
+            input_map: in_grid.windows(out.h, out.w, self.stride, self.padding),
+            tap_offsets: &taps,
+            weights: &self.weights,
+            residual: residual.then(|| out.interior()),
+            activation,
+            output_map: out.interior(),
+        }
+        .run(output, kernel);
+        zero_border(output, out);
+    }
+
+    /// Runs with TensorFlow "same" padding from `input` (laid out as `in_grid`, border at
+    /// least `k / 2`) into `output` (laid out as `out`, border re-zeroed). With `residual`, the
+    /// output's current interior is added before the activation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_same(
+        &self,
+        input: &[f32],
+        in_grid: Grid,
+        output: &mut [f32],
+        out: Grid,
+        residual: bool,
+        activation: Activation,
+        kernel: KernelKind,
+    ) {
+        let (k, stride) = (self.kernel, self.stride);
+        let (top, bottom) = same_padding(in_grid.h, k, stride);
+        let (left, right) = same_padding(in_grid.w, k, stride);
+        assert!(
+            bottom <= in_grid.pad && right <= in_grid.pad,
+            "border narrower than the padding"
+        );
+        assert_eq!(
+            (out.n, out.h, out.w, out.c),
+            (
+                in_grid.n,
+                in_grid.h.div_ceil(stride),
+                in_grid.w.div_ceil(stride),
+                self.c_out()
+            ),
+            "output grid"
+        );
+        let taps = in_grid.kernel_rows(k);
+        ConvGemm {
+            input,
+            input_map: in_grid.windows_at(out.h, out.w, stride, top, left),
+            tap_offsets: &taps,
+            weights: &self.weights,
+            residual: residual.then(|| out.interior()),
+            activation,
+            output_map: out.interior(),
+        }
+        .run(output, kernel);
+        zero_border(output, out);
+    }
+}

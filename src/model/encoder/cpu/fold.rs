@@ -1,0 +1,71 @@
+//! Reading a network's tensors into the engine's kernels: each convolution with the BatchNorm
+//! that follows it folded in ([`crate::kernels::conv::FoldedConv`]), checked to have a shape
+//! the kernels support.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::error::{CpuEngineError, Result};
+use crate::kernels::conv::FoldedConv;
+use crate::model::encoder::layers::BatchNorm;
+
+/// A bias-free convolution with `(C_out, C_in, k, k)` `weight` (symmetric `padding`) followed
+/// by inference-mode `bn`: weights scaled per output channel, shift as bias.
+pub fn fold_conv(
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &BatchNorm,
+    layer: &str,
+) -> Result<FoldedConv> {
+    let wrap = |source| CpuEngineError::Weights {
+        layer: layer.to_string(),
+        source,
+    };
+    let (c_out, c_in, kh, kw) = weight.dims4().map_err(wrap)?;
+    if kh != kw {
+        return Err(CpuEngineError::Unsupported {
+            layer: layer.to_string(),
+            what: format!("kernel {kh}x{kw} is not square"),
+        });
+    }
+    let w = read_f32(weight).map_err(wrap)?;
+    let (scale, shift) = folded_batch_norm(bn, c_out, layer)?;
+    Ok(FoldedConv::fold(
+        &w,
+        (c_out, c_in, kh),
+        &scale,
+        &shift,
+        stride,
+        padding,
+    ))
+}
+
+/// A tensor's values as f32 on the CPU.
+pub fn read_f32(t: &Tensor) -> std::result::Result<Vec<f32>, candle_core::Error> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+/// Inference-mode `bn` as per-channel `(scale, shift)`, checked to have `channels` entries.
+pub fn folded_batch_norm(
+    bn: &BatchNorm,
+    channels: usize,
+    layer: &str,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let wrap = |source| CpuEngineError::Weights {
+        layer: layer.to_string(),
+        source,
+    };
+    let (scale, shift) = bn.scale_shift().map_err(wrap)?;
+    let scale = read_f32(&scale).map_err(wrap)?;
+    let shift = read_f32(&shift).map_err(wrap)?;
+    if scale.len() != channels || shift.len() != channels {
+        return Err(CpuEngineError::Unsupported {
+            layer: layer.to_string(),
+            what: format!("{} BatchNorm channels for {channels} outputs", scale.len()),
+        });
+    }
+    Ok((scale, shift))
+}
