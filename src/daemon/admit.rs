@@ -13,19 +13,20 @@
 //! there instead of walking the folders again. At the end of each full walk it marks gone what
 //! the store holds under the watched folders and no longer exists.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender, TrySendError};
-use rusqlite::Connection;
 
 use super::discover::{mtime_ns, PathFilter};
 use super::msg::{Ack, Found, Job, WriterMsg};
 use super::{DaemonError, Shutdown};
+use crate::store::api::Queue;
 use crate::store::path_key::{key_path, path_key};
-use crate::store::write::{self, ImageStatus};
+use crate::store::queue::ImageStatus;
+use crate::store::Store;
 
 pub(crate) struct AdmitParts {
     pub roots: Vec<PathBuf>,
@@ -34,7 +35,8 @@ pub(crate) struct AdmitParts {
     pub max_attempts: u32,
     pub exit_when_idle: bool,
     /// Read-only: admission decides, the writer records.
-    pub db: Connection,
+    /// A read-only store: admission reads the queue, the writer alone writes it.
+    pub db: Store,
     pub found: Receiver<Found>,
     pub acks: Receiver<Ack>,
     pub jobs: Sender<Job>,
@@ -46,7 +48,8 @@ pub(crate) struct AdmitParts {
 
 pub(crate) struct Admit {
     p: AdmitParts,
-    in_flight: HashSet<String>,
+    /// Path key -> the size and modification time of the version being captioned.
+    in_flight: HashMap<String, (u64, i64)>,
     /// Files found complete again while in flight (by key): looked at once their slot frees.
     deferred: HashMap<String, (PathBuf, u64, i64)>,
     ready: VecDeque<Job>,
@@ -61,7 +64,7 @@ impl Admit {
     pub fn new(p: AdmitParts) -> Admit {
         Admit {
             p,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             deferred: HashMap::new(),
             ready: VecDeque::new(),
             discovery_idle: false,
@@ -112,7 +115,7 @@ impl Admit {
                 mtime_ns,
             } => {
                 let key = path_key(&path);
-                if self.in_flight.contains(&key) {
+                if self.in_flight.contains_key(&key) {
                     self.deferred.insert(key, (path, size, mtime_ns));
                     return true;
                 }
@@ -138,10 +141,15 @@ impl Admit {
         match ack {
             Ack::Committed(keys) => {
                 for key in keys {
-                    self.in_flight.remove(&key);
+                    let done = self.in_flight.remove(&key);
                     let Some((path, size, mtime_ns)) = self.deferred.remove(&key) else {
                         continue;
                     };
+                    // The version just committed was seen twice (a walk and an event): it is
+                    // not taken again, so a failing file counts one attempt per version.
+                    if done == Some((size, mtime_ns)) {
+                        continue;
+                    }
                     // Taken again only as it was found; a later change is found again itself.
                     if self.stat(&path) == Some((size, mtime_ns))
                         && !self.consider(path, key, size, mtime_ns)
@@ -174,10 +182,10 @@ impl Admit {
     /// Queues a complete file unless the store says it is done (or has failed too often).
     /// Returns false when the pipeline is gone.
     fn consider(&mut self, path: PathBuf, key: String, size: u64, mtime_ns: i64) -> bool {
-        if self.in_flight.contains(&key) {
+        if self.in_flight.contains_key(&key) {
             return true;
         }
-        let state = match write::image_state(&self.p.db, &key) {
+        let state = match self.p.db.image_state(&key) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(path = %key, error = %e, "cannot read the image's state; queueing it");
@@ -196,7 +204,7 @@ impl Admit {
         if !take {
             return true;
         }
-        self.in_flight.insert(key.clone());
+        self.in_flight.insert(key.clone(), (size, mtime_ns));
         let pending = WriterMsg::Pending {
             key: key.clone(),
             size,
@@ -217,7 +225,7 @@ impl Admit {
     /// After a model swap: takes the pending rows under the watched folders whose files are
     /// still as recorded. Returns false when the pipeline is gone.
     fn requeue_from_store(&mut self) -> bool {
-        let rows = match pending_images(&self.p.db) {
+        let rows = match self.p.db.pending_images() {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the pending images after a model swap");
@@ -225,9 +233,10 @@ impl Admit {
             }
         };
         let mut taken = 0usize;
-        for (key, size, mtime_ns) in rows {
+        for row in rows {
+            let (key, size, mtime_ns) = (row.path, row.size, row.mtime_ns);
             let path = key_path(&key);
-            if self.in_flight.contains(&key)
+            if self.in_flight.contains_key(&key)
                 || !self.p.filter.accepts_under(&self.p.roots, &path)
                 || self.stat(&path) != Some((size, mtime_ns))
             {
@@ -249,7 +258,7 @@ impl Admit {
     /// no longer exist (unless in flight), and forgets skipped entries that went or changed
     /// kind. Returns false when the pipeline is gone.
     fn mark_missing_gone(&mut self) -> bool {
-        match write::skipped_paths(&self.p.db) {
+        match self.p.db.skipped_paths() {
             Ok(skipped) => {
                 for key in skipped {
                     let path = key_path(&key);
@@ -267,7 +276,7 @@ impl Admit {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list skipped entries"),
         }
-        let paths = match write::live_paths(&self.p.db) {
+        let paths = match self.p.db.live_paths() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list known images to find deleted ones");
@@ -276,7 +285,9 @@ impl Admit {
         };
         for key in paths {
             let path = key_path(&key);
-            if !self.p.roots.iter().any(|r| path.starts_with(r)) || self.in_flight.contains(&key) {
+            if !self.p.roots.iter().any(|r| path.starts_with(r))
+                || self.in_flight.contains_key(&key)
+            {
                 continue;
             }
             let missing = matches!(fs::symlink_metadata(&path),
@@ -305,22 +316,10 @@ impl Admit {
     }
 }
 
-// --- Store query (to move into the store module) -------------------------------------------
-
-/// The pending images: path key, size and modification time as recorded.
-fn pending_images(conn: &Connection) -> rusqlite::Result<Vec<(String, u64, i64)>> {
-    let mut stmt =
-        conn.prepare("SELECT path, size, mtime_ns FROM images WHERE status = 'pending'")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
-    })?;
-    rows.collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::write::ReadImage;
+    use crate::store::queue::{self as write, ReadImage};
     use crate::store::Store;
     use crossbeam_channel::unbounded;
 
@@ -352,7 +351,7 @@ mod tests {
             follow_symlinks: false,
             max_attempts,
             exit_when_idle: true,
-            db: Connection::open(&db).unwrap(),
+            db: Store::open_read_only(&db).unwrap(),
             found,
             acks,
             jobs: jobs_tx,
@@ -471,6 +470,27 @@ mod tests {
         assert!(h.admit.on_ack(Ack::Committed(vec![key_of(&a)])));
         assert!(h.dispatched().is_empty());
         assert!(h.admit.is_idle());
+        assert!(h.admit.in_flight.is_empty() && h.admit.deferred.is_empty());
+    }
+
+    #[test]
+    fn a_failing_file_seen_twice_while_in_flight_counts_one_attempt() {
+        let mut h = harness(3);
+        let bad = h.file("bad.jpg");
+        assert!(h.admit.on_found(bad.clone()));
+        assert_eq!(h.dispatched(), vec![key_of(&bad)]);
+        // A walk and an event both report the same version while it is being read.
+        assert!(h.admit.on_found(bad.clone()));
+        h.record(&bad, "failed");
+        assert!(h.admit.on_ack(Ack::Committed(vec![key_of(&bad)])));
+        assert!(
+            h.dispatched().is_empty(),
+            "the same version was taken again"
+        );
+        let state = write::image_state(h.store.conn(), &key_of(&bad))
+            .unwrap()
+            .unwrap();
+        assert_eq!((state.status, state.attempts), (ImageStatus::Failed, 1));
         assert!(h.admit.in_flight.is_empty() && h.admit.deferred.is_empty());
     }
 

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Connection;
 
 use super::models::ActiveModel;
 use super::msg::{BatchResult, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
@@ -22,7 +21,8 @@ use crate::config::Recaption;
 use crate::data::image::TUTORIAL_SIZE;
 use crate::model::encoder::images_to_tensor;
 use crate::model::{BeamOptions, Caption};
-use crate::store::write;
+use crate::store::api::Captions;
+use crate::store::Store;
 
 /// The slot through which a new model is promoted into a running daemon.
 #[derive(Clone, Default)]
@@ -56,7 +56,8 @@ pub(crate) struct Worker {
     pub swap: ModelSwap,
     pub beam: BeamOptions,
     /// Read-only, to skip content the model has already captioned.
-    pub db: Connection,
+    /// A read-only store, to skip content the current model has captioned already.
+    pub db: Store,
 }
 
 impl Worker {
@@ -106,7 +107,7 @@ impl Worker {
             if !seen.insert(d.hash.clone()) {
                 continue;
             }
-            stored_before[i] = write::caption_exists(&self.db, &d.hash, model_id).unwrap_or(false);
+            stored_before[i] = self.db.caption_exists(&d.hash, model_id).unwrap_or(false);
             if !stored_before[i] {
                 run.push(i);
             }

@@ -59,7 +59,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded};
-use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Config;
 use crate::data::image::DecodeOptions;
@@ -88,17 +87,11 @@ pub enum DaemonError {
     Locked { db: PathBuf },
     #[error("cannot watch for changes: {0}")]
     Notify(String),
-    #[error("{path}: cannot record the model: {source}")]
-    Model {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error("{db}: writing failed, stopping: {source}")]
     Write {
         db: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: StoreError,
     },
     #[error("{path}: {reason}")]
     Registry { path: PathBuf, reason: String },
@@ -325,15 +318,9 @@ fn watched_roots(folders: &[PathBuf]) -> Result<Vec<PathBuf>, DaemonError> {
     Ok(roots)
 }
 
-/// A read-only connection for a stage that only reads.
-fn open_reader(db: &Path, purpose: &str) -> Result<Connection, DaemonError> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .and_then(|c| c.busy_timeout(crate::store::BUSY_TIMEOUT).map(|_| c))
-    .map_err(|e| StoreError::sqlite(db, format!("opening a reader for {purpose}"), e))?;
-    Ok(conn)
+/// A read-only store for a stage that only reads.
+fn open_reader(db: &Path) -> Result<Store, DaemonError> {
+    Ok(Store::open_read_only(db)?)
 }
 
 /// Starts the retraining scheduler when retraining is on.
@@ -403,7 +390,7 @@ impl Daemon {
             follow_symlinks: opts.follow_symlinks,
             max_attempts: opts.max_attempts,
             exit_when_idle: opts.exit_when_idle,
-            db: open_reader(db, "admission")?,
+            db: open_reader(db)?,
             found: found_rx,
             acks: ack_rx,
             jobs: job_tx,
@@ -424,7 +411,7 @@ impl Daemon {
             current: active.clone(),
             swap: swap.clone(),
             beam: opts.beam.clone(),
-            db: open_reader(db, "inference")?,
+            db: open_reader(db)?,
         };
 
         // Downstream first, so every stage's consumer runs before it does.

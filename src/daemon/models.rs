@@ -1,19 +1,17 @@
 //! Which model captions, and loading it safely: the model given at start is registered (keyed
 //! by the BLAKE3 hash of its file) and either becomes active or gives way to the registry's
 //! active model; a registered model is loaded only when its file still has the recorded hash.
-//! These run on the connection of whoever calls them (the daemon at start, retraining, a
-//! command), never on a stage's own.
+//! These run on the store of whoever calls them (the daemon at start, retraining, a command),
+//! never on a stage's own.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Connection;
-
 use super::DaemonError;
 use crate::model::CaptionModel;
-use crate::store::registry::{self, ModelRow, RegistryError};
-use crate::store::write::{self, NewModel};
-use crate::store::Store;
+use crate::store::api::CaptionStore;
+use crate::store::registry::{ModelRow, NewModel, Recaption};
+use crate::store::{unix_now, StoreError};
 
 /// A loaded model and its row in `models`.
 #[derive(Clone)]
@@ -26,17 +24,18 @@ pub struct ActiveModel {
 /// Records a loaded model in `models` (keyed by the BLAKE3 hash of its file) and makes it the
 /// active one.
 pub fn register_model(
-    conn: &mut Connection,
+    store: &mut dyn CaptionStore,
     model: Arc<CaptionModel>,
 ) -> Result<ActiveModel, DaemonError> {
-    let (active, _) = register_model_as(conn, model, true)?;
+    let (active, _) = register_model_as(store, model, true)?;
     Ok(active)
 }
 
 /// Records a loaded model in `models`; with `activate`, also makes it the active one (recorded
-/// in the activation history). Returns it and whether it was registered before.
+/// in the activation history, nothing queued again). Returns it and whether it was registered
+/// before.
 pub(crate) fn register_model_as(
-    conn: &mut Connection,
+    store: &mut dyn CaptionStore,
     model: Arc<CaptionModel>,
     activate: bool,
 ) -> Result<(ActiveModel, bool), DaemonError> {
@@ -58,37 +57,40 @@ pub(crate) fn register_model_as(
         .unwrap_or_else(|_| path.clone())
         .to_string_lossy()
         .into_owned();
-    let sql_err = |source| DaemonError::Model {
-        path: path.clone(),
-        source,
-    };
-    let tx = conn.transaction().map_err(sql_err)?;
-    let known = write::model_id_by_hash(&tx, &hash)
-        .map_err(sql_err)?
-        .is_some();
-    let id = write::register_model(
-        &tx,
-        &NewModel {
-            content_hash: &hash,
-            path: &path_text,
-            name: &name,
-            config_json: &config,
-            provenance_json: &provenance,
-        },
-        crate::store::unix_now(),
-    )
-    .map_err(sql_err)?;
-    if activate {
-        registry::activate(&tx, id, "start", crate::store::unix_now()).map_err(|e| match e {
-            RegistryError::Sqlite(source) => sql_err(source),
-            other => DaemonError::Registry {
-                path: path.clone(),
-                reason: other.to_string(),
+    let registry_err = registry_error(&path);
+    let now = unix_now();
+    let mut tx = store.begin().map_err(&registry_err)?;
+    let registered = tx
+        .register_model(
+            &NewModel {
+                content_hash: &hash,
+                path: &path_text,
+                name: &name,
+                config_json: &config,
+                provenance_json: &provenance,
             },
-        })?;
+            now,
+        )
+        .map_err(&registry_err)?;
+    if activate {
+        tx.activate(registered.id, "start", Recaption::None, now)
+            .map_err(&registry_err)?;
     }
-    tx.commit().map_err(sql_err)?;
-    Ok((ActiveModel { id, name, model }, known))
+    tx.commit().map_err(&registry_err)?;
+    let active = ActiveModel {
+        id: registered.id,
+        name,
+        model,
+    };
+    Ok((active, registered.known))
+}
+
+/// A store error met while recording the model at `path`.
+fn registry_error(path: &Path) -> impl Fn(StoreError) -> DaemonError + '_ {
+    move |e| DaemonError::Registry {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn model_name(path: &Path) -> String {
@@ -104,17 +106,15 @@ fn model_name(path: &Path) -> String {
 ///   activate` or `rollback`) gives way to the registry's active model, when that one's file
 ///   still loads and has the recorded hash; nothing is queued again.
 pub(crate) fn choose_model(
-    store: &mut Store,
+    store: &mut dyn CaptionStore,
     model: Arc<CaptionModel>,
 ) -> Result<ActiveModel, DaemonError> {
-    let path = store.path().to_path_buf();
-    let registry_err = |e: RegistryError| DaemonError::Registry {
-        path: path.clone(),
-        reason: e.to_string(),
-    };
+    let location = store.location();
     let device = model.device.clone();
-    let (configured, known) = register_model_as(store.conn_mut(), model, false)?;
-    let current = registry::active_model(store.conn()).map_err(registry_err)?;
+    let (configured, known) = register_model_as(store, model, false)?;
+    let model_path = configured.model.source.clone();
+    let registry_err = registry_error(&model_path);
+    let current = store.active_model().map_err(&registry_err)?;
     if let Some(row) = current.filter(|r| known && r.id != configured.id) {
         match load_registered(&row, &device) {
             Ok(m) => {
@@ -137,26 +137,15 @@ pub(crate) fn choose_model(
             ),
         }
     }
-    let now = crate::store::unix_now();
-    let changed = registry::activate(store.conn(), configured.id, "start", now)
-        .map_err(registry_err)?
-        .is_some()
-        || !known;
-    let requeued = if changed {
-        write::requeue_for_model(store.conn(), configured.id, now).map_err(|source| {
-            DaemonError::Model {
-                path: configured.model.source.clone(),
-                source,
-            }
-        })?
-    } else {
-        0
-    };
+    // Becoming active (a new model, or one taking over again) queues what it has not captioned.
+    let activation = store
+        .activate(configured.id, "start", Recaption::All, unix_now())
+        .map_err(&registry_err)?;
     tracing::info!(
         model = %configured.name,
         model_id = configured.id,
-        requeued,
-        db = %path.display(),
+        requeued = activation.requeued,
+        db = %location,
         "model active"
     );
     Ok(configured)

@@ -8,14 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Connection;
-
 use super::msg::{Ack, BatchResult, Outcome, WriterMsg};
 use super::{Counters, DaemonError, Shutdown};
-use crate::store::registry;
-use crate::store::write::{self, NewCaption, ReadImage};
-use crate::store::{unix_now, Store};
+use crate::store::api::{CaptionStore, FailedImage};
+use crate::store::captions::NewCaption;
+use crate::store::queue::ReadImage;
+use crate::store::{unix_now, Store, StoreError};
+use crossbeam_channel::{Receiver, Sender};
 
 /// Small messages committed together at most.
 const MAX_MESSAGES_PER_TRANSACTION: usize = 512;
@@ -67,7 +66,7 @@ impl Writer {
         let started = Instant::now();
         let mut attempt = 0;
         let tally = loop {
-            match commit(self.store.conn_mut(), msgs) {
+            match commit(&mut self.store, msgs) {
                 Ok(t) => break t,
                 Err(e) if attempt < RETRIES => {
                     attempt += 1;
@@ -175,9 +174,9 @@ fn log_batch(b: &BatchResult, commit_time: Duration) {
 }
 
 /// Applies the messages in one transaction.
-fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> {
+fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, StoreError> {
     let now = unix_now();
-    let tx = conn.transaction()?;
+    let mut tx = store.begin()?;
     let mut tally = Tally::default();
     for m in msgs {
         match m {
@@ -185,34 +184,35 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 key,
                 size,
                 mtime_ns,
-            } => write::mark_pending(&tx, key, *size as i64, *mtime_ns, now)?,
+            } => tx.mark_pending(key, *size as i64, *mtime_ns, now)?,
             WriterMsg::Gone { key } => {
-                let n = write::mark_gone(&tx, key, now)?;
+                let n = tx.mark_gone(key, now)?;
                 if n > 0 {
                     tracing::info!(path = %key, images = n, "gone");
                 }
             }
             WriterMsg::Vanished { job } => {
-                write::mark_gone(&tx, &job.key, now)?;
+                tx.mark_gone(&job.key, now)?;
             }
-            WriterMsg::Skipped { key, kind } => write::mark_skipped(&tx, key, kind, now)?,
-            WriterMsg::Unskipped { key } => write::unmark_skipped(&tx, key)?,
+            WriterMsg::Skipped { key, kind } => tx.mark_skipped(key, kind, now)?,
+            WriterMsg::Unskipped { key } => tx.unmark_skipped(key)?,
             WriterMsg::Swapped {
                 model_id,
                 recaption,
             } => {
-                tally.requeued += registry::requeue(&tx, *model_id, *recaption, now)?;
+                tally.requeued += tx.requeue(*model_id, *recaption, now)?;
                 tally.swapped = true;
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;
-                write::mark_failed(
-                    &tx,
-                    &job.key,
-                    job.size as i64,
-                    job.mtime_ns,
-                    hash.as_deref(),
-                    error,
+                tx.mark_failed(
+                    &FailedImage {
+                        path: &job.key,
+                        size: job.size as i64,
+                        mtime_ns: job.mtime_ns,
+                        content_hash: hash.as_deref(),
+                        error,
+                    },
                     now,
                 )?
             }
@@ -220,8 +220,7 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 for item in &b.items {
                     match &item.outcome {
                         Outcome::Captioned(c) => {
-                            let inserted = write::insert_caption(
-                                &tx,
+                            let inserted = tx.insert_caption(
                                 &NewCaption {
                                     content_hash: &item.hash,
                                     model_id: b.model_id,
@@ -245,20 +244,20 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                         Outcome::AlreadyCaptioned => tally.reused += 1,
                         Outcome::Failed(error) => {
                             tally.failed += 1;
-                            write::mark_failed(
-                                &tx,
-                                &item.job.key,
-                                item.job.size as i64,
-                                item.job.mtime_ns,
-                                Some(&item.hash),
-                                error,
+                            tx.mark_failed(
+                                &FailedImage {
+                                    path: &item.job.key,
+                                    size: item.job.size as i64,
+                                    mtime_ns: item.job.mtime_ns,
+                                    content_hash: Some(&item.hash),
+                                    error,
+                                },
                                 now,
                             )?;
                             continue;
                         }
                     }
-                    write::mark_done(
-                        &tx,
+                    tx.mark_done(
                         &ReadImage {
                             path: &item.job.key,
                             size: item.job.size as i64,
@@ -326,10 +325,10 @@ mod tests {
     #[test]
     fn a_committed_batch_is_acknowledged_and_captions_stay_unique_per_content_and_model() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("gaze.db")).unwrap();
-        let model_id = write::register_model(
-            store.conn(),
-            &write::NewModel {
+        let mut store = Store::open(&dir.path().join("gaze.db")).unwrap();
+        let model_id = crate::store::api::Registry::register_model(
+            &mut store,
+            &crate::store::registry::NewModel {
                 content_hash: "model-hash",
                 path: "/m.safetensors",
                 name: "m",
@@ -338,7 +337,8 @@ mod tests {
             },
             1.0,
         )
-        .unwrap();
+        .unwrap()
+        .id;
         let (_tx, rx) = unbounded();
         let (acks_tx, acks) = unbounded();
         let counters = Arc::new(Counters::default());
