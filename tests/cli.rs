@@ -713,10 +713,12 @@ fn settings_that_cannot_be_met_are_refused_naming_key_and_source() {
 /// A store with `n` captioned images ("a dog ...", done one second apart) and `failed`
 /// failures.
 fn store_with_captions(db: &Path, n: usize, failed: usize) {
-    use gaze::store::write::{self, NewCaption, NewModel, ReadImage};
+    use gaze::store::captions::{self, NewCaption};
+    use gaze::store::queue::{self, ReadImage};
+    use gaze::store::registry::{self, NewModel};
     let store = gaze::store::Store::open(db).unwrap();
     let conn = store.conn();
-    let model = write::register_model(
+    let model = registry::register(
         conn,
         &NewModel {
             content_hash: "m",
@@ -727,11 +729,12 @@ fn store_with_captions(db: &Path, n: usize, failed: usize) {
         },
         0.0,
     )
-    .unwrap();
+    .unwrap()
+    .id;
     for i in 0..n {
         let (path, hash) = (format!("/photos/{i:04}.png"), format!("h{i}"));
         let now = 1.0 + i as f64;
-        write::mark_done(
+        queue::mark_done(
             conn,
             &ReadImage {
                 path: &path,
@@ -745,7 +748,7 @@ fn store_with_captions(db: &Path, n: usize, failed: usize) {
         )
         .unwrap();
         let tokens = ["<start>", "a", "dog", "<end>"].map(String::from);
-        write::insert_caption(
+        captions::insert_caption(
             conn,
             &NewCaption {
                 content_hash: &hash,
@@ -766,7 +769,7 @@ fn store_with_captions(db: &Path, n: usize, failed: usize) {
     }
     for i in 0..failed {
         let path = format!("/photos/bad-{i}.jpg");
-        write::mark_failed(conn, &path, 1, 1, None, "not an image", 1.0).unwrap();
+        queue::mark_failed(conn, &path, 1, 1, None, "not an image", 1.0).unwrap();
     }
 }
 

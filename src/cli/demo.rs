@@ -22,7 +22,7 @@ use gaze::data::PreparedSplit;
 use gaze::demo;
 use gaze::eval::{evaluate, EvalOptions, EvalProgress};
 use gaze::model::CaptionModel;
-use gaze::store::read::{self, Selection};
+use gaze::store::query::{self as read, Selection};
 use gaze::store::Store;
 use gaze::train::{train, StandardObserver, StopReason, TrainData, TrainOptions};
 

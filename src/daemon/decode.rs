@@ -7,7 +7,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Decoded, Job, Shutdown, WriterMsg};
+use super::msg::{Decoded, Job, WriterMsg};
+use super::Shutdown;
 use crate::data::image::{self as img, DecodeOptions, TUTORIAL_SIZE};
 
 pub(crate) struct Worker {
@@ -63,7 +64,7 @@ pub(crate) fn decode_job(
 ) -> Result<Decoded, (Job, Failure)> {
     let bad = |hash: Option<String>, error: String| Failure::Bad { hash, error };
     // Opened without blocking and checked on the handle: a FIFO, a device or (with links not
-    // followed) a link swapped in after the watcher saw a regular file is refused here.
+    // followed) a link swapped in after discovery saw a regular file is refused here.
     let (bytes, meta) = match crate::files::read_limited(
         &job.path,
         max_file_bytes,
@@ -77,7 +78,7 @@ pub(crate) fn decode_job(
             return Err((job, bad(None, reason)));
         }
     };
-    // Record what was read, not what the watcher saw earlier: a later change then shows.
+    // Record what was read, not what discovery saw earlier: a later change then shows.
     job.size = meta.len();
     if let Some(t) = meta
         .modified()

@@ -9,28 +9,20 @@
 //! file touched without changing) is not run again.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Connection;
 
-use super::{BatchResult, DaemonError, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
+use super::models::ActiveModel;
+use super::msg::{BatchResult, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
+use super::DaemonError;
 use crate::config::Recaption;
 use crate::data::image::TUTORIAL_SIZE;
 use crate::model::encoder::images_to_tensor;
-use crate::model::{BeamOptions, Caption, CaptionModel};
-use crate::store::registry;
-use crate::store::write::{self, NewModel};
-
-/// A loaded model and its row in `models`.
-#[derive(Clone)]
-pub struct ActiveModel {
-    pub id: i64,
-    pub name: String,
-    pub model: Arc<CaptionModel>,
-}
+use crate::model::{BeamOptions, Caption};
+use crate::store::api::Captions;
+use crate::store::Store;
 
 /// The slot through which a new model is promoted into a running daemon.
 #[derive(Clone, Default)]
@@ -38,7 +30,7 @@ pub struct ModelSwap(Arc<Mutex<Option<(ActiveModel, Recaption)>>>);
 
 impl ModelSwap {
     /// Makes `model` the one used from the next batch on. Register it first with
-    /// [`register_model`] (from any connection), so its id is known.
+    /// [`register_model`](super::register_model) (from any connection), so its id is known.
     pub fn promote(&self, model: ActiveModel) {
         self.promote_with(model, Recaption::None);
     }
@@ -54,82 +46,6 @@ impl ModelSwap {
     }
 }
 
-/// Records a loaded model in `models` (keyed by the BLAKE3 hash of its file) and makes it the
-/// active one.
-pub fn register_model(
-    conn: &mut Connection,
-    model: Arc<CaptionModel>,
-) -> Result<ActiveModel, DaemonError> {
-    let (active, _) = register_model_as(conn, model, true)?;
-    Ok(active)
-}
-
-/// Records a loaded model in `models`; with `activate`, also makes it the active one (recorded
-/// in the activation history). Returns it and whether it was registered before.
-pub(crate) fn register_model_as(
-    conn: &mut Connection,
-    model: Arc<CaptionModel>,
-    activate: bool,
-) -> Result<(ActiveModel, bool), DaemonError> {
-    let path = model.source.clone();
-    let bytes = std::fs::read(&path).map_err(|source| DaemonError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    drop(bytes);
-    let name = model
-        .provenance
-        .get("name")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| model_name(&path));
-    let config = serde_json::to_string(&model.config).expect("a config serialises");
-    let provenance = model.provenance.to_string();
-    // Recorded absolute, so the row still names the file when read from elsewhere.
-    let path_text = std::fs::canonicalize(&path)
-        .unwrap_or_else(|_| path.clone())
-        .to_string_lossy()
-        .into_owned();
-    let sql_err = |source| DaemonError::Model {
-        path: path.clone(),
-        source,
-    };
-    let tx = conn.transaction().map_err(sql_err)?;
-    let known = write::model_id_by_hash(&tx, &hash)
-        .map_err(sql_err)?
-        .is_some();
-    let id = write::register_model(
-        &tx,
-        &NewModel {
-            content_hash: &hash,
-            path: &path_text,
-            name: &name,
-            config_json: &config,
-            provenance_json: &provenance,
-        },
-        crate::store::unix_now(),
-    )
-    .map_err(sql_err)?;
-    if activate {
-        registry::activate(&tx, id, "start", crate::store::unix_now()).map_err(|e| match e {
-            registry::RegistryError::Sqlite(source) => sql_err(source),
-            other => DaemonError::Registry {
-                path: path.clone(),
-                reason: other.to_string(),
-            },
-        })?;
-    }
-    tx.commit().map_err(sql_err)?;
-    Ok((ActiveModel { id, name, model }, known))
-}
-
-fn model_name(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into())
-}
-
 /// How long the idle worker waits before looking in the swap slot again.
 const SWAP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -140,7 +56,8 @@ pub(crate) struct Worker {
     pub swap: ModelSwap,
     pub beam: BeamOptions,
     /// Read-only, to skip content the model has already captioned.
-    pub db: Connection,
+    /// A read-only store, to skip content the current model has captioned already.
+    pub db: Store,
 }
 
 impl Worker {
@@ -190,7 +107,7 @@ impl Worker {
             if !seen.insert(d.hash.clone()) {
                 continue;
             }
-            stored_before[i] = write::caption_exists(&self.db, &d.hash, model_id).unwrap_or(false);
+            stored_before[i] = self.db.caption_exists(&d.hash, model_id).unwrap_or(false);
             if !stored_before[i] {
                 run.push(i);
             }

@@ -1,52 +1,70 @@
-//! The folder-watching captioning daemon: a pipeline of threads joined by bounded channels.
+//! The folder-watching captioning daemon: stages on their own threads that talk only in
+//! messages ([`msg`]) over channels. This module starts them, wires the channels, and waits
+//! for them to end.
 //!
 //! ```text
-//! watcher (notify + scans) -> decode pool (read, hash, decode, resize, normalise)
-//!   -> batcher (max batch, max wait) -> inference (batched beam search) -> writer (SQLite)
+//!            Found               Job                  Decoded             Vec<Decoded>
+//! discover --------> admit ------------> decode pool ----------> batcher -------------> inference
+//! (globs, notify,    (in-flight set,     (read, hash, decode,    (max batch,           (batched beam
+//!  walks, settling)   attempts policy)    resize, normalise)      max wait)             search)
+//!                     |     ^                 |                                           |
+//!                     |     | Ack             | WriterMsg:                                | WriterMsg:
+//!   WriterMsg:        |     | (committed      | Failed, Vanished                          | Batch,
+//!   Pending, Gone,    |     |  keys, swap)    v                                           | Swapped
+//!   Skipped ----------'---> writer (the only database writer) <---------------------------'
+//!
+//! models: chooses and loads the model at start. retrainer: promotes into inference's swap slot.
 //! ```
 //!
 //! Guarantees:
 //! - SQLite is the durable queue. An image is done only when the transaction holding its
-//!   caption has committed; the scan at start takes every file that is not done, so killing
+//!   caption has committed; the walk at start takes every file that is not done, so killing
 //!   the process at any moment loses nothing. `captions` is unique per (content, model), so
 //!   nothing is captioned twice by one model, and the same bytes under two names share one
 //!   caption.
-//! - Memory is bounded whatever the burst: each channel is bounded, and what waits before
-//!   the pipeline is a path and a few numbers per file.
+//! - Memory is bounded whatever the burst: each channel between stages is bounded (the
+//!   writer's acknowledgements are bounded by the files in flight), and what waits before the
+//!   pipeline is a path and a few numbers per file.
 //! - A bad file (unreadable, not an image, truncated, too large) is recorded as failed with a
 //!   readable error and tried again a bounded number of times, or when it changes; it never
 //!   stops the pipeline.
-//! - Shutdown ([`Shutdown::request`]): the watcher stops taking files, decoded images and
+//! - Shutdown ([`Shutdown::request`]): admission stops taking files, decoded images and
 //!   batches in flight are captioned and committed, then every thread ends.
 //! - The model can be replaced while running ([`ModelSwap::promote`]): batches in flight
 //!   finish on the old model, later ones use the new one, and every caption row names its
-//!   model.
+//!   model. The new model's work is queued in the store, and admission takes it from there.
+//! - Database connections: the writer (read-write), admission and inference (read-only), and
+//!   the retrainer when retraining is on. The single-writer lock is a `flock` on the database
+//!   file, held until the final checkpoint.
 
+mod admit;
 mod batcher;
 mod decode;
+mod discover;
 mod inference;
+mod models;
+mod msg;
 mod retrainer;
-mod watcher;
 mod writer;
 
-pub use inference::{register_model, ActiveModel, ModelSwap};
-pub use watcher::PathFilter;
+pub use discover::PathFilter;
+pub use inference::ModelSwap;
+pub use models::{register_model, ActiveModel};
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::bounded;
-use rusqlite::{Connection, OpenFlags};
+use crossbeam_channel::{bounded, unbounded};
 
 use crate::config::Config;
 use crate::data::image::DecodeOptions;
 use crate::model::BeamOptions;
 use crate::store::{Store, StoreError};
+use msg::{Ack, Decoded, Found, Job, WriterMsg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -69,17 +87,11 @@ pub enum DaemonError {
     Locked { db: PathBuf },
     #[error("cannot watch for changes: {0}")]
     Notify(String),
-    #[error("{path}: cannot record the model: {source}")]
-    Model {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error("{db}: writing failed, stopping: {source}")]
     Write {
         db: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: StoreError,
     },
     #[error("{path}: {reason}")]
     Registry { path: PathBuf, reason: String },
@@ -195,129 +207,9 @@ impl Counters {
     }
 }
 
-/// Paths handed to the pipeline and not yet committed, so no file is queued twice.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct InFlight(Arc<Mutex<HashSet<String>>>);
-
-impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // A panicking thread cannot leave the set half-changed; keep using it.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn insert(&self, key: &str) {
-        self.lock().insert(key.to_string());
-    }
-    fn contains(&self, key: &str) -> bool {
-        self.lock().contains(key)
-    }
-    fn remove_all<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
-        let mut set = self.lock();
-        for k in keys {
-            set.remove(k);
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-}
-
-/// A file the watcher hands to the decode pool.
-#[derive(Debug, Clone)]
-pub(crate) struct Job {
-    pub path: PathBuf,
-    /// The path as stored in the database (UTF-8).
-    pub key: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-}
-
-/// A decoded, normalised image on its way to a batch.
-pub(crate) struct Decoded {
-    pub job: Job,
-    pub hash: String,
-    pub width: u32,
-    pub height: u32,
-    /// CHW, 3 x 256 x 256, normalised.
-    pub pixels: Vec<f32>,
-}
-
-/// A caption as the writer stores it.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredCaption {
-    pub text: String,
-    pub tokens: Vec<String>,
-    pub token_ids: Vec<u32>,
-    pub score: f32,
-    pub finished: bool,
-    pub alphas: Vec<Vec<f32>>,
-    pub grid: usize,
-}
-
-pub(crate) enum Outcome {
-    Captioned(StoredCaption),
-    /// The content already has (or, earlier in this batch, gets) a caption by this model.
-    AlreadyCaptioned,
-    Failed(String),
-}
-
-pub(crate) struct ItemResult {
-    pub job: Job,
-    pub hash: String,
-    pub width: u32,
-    pub height: u32,
-    pub outcome: Outcome,
-}
-
-pub(crate) struct BatchResult {
-    pub model_id: i64,
-    pub model_name: String,
-    pub beam_size: usize,
-    pub infer_time: Duration,
-    pub items: Vec<ItemResult>,
-}
-
-/// What the writer commits.
-pub(crate) enum WriterMsg {
-    /// A complete file is queued.
-    Pending {
-        key: String,
-        size: u64,
-        mtime_ns: i64,
-    },
-    /// A path (file or folder) no longer exists.
-    Gone {
-        key: String,
-    },
-    /// A pipe, device or socket the include globs take: counted, never read.
-    Skipped {
-        key: String,
-        kind: &'static str,
-    },
-    /// A skipped entry went, or is no longer a pipe, device or socket.
-    Unskipped {
-        key: String,
-    },
-    /// A queued file disappeared before it was read.
-    Vanished {
-        job: Job,
-    },
-    Failed {
-        job: Job,
-        hash: Option<String>,
-        error: String,
-    },
-    Batch(BatchResult),
-    /// The inference worker switched to `model_id`: queue stored images again as `recaption`
-    /// says (after every batch of the old model, which came before on the queue).
-    Swapped {
-        model_id: i64,
-        recaption: crate::config::Recaption,
-    },
-}
-
 /// A running daemon.
 pub struct Daemon {
-    threads: Vec<(String, JoinHandle<Result<(), DaemonError>>)>,
+    threads: Vec<Thread>,
     /// The retraining scheduler, joined after the pipeline has drained.
     retrainer: Option<JoinHandle<Result<(), DaemonError>>>,
     shutdown: Shutdown,
@@ -325,92 +217,6 @@ pub struct Daemon {
     counters: Arc<Counters>,
     db: PathBuf,
     _lock: File,
-}
-
-/// Registers the model the daemon was given and decides which model captions:
-/// - a model not seen before becomes active, and stored images it has not captioned are
-///   queued again (the user brought a new model);
-/// - a known model that is no longer active (the registry moved on: a promotion, `gaze models
-///   activate` or `rollback`) gives way to the registry's active model, when that one's file
-///   still loads and has the recorded hash; nothing is queued again.
-fn choose_model(
-    store: &mut Store,
-    model: Arc<crate::model::CaptionModel>,
-) -> Result<ActiveModel, DaemonError> {
-    let path = store.path().to_path_buf();
-    let registry_err = |e: crate::store::registry::RegistryError| DaemonError::Registry {
-        path: path.clone(),
-        reason: e.to_string(),
-    };
-    let device = model.device.clone();
-    let (configured, known) = inference::register_model_as(store.conn_mut(), model, false)?;
-    let current = crate::store::registry::active_model(store.conn()).map_err(registry_err)?;
-    if let Some(row) = current.filter(|r| known && r.id != configured.id) {
-        match load_registered(&row, &device) {
-            Ok(m) => {
-                tracing::info!(
-                    model = %row.name,
-                    model_id = row.id,
-                    configured = %configured.name,
-                    "keeping the registry's active model"
-                );
-                return Ok(ActiveModel {
-                    id: row.id,
-                    name: row.name,
-                    model: Arc::new(m),
-                });
-            }
-            Err(reason) => tracing::warn!(
-                model_id = row.id,
-                %reason,
-                "the registry's active model cannot be used; the configured model takes over"
-            ),
-        }
-    }
-    let now = crate::store::unix_now();
-    let changed = crate::store::registry::activate(store.conn(), configured.id, "start", now)
-        .map_err(registry_err)?
-        .is_some()
-        || !known;
-    let requeued = if changed {
-        crate::store::write::requeue_for_model(store.conn(), configured.id, now).map_err(
-            |source| DaemonError::Model {
-                path: configured.model.source.clone(),
-                source,
-            },
-        )?
-    } else {
-        0
-    };
-    tracing::info!(
-        model = %configured.name,
-        model_id = configured.id,
-        requeued,
-        db = %path.display(),
-        "model active"
-    );
-    Ok(configured)
-}
-
-/// Loads a registered model's file, checking its hash against the registry's.
-pub(crate) fn load_registered(
-    row: &crate::store::registry::ModelRow,
-    device: &candle_core::Device,
-) -> Result<crate::model::CaptionModel, String> {
-    let path = Path::new(&row.path);
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    if hash != row.content_hash {
-        return Err(format!(
-            "{}: the file changed since it was registered (hash {} instead of {})",
-            path.display(),
-            &hash[..12],
-            &row.content_hash[..row.content_hash.len().min(12)]
-        ));
-    }
-    drop(bytes);
-    crate::model::CaptionModel::load(path, &crate::model::LoadOptions::default(), device)
-        .map_err(|e| e.to_string())
 }
 
 /// Takes the single-writer lock of the database at `db`: an advisory lock (`flock`) on the
@@ -466,150 +272,157 @@ pub fn is_running(db: &Path) -> bool {
     }
 }
 
+/// A stage's thread and its name (for the error when it panics).
+type Thread = (String, JoinHandle<Result<(), DaemonError>>);
+
+/// Complete files waiting for admission; discovery waits when admission is this far behind.
+const FOUND_QUEUE: usize = 1024;
+/// Messages waiting for the writer.
+const WRITER_QUEUE: usize = 1024;
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() -> Result<(), DaemonError> + Send + 'static,
+) -> Result<Thread, DaemonError> {
+    let handle = std::thread::Builder::new()
+        .name(format!("gaze-{name}"))
+        .spawn(f)
+        .map_err(|source| DaemonError::Io {
+            path: PathBuf::from(format!("<thread {name}>")),
+            source,
+        })?;
+    Ok((name.to_string(), handle))
+}
+
+/// The watched folders made absolute; each must be a folder whose path is UTF-8.
+fn watched_roots(folders: &[PathBuf]) -> Result<Vec<PathBuf>, DaemonError> {
+    let mut roots = Vec::new();
+    for folder in folders {
+        let root = std::fs::canonicalize(folder).map_err(|source| DaemonError::Io {
+            path: folder.clone(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(DaemonError::NotAFolder {
+                path: folder.clone(),
+            });
+        }
+        if root.to_str().is_none() {
+            return Err(DaemonError::Io {
+                path: folder.clone(),
+                source: std::io::Error::other("the folder's path is not valid UTF-8"),
+            });
+        }
+        roots.push(root);
+    }
+    Ok(roots)
+}
+
+/// A read-only store for a stage that only reads.
+fn open_reader(db: &Path) -> Result<Store, DaemonError> {
+    Ok(Store::open_read_only(db)?)
+}
+
+/// Starts the retraining scheduler when retraining is on.
+fn start_retrainer(
+    db: &Path,
+    opts: &DaemonOptions,
+    active: &ActiveModel,
+    swap: &ModelSwap,
+    shutdown: &Shutdown,
+) -> Result<Option<JoinHandle<Result<(), DaemonError>>>, DaemonError> {
+    let Some(settings) = &opts.retrain else {
+        return Ok(None);
+    };
+    let parts = retrainer::Retrainer::new(
+        db,
+        settings.clone(),
+        opts.device.clone(),
+        active.clone(),
+        swap.clone(),
+        shutdown.clone(),
+    )?;
+    Ok(Some(spawn("retrain", move || parts.run())?.1))
+}
+
 impl Daemon {
     /// Opens (and upgrades) the database, records `model` as the active model (putting back
-    /// in the queue what it has not captioned), and starts every thread.
+    /// in the queue what it has not captioned), and starts every stage.
     pub fn start(
         db: &Path,
         model: Arc<crate::model::CaptionModel>,
         opts: DaemonOptions,
     ) -> Result<Daemon, DaemonError> {
         let lock = lock_database(db)?;
-
         let mut store = Store::open(db)?;
-        let active = choose_model(&mut store, model)?;
-
-        let mut roots = Vec::new();
-        for folder in &opts.folders {
-            let root = std::fs::canonicalize(folder).map_err(|source| DaemonError::Io {
-                path: folder.clone(),
-                source,
-            })?;
-            if !root.is_dir() {
-                return Err(DaemonError::NotAFolder {
-                    path: folder.clone(),
-                });
-            }
-            if root.to_str().is_none() {
-                return Err(DaemonError::Io {
-                    path: folder.clone(),
-                    source: std::io::Error::other("the folder's path is not valid UTF-8"),
-                });
-            }
-            roots.push(root);
-        }
+        let active = models::choose_model(&mut store, model)?;
+        let roots = watched_roots(&opts.folders)?;
         let filter = PathFilter::new(&opts.include, &opts.exclude)?;
-        let reader = |purpose: &str| -> Result<Connection, DaemonError> {
-            let conn = Connection::open_with_flags(
-                db,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .and_then(|c| c.busy_timeout(crate::store::BUSY_TIMEOUT).map(|_| c))
-            .map_err(|e| StoreError::sqlite(db, format!("opening a reader for {purpose}"), e))?;
-            Ok(conn)
-        };
 
         let shutdown = Shutdown::default();
         let swap = ModelSwap::default();
-        let rescan = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let in_flight = InFlight::default();
 
+        let (found_tx, found_rx) = bounded::<Found>(FOUND_QUEUE);
         let (job_tx, job_rx) = bounded::<Job>(opts.queue_depth);
         let (decoded_tx, decoded_rx) = bounded::<Decoded>(opts.batch_size);
         let (batch_tx, batch_rx) = bounded::<Vec<Decoded>>(1);
-        let (write_tx, write_rx) = bounded::<WriterMsg>(1024);
+        let (write_tx, write_rx) = bounded::<WriterMsg>(WRITER_QUEUE);
+        // Unbounded so the writer never waits on admission, which may be waiting on it; there
+        // is at most one acknowledgement per file in flight.
+        let (ack_tx, ack_rx) = unbounded::<Ack>();
+        let (alive_tx, alive_rx) = bounded::<()>(1);
 
-        let watch = watcher::Watcher::new(watcher::WatcherParts {
-            roots,
-            filter,
+        let discover = discover::Discover::new(discover::DiscoverParts {
+            roots: roots.clone(),
+            filter: filter.clone(),
             follow_symlinks: opts.follow_symlinks,
             poll_interval: opts.poll_interval,
             rescan_interval: opts.rescan_interval,
             stable_window: opts.stable_window,
+            out: found_tx,
+            admit_alive: alive_rx,
+            shutdown: shutdown.clone(),
+        })?;
+        let admit = admit::Admit::new(admit::AdmitParts {
+            roots,
+            filter,
+            follow_symlinks: opts.follow_symlinks,
             max_attempts: opts.max_attempts,
             exit_when_idle: opts.exit_when_idle,
-            db: reader("the watcher")?,
+            db: open_reader(db)?,
+            found: found_rx,
+            acks: ack_rx,
             jobs: job_tx,
             writer: write_tx.clone(),
-            in_flight: in_flight.clone(),
             shutdown: shutdown.clone(),
-            rescan: rescan.clone(),
-        })?;
-
-        let mut threads = Vec::new();
-        let spawn = |name: String,
-                     threads: &mut Vec<(String, JoinHandle<Result<(), DaemonError>>)>,
-                     f: Box<dyn FnOnce() -> Result<(), DaemonError> + Send>|
-         -> Result<(), DaemonError> {
-            let handle = std::thread::Builder::new()
-                .name(format!("gaze-{name}"))
-                .spawn(f)
-                .map_err(|source| DaemonError::Io {
-                    path: PathBuf::from(format!("<thread {name}>")),
-                    source,
-                })?;
-            threads.push((name, handle));
-            Ok(())
-        };
-
-        let writer_parts = writer::Writer {
+            _alive: alive_tx,
+        });
+        let writer = writer::Writer {
             store,
-            rescan,
             rx: write_rx,
-            in_flight: in_flight.clone(),
+            acks: ack_tx,
             counters: counters.clone(),
             shutdown: shutdown.clone(),
         };
-        spawn(
-            "writer".into(),
-            &mut threads,
-            Box::new(move || writer_parts.run()),
-        )?;
-        let retrainer = match &opts.retrain {
-            Some(settings) => {
-                let parts = retrainer::Retrainer::new(
-                    db,
-                    settings.clone(),
-                    opts.device.clone(),
-                    active.clone(),
-                    swap.clone(),
-                    shutdown.clone(),
-                )?;
-                Some(
-                    std::thread::Builder::new()
-                        .name("gaze-retrain".into())
-                        .spawn(move || parts.run())
-                        .map_err(|source| DaemonError::Io {
-                            path: PathBuf::from("<thread retrain>"),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
-        let inference_parts = inference::Worker {
+        let inference = inference::Worker {
             rx: batch_rx,
             tx: write_tx.clone(),
-            current: active,
+            current: active.clone(),
             swap: swap.clone(),
             beam: opts.beam.clone(),
-            db: reader("inference")?,
+            db: open_reader(db)?,
         };
-        spawn(
-            "inference".into(),
-            &mut threads,
-            Box::new(move || inference_parts.run()),
-        )?;
+
+        // Downstream first, so every stage's consumer runs before it does.
+        let mut threads = vec![spawn("writer", move || writer.run())?];
+        let retrainer = start_retrainer(db, &opts, &active, &swap, &shutdown)?;
+        threads.push(spawn("inference", move || inference.run())?);
         let (batch_size, max_wait) = (opts.batch_size, opts.max_wait);
-        spawn(
-            "batcher".into(),
-            &mut threads,
-            Box::new(move || {
-                batcher::run(decoded_rx, batch_tx, batch_size, max_wait);
-                Ok(())
-            }),
-        )?;
+        threads.push(spawn("batcher", move || {
+            batcher::run(decoded_rx, batch_tx, batch_size, max_wait);
+            Ok(())
+        })?);
         for i in 0..opts.decode_threads {
             let worker = decode::Worker {
                 rx: job_rx.clone(),
@@ -620,21 +433,15 @@ impl Daemon {
                 follow_symlinks: opts.follow_symlinks,
                 shutdown: shutdown.clone(),
             };
-            spawn(
-                format!("decode-{i}"),
-                &mut threads,
-                Box::new(move || {
-                    worker.run();
-                    Ok(())
-                }),
-            )?;
+            threads.push(spawn(&format!("decode-{i}"), move || {
+                worker.run();
+                Ok(())
+            })?);
         }
+        // Each stage ends when the senders into it are gone: keep only the stages' own.
         drop((job_rx, decoded_tx, write_tx));
-        spawn(
-            "watcher".into(),
-            &mut threads,
-            Box::new(move || watch.run()),
-        )?;
+        threads.push(spawn("admit", move || admit.run())?);
+        threads.push(spawn("discover", move || discover.run())?);
 
         Ok(Daemon {
             threads,
@@ -666,7 +473,7 @@ impl Daemon {
     /// error) and reports the first error.
     pub fn wait(mut self) -> Result<RunSummary, DaemonError> {
         let mut first_error = None;
-        // The watcher was started last; join it first so the pipeline drains in order.
+        // Discovery was started last; join it first so the pipeline drains in order.
         while let Some((name, handle)) = self.threads.pop() {
             let result = match handle.join() {
                 Ok(r) => r,

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{load_registered, ActiveModel, DaemonError, ModelSwap, Shutdown};
+use super::models::{load_registered, ActiveModel};
+use super::{DaemonError, ModelSwap, Shutdown};
 use crate::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
-use crate::store::registry;
-use crate::store::{unix_now, Store};
+use crate::store::api::{Registry, Runs};
+use crate::store::runs::process_alive;
+use crate::store::{unix_now, Store, StoreError};
 
 /// How often the registry is read for models activated from outside.
 const REGISTRY_POLL: Duration = Duration::from_secs(1);
@@ -56,8 +58,9 @@ impl Retrainer {
     }
 
     pub fn run(mut self) -> Result<(), DaemonError> {
-        let store = Store::open(&self.db)?;
-        let stale = registry::fail_stale_runs(store.conn(), registry::process_alive, unix_now())
+        let mut store = Store::open(&self.db)?;
+        let stale = store
+            .fail_stale_runs(&process_alive, unix_now())
             .map_err(|e| self.registry_error(e))?;
         if stale > 0 {
             tracing::warn!(
@@ -90,7 +93,7 @@ impl Retrainer {
         Ok(())
     }
 
-    fn registry_error(&self, e: registry::RegistryError) -> DaemonError {
+    fn registry_error(&self, e: StoreError) -> DaemonError {
         DaemonError::Registry {
             path: self.db.clone(),
             reason: e.to_string(),
@@ -102,10 +105,7 @@ impl Retrainer {
         if self.settings.only_when_changed {
             match crate::retrain::data::fingerprint(&self.settings) {
                 Ok(fp) => {
-                    if registry::last_decided_fingerprint(store.conn())
-                        .ok()
-                        .flatten()
-                        .as_deref()
+                    if store.last_decided_fingerprint().ok().flatten().as_deref()
                         == Some(fp.as_str())
                     {
                         tracing::debug!("retraining skipped: data and settings unchanged");
@@ -147,7 +147,7 @@ impl Retrainer {
 
     /// Swaps in a model activated in the registry by someone else.
     fn follow_registry(&mut self, store: &Store) {
-        let row = match registry::active_model(store.conn()) {
+        let row = match store.active_model() {
             Ok(Some(row)) if row.id != self.current.id && Some(row.id) != self.unloadable => row,
             Ok(_) => return,
             Err(e) => {

@@ -1,18 +1,20 @@
 //! The writer: the only thread that writes the database. It commits each captioned batch in
 //! one transaction (with whatever queue updates arrived just before it), and only then
-//! releases the batch's files from the in-flight set, so a file is never both done in memory
-//! and missing from disk. A transaction that fails is retried with backoff; if it keeps
-//! failing the daemon stops, since nothing could be recorded.
+//! acknowledges the committed work to admission ([`Ack`]), which frees the files' in-flight
+//! slots: a file is never both done in memory and missing from disk. A committed model swap
+//! is acknowledged too, so admission takes the new model's pending rows. A transaction that
+//! fails is retried with backoff; if it keeps failing the daemon stops, since nothing could be
+//! recorded.
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use rusqlite::Connection;
-
-use super::{BatchResult, Counters, DaemonError, InFlight, Outcome, Shutdown, WriterMsg};
-use crate::store::registry;
-use crate::store::write::{self, NewCaption, ReadImage};
-use crate::store::{unix_now, Store};
+use super::msg::{Ack, BatchResult, Outcome, WriterMsg};
+use super::{Counters, DaemonError, Shutdown};
+use crate::store::api::{CaptionStore, FailedImage};
+use crate::store::captions::NewCaption;
+use crate::store::queue::ReadImage;
+use crate::store::{unix_now, Store, StoreError};
+use crossbeam_channel::{Receiver, Sender};
 
 /// Small messages committed together at most.
 const MAX_MESSAGES_PER_TRANSACTION: usize = 512;
@@ -20,10 +22,9 @@ const RETRIES: u32 = 5;
 
 pub(crate) struct Writer {
     pub store: Store,
-    /// Set after images were queued again for a new model: the watcher rescans.
-    pub rescan: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub rx: Receiver<WriterMsg>,
-    pub in_flight: InFlight,
+    /// To admission; unbounded, so the writer never waits on the stage that feeds it.
+    pub acks: Sender<Ack>,
     pub counters: std::sync::Arc<Counters>,
     pub shutdown: Shutdown,
 }
@@ -55,52 +56,55 @@ impl Writer {
                     }
                 }
             }
-            let started = Instant::now();
-            let mut attempt = 0;
-            let tally = loop {
-                match commit(self.store.conn_mut(), &msgs) {
-                    Ok(t) => break t,
-                    Err(e) if attempt < RETRIES => {
-                        attempt += 1;
-                        let pause = Duration::from_millis(500 << attempt);
-                        tracing::warn!(error = %e, attempt, ?pause, "commit failed; retrying");
-                        std::thread::sleep(pause);
-                    }
-                    Err(source) => {
-                        self.shutdown.request();
-                        return Err(DaemonError::Write {
-                            db: self.store.path().to_path_buf(),
-                            source,
-                        });
-                    }
-                }
-            };
-            let commit_time = started.elapsed();
-            // After a swap, rescan even when this commit queued nothing: whoever promoted the
-            // model may have queued its work in the promoting transaction already.
-            if tally.requeued > 0 || tally.swapped {
-                self.rescan.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            self.release(&msgs);
-            self.report(&msgs, &tally, commit_time);
+            self.apply(&msgs)?;
         }
         Ok(())
     }
 
-    fn release(&self, msgs: &[WriterMsg]) {
-        let mut keys: Vec<&str> = Vec::new();
-        for m in msgs {
-            match m {
-                WriterMsg::Vanished { job } | WriterMsg::Failed { job, .. } => keys.push(&job.key),
-                WriterMsg::Batch(b) => keys.extend(b.items.iter().map(|i| i.job.key.as_str())),
-                WriterMsg::Pending { .. }
-                | WriterMsg::Gone { .. }
-                | WriterMsg::Skipped { .. }
-                | WriterMsg::Unskipped { .. }
-                | WriterMsg::Swapped { .. } => {}
+    /// Commits `msgs` in one transaction (retried with backoff), then acknowledges them.
+    fn apply(&mut self, msgs: &[WriterMsg]) -> Result<(), DaemonError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        let tally = loop {
+            match commit(&mut self.store, msgs) {
+                Ok(t) => break t,
+                Err(e) if attempt < RETRIES => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(500 << attempt);
+                    tracing::warn!(error = %e, attempt, ?pause, "commit failed; retrying");
+                    std::thread::sleep(pause);
+                }
+                Err(source) => {
+                    self.shutdown.request();
+                    return Err(DaemonError::Write {
+                        db: self.store.path().to_path_buf(),
+                        source,
+                    });
+                }
             }
+        };
+        let commit_time = started.elapsed();
+        self.acknowledge(msgs, &tally);
+        self.report(msgs, &tally, commit_time);
+        Ok(())
+    }
+
+    /// Tells admission what is now durable. After a swap it looks for pending rows even when
+    /// this commit queued nothing: whoever promoted the model may have queued its work in the
+    /// promoting transaction already.
+    fn acknowledge(&self, msgs: &[WriterMsg], tally: &Tally) {
+        let keys: Vec<String> = msgs
+            .iter()
+            .flat_map(|m| m.finished_keys())
+            .map(str::to_string)
+            .collect();
+        // Admission gone means the daemon is stopping; there is no one left to tell.
+        if !keys.is_empty() {
+            let _ = self.acks.send(Ack::Committed(keys));
         }
-        self.in_flight.remove_all(keys);
+        if tally.swapped {
+            let _ = self.acks.send(Ack::Swapped);
+        }
     }
 
     fn report(&self, msgs: &[WriterMsg], tally: &Tally, commit_time: Duration) {
@@ -170,9 +174,9 @@ fn log_batch(b: &BatchResult, commit_time: Duration) {
 }
 
 /// Applies the messages in one transaction.
-fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> {
+fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, StoreError> {
     let now = unix_now();
-    let tx = conn.transaction()?;
+    let mut tx = store.begin()?;
     let mut tally = Tally::default();
     for m in msgs {
         match m {
@@ -180,34 +184,35 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 key,
                 size,
                 mtime_ns,
-            } => write::mark_pending(&tx, key, *size as i64, *mtime_ns, now)?,
+            } => tx.mark_pending(key, *size as i64, *mtime_ns, now)?,
             WriterMsg::Gone { key } => {
-                let n = write::mark_gone(&tx, key, now)?;
+                let n = tx.mark_gone(key, now)?;
                 if n > 0 {
                     tracing::info!(path = %key, images = n, "gone");
                 }
             }
             WriterMsg::Vanished { job } => {
-                write::mark_gone(&tx, &job.key, now)?;
+                tx.mark_gone(&job.key, now)?;
             }
-            WriterMsg::Skipped { key, kind } => write::mark_skipped(&tx, key, kind, now)?,
-            WriterMsg::Unskipped { key } => write::unmark_skipped(&tx, key)?,
+            WriterMsg::Skipped { key, kind } => tx.mark_skipped(key, kind, now)?,
+            WriterMsg::Unskipped { key } => tx.unmark_skipped(key)?,
             WriterMsg::Swapped {
                 model_id,
                 recaption,
             } => {
-                tally.requeued += registry::requeue(&tx, *model_id, *recaption, now)?;
+                tally.requeued += tx.requeue(*model_id, *recaption, now)?;
                 tally.swapped = true;
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;
-                write::mark_failed(
-                    &tx,
-                    &job.key,
-                    job.size as i64,
-                    job.mtime_ns,
-                    hash.as_deref(),
-                    error,
+                tx.mark_failed(
+                    &FailedImage {
+                        path: &job.key,
+                        size: job.size as i64,
+                        mtime_ns: job.mtime_ns,
+                        content_hash: hash.as_deref(),
+                        error,
+                    },
                     now,
                 )?
             }
@@ -215,8 +220,7 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                 for item in &b.items {
                     match &item.outcome {
                         Outcome::Captioned(c) => {
-                            let inserted = write::insert_caption(
-                                &tx,
+                            let inserted = tx.insert_caption(
                                 &NewCaption {
                                     content_hash: &item.hash,
                                     model_id: b.model_id,
@@ -240,20 +244,20 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
                         Outcome::AlreadyCaptioned => tally.reused += 1,
                         Outcome::Failed(error) => {
                             tally.failed += 1;
-                            write::mark_failed(
-                                &tx,
-                                &item.job.key,
-                                item.job.size as i64,
-                                item.job.mtime_ns,
-                                Some(&item.hash),
-                                error,
+                            tx.mark_failed(
+                                &FailedImage {
+                                    path: &item.job.key,
+                                    size: item.job.size as i64,
+                                    mtime_ns: item.job.mtime_ns,
+                                    content_hash: Some(&item.hash),
+                                    error,
+                                },
                                 now,
                             )?;
                             continue;
                         }
                     }
-                    write::mark_done(
-                        &tx,
+                    tx.mark_done(
                         &ReadImage {
                             path: &item.job.key,
                             size: item.job.size as i64,
@@ -270,4 +274,146 @@ fn commit(conn: &mut Connection, msgs: &[WriterMsg]) -> rusqlite::Result<Tally> 
     }
     tx.commit()?;
     Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::msg::{ItemResult, Job, StoredCaption};
+    use crossbeam_channel::unbounded;
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    fn job(key: &str) -> Job {
+        Job {
+            path: PathBuf::from(key),
+            key: key.into(),
+            size: 10,
+            mtime_ns: 5,
+        }
+    }
+
+    fn captioned(key: &str, hash: &str) -> ItemResult {
+        ItemResult {
+            job: job(key),
+            hash: hash.into(),
+            width: 4,
+            height: 3,
+            outcome: Outcome::Captioned(StoredCaption {
+                text: "a cat".into(),
+                tokens: vec!["<start>".into(), "a".into(), "cat".into(), "<end>".into()],
+                token_ids: vec![1, 2, 3, 4],
+                score: -1.0,
+                finished: true,
+                alphas: Vec::new(),
+                grid: 2,
+            }),
+        }
+    }
+
+    fn batch(model_id: i64, items: Vec<ItemResult>) -> WriterMsg {
+        WriterMsg::Batch(BatchResult {
+            model_id,
+            model_name: "m".into(),
+            beam_size: 3,
+            infer_time: Duration::ZERO,
+            items,
+        })
+    }
+
+    #[test]
+    fn a_committed_batch_is_acknowledged_and_captions_stay_unique_per_content_and_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("gaze.db")).unwrap();
+        let model_id = crate::store::api::Registry::register_model(
+            &mut store,
+            &crate::store::registry::NewModel {
+                content_hash: "model-hash",
+                path: "/m.safetensors",
+                name: "m",
+                config_json: "{}",
+                provenance_json: "{}",
+            },
+            1.0,
+        )
+        .unwrap()
+        .id;
+        let (_tx, rx) = unbounded();
+        let (acks_tx, acks) = unbounded();
+        let counters = Arc::new(Counters::default());
+        let mut writer = Writer {
+            store,
+            rx,
+            acks: acks_tx,
+            counters: counters.clone(),
+            shutdown: Shutdown::default(),
+        };
+        // Queue updates alone finish no file: nothing to acknowledge.
+        let pending = |key: &str| WriterMsg::Pending {
+            key: key.into(),
+            size: 10,
+            mtime_ns: 5,
+        };
+        writer
+            .apply(&[pending("/a.jpg"), pending("/b.jpg")])
+            .unwrap();
+        assert!(acks.try_recv().is_err());
+        // Two names, one content: one caption row, both images done, both acknowledged.
+        let first = batch(
+            model_id,
+            vec![captioned("/a.jpg", "same"), captioned("/b.jpg", "same")],
+        );
+        writer.apply(&[first]).unwrap();
+        assert_eq!(
+            acks.try_iter().collect::<Vec<_>>(),
+            [Ack::Committed(vec!["/a.jpg".into(), "/b.jpg".into()])]
+        );
+        // The same content again, by the same model, from a third name: still one row.
+        let again = batch(model_id, vec![captioned("/c.jpg", "same")]);
+        writer
+            .apply(&[
+                again,
+                WriterMsg::Failed {
+                    job: job("/d.jpg"),
+                    hash: None,
+                    error: "not an image".into(),
+                },
+            ])
+            .unwrap();
+        assert_eq!(
+            acks.try_iter().collect::<Vec<_>>(),
+            [Ack::Committed(vec!["/c.jpg".into(), "/d.jpg".into()])]
+        );
+        let conn = writer.store.conn();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM captions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        let done: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM images WHERE status = 'done'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(done, 3);
+        let c = &counters;
+        assert_eq!(
+            (
+                c.captioned.load(Relaxed),
+                c.reused.load(Relaxed),
+                c.failed.load(Relaxed)
+            ),
+            (1, 2, 1)
+        );
+        // A committed swap is acknowledged, so admission reads the pending rows.
+        writer
+            .apply(&[WriterMsg::Swapped {
+                model_id,
+                recaption: crate::config::Recaption::None,
+            }])
+            .unwrap();
+        assert_eq!(acks.try_iter().collect::<Vec<_>>(), [Ack::Swapped]);
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 pub use super::captions::NewCaption;
 pub use super::query::{AttentionRecord, Page, ResultRow, Selection, StatusReport};
-pub use super::queue::{ImageState, ImageStatus, ReadImage};
+pub use super::queue::{ImageState, ImageStatus, PendingImage, ReadImage};
 pub use super::registry::{ModelKind, ModelRow, ModelStatus, NewModel, Recaption, Registered};
 pub use super::runs::{RunEnd, RunRow, RunStatus};
 use super::Result;
@@ -62,6 +62,8 @@ pub trait Queue {
     fn image_state(&self, path: &str) -> Result<Option<ImageState>>;
     /// Images waiting to be captioned, oldest change first (what a model swap leaves to do).
     fn pending_paths(&self) -> Result<Vec<String>>;
+    /// The pending images with the size and modification time they were recorded with.
+    fn pending_images(&self) -> Result<Vec<PendingImage>>;
     /// Images not marked gone.
     fn live_paths(&self) -> Result<Vec<String>>;
     /// Entries recorded as not regular files.

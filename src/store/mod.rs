@@ -76,11 +76,9 @@ pub mod captions;
 pub mod path_key;
 pub mod query;
 pub mod queue;
-pub mod read;
 pub mod registry;
 pub mod runs;
 pub mod sqlite;
-pub mod write;
 
 pub use api::{CaptionStore, StoreTx};
 pub use sqlite::SqliteTx;

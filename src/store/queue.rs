@@ -191,6 +191,29 @@ pub fn pending_paths(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     rows.collect()
 }
 
+/// A pending image as recorded: its path key and the size and modification time it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingImage {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// The pending images, oldest change first: what a model swap leaves to caption.
+pub fn pending_images(conn: &Connection) -> rusqlite::Result<Vec<PendingImage>> {
+    let mut stmt = conn.prepare(
+        "SELECT path, size, mtime_ns FROM images WHERE status = 'pending' ORDER BY updated_at, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(PendingImage {
+            path: r.get(0)?,
+            size: r.get::<_, i64>(1)?.max(0) as u64,
+            mtime_ns: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Puts back in the queue every done image whose content has no caption by `model_id` (after
 /// the active model changed). Returns how many.
 pub fn requeue_for_model(conn: &Connection, model_id: i64, now: f64) -> rusqlite::Result<usize> {

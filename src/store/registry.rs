@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{queue, runs};
+use super::queue;
 
 text_enum! {
     /// Whether a model may be activated (`models.status`).
@@ -369,28 +369,14 @@ pub fn rollback_and_requeue(
     Ok(((from, to), requeued))
 }
 
-/// The runs functions the daemon calls here, with the registry's error (transitional: the
-/// daemon moves to the store's interface next).
-pub use runs::process_alive;
-
-/// [`runs::fail_stale_runs`] with the registry's error.
-pub fn fail_stale_runs(conn: &Connection, alive: impl Fn(i64) -> bool, now: f64) -> Result<usize> {
-    Ok(runs::fail_stale_runs(conn, alive, now)?)
-}
-
-/// [`runs::last_decided_fingerprint`] with the registry's error.
-pub fn last_decided_fingerprint(conn: &Connection) -> Result<Option<String>> {
-    Ok(runs::last_decided_fingerprint(conn)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::captions::{self, NewCaption};
     use crate::store::queue::{self, ImageStatus, ReadImage};
     use crate::store::runs::{
-        finish_run, last_decided_fingerprint, list_runs, run, set_run_log_path, start_run, tail,
-        RunEnd, RunStatus,
+        fail_stale_runs, finish_run, last_decided_fingerprint, list_runs, run, set_run_log_path,
+        start_run, tail, RunEnd, RunStatus,
     };
     use crate::store::Store;
 

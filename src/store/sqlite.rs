@@ -16,7 +16,7 @@ use super::captions::{self, NewCaption};
 use super::query::{
     self, AttentionError, AttentionRecord, Page, ResultRow, Selection, StatusReport,
 };
-use super::queue::{self, ImageState, ReadImage};
+use super::queue::{self, ImageState, PendingImage, ReadImage};
 use super::registry::{
     self, ModelRow, ModelStatus, NewModel, Recaption, Registered, RegistryError,
 };
@@ -119,6 +119,9 @@ impl<C: SqliteConn> Queue for C {
     }
     fn pending_paths(&self) -> Result<Vec<String>> {
         queue::pending_paths(self.connection()).map_err(self.sql("listing pending images"))
+    }
+    fn pending_images(&self) -> Result<Vec<PendingImage>> {
+        queue::pending_images(self.connection()).map_err(self.sql("listing pending images"))
     }
     fn live_paths(&self) -> Result<Vec<String>> {
         queue::live_paths(self.connection()).map_err(self.sql("listing images"))
@@ -285,9 +288,11 @@ impl<C: SqliteConn> Query for C {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::captions::{caption_exists, insert_caption};
+    use crate::store::queue::*;
+    use crate::store::registry::NewModel;
     use crate::store::registry::{self, ModelKind};
     use crate::store::runs::RunStatus;
-    use crate::store::write::*;
 
     fn caption<'a>(hash: &'a str, model: i64, tokens: &'a [String]) -> NewCaption<'a> {
         NewCaption {
@@ -316,10 +321,10 @@ mod tests {
             config_json: "{}",
             provenance_json: "{}",
         };
-        let id = register_model(&tx, &m, 1.0).unwrap();
-        assert_eq!(register_model(&tx, &m, 2.0).unwrap(), id);
+        let id = registry::register(&tx, &m, 1.0).unwrap().id;
+        assert_eq!(registry::register(&tx, &m, 2.0).unwrap().id, id);
         registry::activate(&tx, id, "start", 1.0).unwrap();
-        let id2 = register_model(
+        let id2 = registry::register(
             &tx,
             &NewModel {
                 content_hash: "mh2",
@@ -327,7 +332,8 @@ mod tests {
             },
             3.0,
         )
-        .unwrap();
+        .unwrap()
+        .id;
         registry::activate(&tx, id2, "start", 1.0).unwrap();
         registry::activate(&tx, id, "start", 1.0).unwrap();
 
