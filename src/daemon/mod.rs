@@ -90,8 +90,9 @@ pub enum DaemonError {
     #[error("{db}: writing failed, stopping: {source}")]
     Write {
         db: PathBuf,
+        // Boxed: a store error is large, and every stage returns this type.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("{path}: {reason}")]
     Registry { path: PathBuf, reason: String },

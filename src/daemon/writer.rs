@@ -78,7 +78,7 @@ impl Writer {
                     self.shutdown.request();
                     return Err(DaemonError::Write {
                         db: self.store.path().to_path_buf(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }

@@ -373,46 +373,8 @@ fn judge(
             heldout.split()
         ));
 
-        let mut cfg = match &settings.train_config {
-            Some(path) => {
-                let text = crate::files::read_text(path)
-                    .map_err(|e| plain(format!("{}: {e}", path.display())))?;
-                TrainConfig::from_toml(&text)
-                    .map_err(|e| plain(format!("{}: {e}", path.display())))?
-            }
-            None => TrainConfig::default(),
-        };
-        cfg.epochs = if settings.epochs > 0 {
-            settings.epochs
-        } else {
-            usize::MAX
-        };
-        cfg.max_minutes = (settings.max_minutes > 0.0).then_some(settings.max_minutes);
-        cfg.device = opts.device.clone();
-        cfg.workers = cfg.workers.min(threads).max(1);
-
-        let warm = match parent.filter(|_| settings.warm_start) {
-            Some(p) => {
-                let unknown = data::remap_to(&mut train_data, &p.model.word_map).map_err(plain)?;
-                if unknown > 0 {
-                    log.line(&format!(
-                        "{unknown} caption tokens are not in the active model's word map: <unk>"
-                    ));
-                }
-                let path = run_dir.join("warm_start.safetensors");
-                clean_copy(&p.model.source, &path, json!({"name": "warm start"})).map_err(plain)?;
-                log.line(&format!(
-                    "warm start from model {} ({})",
-                    p.id,
-                    p.model.source.display()
-                ));
-                Some(path)
-            }
-            None => {
-                log.line(&format!("fresh model ({} encoder)", cfg.encoder));
-                None
-            }
-        };
+        let cfg = training_config(opts, threads).map_err(plain)?;
+        let warm = warm_start(parent, settings, &mut train_data, run_dir, &cfg, log)?;
         let train_opts = TrainOptions {
             out_dir: run_dir.to_path_buf(),
             checkpoint: warm,
@@ -473,22 +435,7 @@ fn judge(
             settings.metric, cand_scores.images
         ));
         let parent_scores = match parent {
-            Some(p) => {
-                let s = score_split(
-                    &p.model,
-                    &heldout,
-                    settings.holdout_images,
-                    settings.beam_size,
-                )
-                .map_err(|e| plain(format!("scoring the active model: {e}")))?;
-                log.line(&format!(
-                    "active model {}: {} = {:.4}",
-                    p.id,
-                    settings.metric,
-                    s.metric(&settings.metric).unwrap_or(f64::NAN)
-                ));
-                Some(s)
-            }
+            Some(p) => Some(score_parent(p, &heldout, settings, log).map_err(plain)?),
             None => None,
         };
         let promote = match &parent_scores {
@@ -507,6 +454,82 @@ fn judge(
             promote,
         })
     })
+}
+
+/// The training settings of a run: the configured file (or the defaults), bounded by the
+/// run's epochs, minutes, device and threads.
+fn training_config(opts: &CycleOptions, threads: usize) -> Result<TrainConfig, String> {
+    let settings = opts.settings;
+    let mut cfg = match &settings.train_config {
+        Some(path) => {
+            let text =
+                crate::files::read_text(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            TrainConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    cfg.epochs = if settings.epochs > 0 {
+        settings.epochs
+    } else {
+        usize::MAX
+    };
+    cfg.max_minutes = (settings.max_minutes > 0.0).then_some(settings.max_minutes);
+    cfg.device = opts.device.clone();
+    cfg.workers = cfg.workers.min(threads).max(1);
+    Ok(cfg)
+}
+
+/// With warm starts on and an active model: the training data speaks the active model's word
+/// map, and training starts from a clean copy of its file. Returns that copy's path.
+fn warm_start(
+    parent: Option<&Parent>,
+    settings: &RetrainOptions,
+    train_data: &mut TrainData,
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    log: &mut RunLog,
+) -> Result<Option<PathBuf>, Failure> {
+    let Some(p) = parent.filter(|_| settings.warm_start) else {
+        log.line(&format!("fresh model ({} encoder)", cfg.encoder));
+        return Ok(None);
+    };
+    let unknown = data::remap_to(train_data, &p.model.word_map).map_err(Failure::Plain)?;
+    if unknown > 0 {
+        log.line(&format!(
+            "{unknown} caption tokens are not in the active model's word map: <unk>"
+        ));
+    }
+    let path = run_dir.join("warm_start.safetensors");
+    clean_copy(&p.model.source, &path, json!({"name": "warm start"})).map_err(Failure::Plain)?;
+    log.line(&format!(
+        "warm start from model {} ({})",
+        p.id,
+        p.model.source.display()
+    ));
+    Ok(Some(path))
+}
+
+/// The active model's scores on the same held-out images as the candidate.
+fn score_parent(
+    p: &Parent,
+    heldout: &PreparedSplit,
+    settings: &RetrainOptions,
+    log: &mut RunLog,
+) -> Result<HeldOutScores, String> {
+    let s = score_split(
+        &p.model,
+        heldout,
+        settings.holdout_images,
+        settings.beam_size,
+    )
+    .map_err(|e| format!("scoring the active model: {e}"))?;
+    log.line(&format!(
+        "active model {}: {} = {:.4}",
+        p.id,
+        settings.metric,
+        s.metric(&settings.metric).unwrap_or(f64::NAN)
+    ));
+    Ok(s)
 }
 
 /// The held-out split: test, or val when the test split is empty or missing.

@@ -168,9 +168,12 @@ mod tests {
         assert!(e.starts_with("invalid setting: retrain.schedule: "), "{e}");
     }
 
+    /// A change to a good config, and a part of the error it must cause.
+    type Case = (fn(&mut Config), &'static str);
+
     #[test]
     fn the_section_is_checked() {
-        let cases: [(fn(&mut Config), &str); 5] = [
+        let cases: [Case; 5] = [
             (|c| c.retrain.prepared = None, "no data"),
             (|c| c.retrain.data_name = None, "needs retrain.data_name"),
             (|c| c.retrain.images = Some("i".into()), "not both"),
