@@ -1,6 +1,6 @@
 //! The SQLite store: the daemon's durable queue and the record of every caption.
 //!
-//! The schema is the numbered migrations under `migrations/` (embedded in the binary; the
+//! The schema is the numbered migrations under `migrations/sqlite/` (embedded in the binary; the
 //! schema version lives in `PRAGMA user_version`). Opening for writing upgrades an older
 //! database and refuses one written by a newer gaze; opening read-only (for `gaze query` and
 //! `gaze status`, beside a running daemon) needs the current version exactly.
@@ -90,7 +90,7 @@ use include_dir::{include_dir, Dir};
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::Migrations;
 
-static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/migrations/sqlite");
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
