@@ -156,9 +156,93 @@ pub trait CaptionStore: StoreOps {
     fn location(&self) -> String;
     /// Opens a transaction: its calls take effect together at [`StoreTx::commit`].
     fn begin(&mut self) -> Result<Box<dyn StoreTx + '_>>;
+    /// The leases that let several workers share the queue, where the store has them
+    /// (PostgreSQL; a SQLite file serves one machine and has none).
+    fn leases(&mut self) -> Option<&mut dyn Leases> {
+        None
+    }
 }
 
 /// A transaction on a store; dropping it uncommitted undoes its calls.
 pub trait StoreTx: StoreOps {
     fn commit(self: Box<Self>) -> Result<()>;
+    /// [`CaptionStore::leases`], inside the transaction.
+    fn leases(&mut self) -> Option<&mut dyn Leases> {
+        None
+    }
+}
+
+/// A pending image a worker claimed: its path key, how it was recorded, and the lease token
+/// its commit must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub path: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub token: i64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// What a worker says of itself each time it reports.
+#[derive(Debug, Clone)]
+pub struct WorkerReport<'a> {
+    pub id: &'a str,
+    pub host: &'a str,
+    pub pid: i64,
+    pub model_id: Option<i64>,
+    pub started_at: f64,
+    pub images_done: i64,
+    pub images_per_second: f64,
+    /// Why it claims nothing, when it cannot (a model it cannot load).
+    pub error: Option<&'a str>,
+}
+
+/// A worker as `gaze status` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkerRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub model_id: Option<i64>,
+    pub model: Option<String>,
+    pub started_at: f64,
+    pub seen_at: f64,
+    pub seconds_since_seen: f64,
+    pub images_done: i64,
+    pub images_per_second: f64,
+    /// Images it holds a live lease on.
+    pub leases: i64,
+    pub error: Option<String>,
+}
+
+/// Work shared by several workers through leases (see `store::postgres::lease`).
+pub trait Leases {
+    /// Claims up to `n` pending images that nobody holds a live lease on, for `lease_seconds`.
+    fn claim(&mut self, worker: &str, n: usize, lease_seconds: f64) -> Result<Vec<Claim>>;
+    /// Extends the live leases of `worker` with these tokens; returns how many it still holds.
+    fn extend(&mut self, worker: &str, tokens: &[i64], lease_seconds: f64) -> Result<usize>;
+    /// Whether `worker` still holds the lease `token` on `path`; inside a transaction, the row
+    /// stays so until it ends (call it before storing the caption, in the same transaction).
+    fn holds(&mut self, worker: &str, path: &str, token: i64) -> Result<bool>;
+    /// Counts a failed attempt at a claimed image: failed at `max_attempts`, else pending again
+    /// for any worker. False when the lease was no longer held (nothing changed).
+    fn fail_leased(
+        &mut self,
+        worker: &str,
+        claim: &Claim,
+        error: &str,
+        max_attempts: u32,
+        now: f64,
+    ) -> Result<bool>;
+    /// Gives a claimed image back without counting an attempt (this worker cannot reach the
+    /// file; another may), recording why.
+    fn release(&mut self, worker: &str, claim: &Claim, error: &str, now: f64) -> Result<bool>;
+    fn report_worker(&mut self, w: &WorkerReport) -> Result<()>;
+    /// The workers seen lately.
+    fn workers(&self) -> Result<Vec<WorkerRow>>;
+    /// Takes the lock that lets one process at a time retrain; false when another holds it.
+    /// It is held until [`Leases::unlock_retraining`] or the connection closes.
+    fn try_lock_retraining(&mut self) -> Result<bool>;
+    fn unlock_retraining(&mut self) -> Result<()>;
 }

@@ -74,6 +74,7 @@ macro_rules! text_enum {
 pub mod api;
 pub mod captions;
 pub mod path_key;
+pub mod postgres;
 pub mod query;
 pub mod queue;
 pub mod registry;
@@ -149,6 +150,89 @@ pub enum StoreError {
     NoActiveModel,
     #[error("caption {0}: {1}")]
     BadAttention(i64, String),
+    #[error("{location}: {action}: {}", postgres_reason(source))]
+    Postgres {
+        location: String,
+        action: String,
+        #[source]
+        source: Box<::postgres::Error>,
+    },
+    #[error("{location}: {what}")]
+    Unsupported { location: String, what: String },
+}
+
+/// A PostgreSQL error in words: the server's message (and detail) where it sent one.
+fn postgres_reason(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Where a store is: a SQLite file, or a PostgreSQL server (a `postgres://` or
+/// `postgresql://` URL) that several machines share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// A database setting as a location: a URL names a server, anything else a file.
+    pub fn from_setting(setting: &Path) -> Location {
+        match setting.to_str() {
+            Some(s) if postgres::is_url(s) => Location::Postgres(s.to_string()),
+            _ => Location::Sqlite(setting.to_path_buf()),
+        }
+    }
+
+    /// The SQLite file, if the store is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Location::Sqlite(p) => Some(p),
+            Location::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The file, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+/// A store of either kind, as its users hold it.
+pub type BoxedStore = Box<dyn CaptionStore + Send>;
+
+/// Opens (creating or upgrading as needed) the store at `location` for reading and writing.
+pub fn open(location: &Location) -> Result<BoxedStore> {
+    Ok(match location {
+        Location::Sqlite(path) => Box::new(Store::open(path)?),
+        Location::Postgres(url) => Box::new(postgres::PgStore::open(url)?),
+    })
+}
+
+/// Opens an existing store for reading; it must be at a schema version this gaze reads.
+pub fn open_read_only(location: &Location) -> Result<BoxedStore> {
+    Ok(match location {
+        Location::Sqlite(path) => Box::new(Store::open_read_only(path)?),
+        Location::Postgres(url) => Box::new(postgres::PgStore::open_read_only(url)?),
+    })
 }
 
 impl StoreError {

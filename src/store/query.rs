@@ -223,25 +223,37 @@ pub fn attention_of(
     let Some((tokens, grid, steps, encoding, blob)) = found else {
         return Ok(None);
     };
-    let bad = |reason: String| AttentionError::Bad(caption_id, reason);
+    attention_record(&tokens, grid, steps, &encoding, &blob)
+        .map(Some)
+        .map_err(|reason| AttentionError::Bad(caption_id, reason))
+}
+
+/// A caption's stored attention as read from any backend: its tokens (JSON), grid, steps,
+/// encoding and blob; the error says what is wrong with them.
+pub(crate) fn attention_record(
+    tokens: &str,
+    grid: i64,
+    steps: i64,
+    encoding: &str,
+    blob: &[u8],
+) -> Result<AttentionRecord, String> {
     if encoding != attention::ENCODING {
-        return Err(bad(format!(
+        return Err(format!(
             "attention encoding {encoding:?} is not one this gaze reads ({})",
             attention::ENCODING
-        )));
+        ));
     }
-    let tokens: Vec<String> =
-        serde_json::from_str(&tokens).map_err(|e| bad(format!("tokens: {e}")))?;
+    let tokens: Vec<String> = serde_json::from_str(tokens).map_err(|e| format!("tokens: {e}"))?;
     let (grid, steps) = (
-        usize::try_from(grid).map_err(|_| bad(format!("grid {grid}")))?,
-        usize::try_from(steps).map_err(|_| bad(format!("steps {steps}")))?,
+        usize::try_from(grid).map_err(|_| format!("grid {grid}"))?,
+        usize::try_from(steps).map_err(|_| format!("steps {steps}"))?,
     );
-    let alphas = attention::decode(&blob, grid, steps).map_err(bad)?;
-    Ok(Some(AttentionRecord {
+    let alphas = attention::decode(blob, grid, steps)?;
+    Ok(AttentionRecord {
         tokens,
         alphas,
         grid,
-    }))
+    })
 }
 
 /// Where the store stands.
@@ -264,6 +276,9 @@ pub struct StatusReport {
     /// Entries of watched folders that are not regular files (pipes, devices, sockets), which
     /// are never read.
     pub skipped: i64,
+    /// Workers seen lately (a shared PostgreSQL store; none for SQLite).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<super::api::WorkerRow>,
 }
 
 pub fn status(
@@ -310,6 +325,7 @@ pub fn status(
         } else {
             0
         },
+        workers: Vec::new(),
     })
 }
 
