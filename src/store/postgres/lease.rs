@@ -2,9 +2,10 @@
 //!
 //! A worker claims a batch of pending images with `FOR UPDATE SKIP LOCKED` (two workers never
 //! take the same row, and neither waits for the other). Each claim sets the worker as the
-//! image's `lease_owner` until `lease_until` and increments its `lease_token`. The worker's
+//! image's `lease_owner` until `lease_until` and draws it a new `lease_token`. The worker's
 //! commit locks the row and goes ahead only if it still holds the lease: same owner, same
-//! token, not expired ([`Leases::holds`]). A worker that was paused or cut off past its lease
+//! token, not expired ([`Leases::holds`]). Tokens come from one sequence, so a token names one
+//! claim of one image. A worker that was paused or cut off past its lease
 //! therefore cannot write over the work of the worker that claimed the image after it.
 //!
 //! Lease times are the server's clock (`clock_timestamp()`), never a worker's, so machines
@@ -60,7 +61,7 @@ macro_rules! impl_leases {
                  )
                  UPDATE images i
                     SET lease_owner = $1, lease_until = {SERVER_NOW} + $3,
-                        lease_token = i.lease_token + 1
+                        lease_token = nextval('lease_tokens')
                    FROM picked
                   WHERE i.id = picked.id
                  RETURNING i.path, i.size, i.mtime_ns, i.lease_token, i.attempts"

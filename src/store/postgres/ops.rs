@@ -121,7 +121,7 @@ macro_rules! impl_queue {
                                   THEN NULL ELSE images.error END,
                      lease_token = CASE WHEN images.size != excluded.size
                                           OR images.mtime_ns != excluded.mtime_ns
-                                        THEN images.lease_token + 1
+                                        THEN nextval('lease_tokens')
                                         ELSE images.lease_token END,
                      size = excluded.size,
                      mtime_ns = excluded.mtime_ns,
