@@ -163,6 +163,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub log: LogSection,
     pub retrain: RetrainSection,
+    pub worker: WorkerSection,
     /// Where each key's value came from, for error messages.
     #[serde(skip)]
     pub sources: Sources,
@@ -189,6 +190,10 @@ pub struct WatchSection {
     /// A file is taken once its size and modification time have not changed for this long
     /// (or at once on a close-after-write event).
     pub stable_ms: u64,
+    /// Named roots of shared folders (name -> where this machine mounts it): images under one
+    /// are recorded as `name:/relative/path`, so machines that mount it elsewhere agree.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roots: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Default for WatchSection {
@@ -208,6 +213,28 @@ impl Default for WatchSection {
             poll_interval_ms: 2000,
             rescan_interval_secs: 300,
             stable_ms: 1000,
+            roots: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `gaze worker`: captioning from a shared PostgreSQL store, on any number of machines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// How long a claim on an image lasts without being extended, in seconds.
+    pub lease_seconds: u64,
+    /// Where this machine finds the registry's model files when their recorded paths are not
+    /// there (a shared folder mounted elsewhere): looked up by file name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            lease_seconds: 60,
+            models_dir: None,
         }
     }
 }
@@ -419,6 +446,7 @@ const ENV_VARS: &[EnvVar] = &[
     env_var!("GAZE_POLL_INTERVAL_MS" => watch.poll_interval_ms, parse),
     env_var!("GAZE_RESCAN_INTERVAL_SECS" => watch.rescan_interval_secs, parse),
     env_var!("GAZE_STABLE_MS" => watch.stable_ms, parse),
+    env_var!("GAZE_LEASE_SECONDS" => worker.lease_seconds, parse),
     env_var!("GAZE_DB" => database.path, path),
     env_var!("GAZE_MODEL" => model.path, some_path),
     env_var!("GAZE_WORD_MAP" => model.word_map, some_path),
@@ -617,7 +645,12 @@ impl Config {
             }
         };
         self.watch.folders.iter_mut().for_each(fix);
-        fix(&mut self.database.path);
+        self.watch.roots.values_mut().for_each(fix);
+        self.worker.models_dir.iter_mut().for_each(fix);
+        // A server's URL is not a path.
+        if !crate::store::postgres::is_url(&self.database.path.to_string_lossy()) {
+            fix(&mut self.database.path);
+        }
         if let Some(p) = self.model.path.as_mut() {
             fix(p);
         }
@@ -695,7 +728,7 @@ impl Config {
             &self.limits,
             &self.retrain,
         );
-        let counts: [(&str, u64, RangeInclusive<u64>); 18] = [
+        let counts: [(&str, u64, RangeInclusive<u64>); 19] = [
             ("watch.poll_interval_ms", w.poll_interval_ms, 1..=DAY_MS),
             (
                 "watch.rescan_interval_secs",
@@ -703,6 +736,7 @@ impl Config {
                 0..=30 * DAY_SECS,
             ),
             ("watch.stable_ms", w.stable_ms, 0..=HOUR_MS),
+            ("worker.lease_seconds", self.worker.lease_seconds, 1..=DAY_SECS),
             ("model.beam_size", m.beam_size as u64, 1..=100),
             ("model.max_steps", m.max_steps as u64, 1..=1000),
             ("pipeline.batch_size", p.batch_size as u64, 1..=4096),
@@ -783,12 +817,19 @@ impl Config {
     /// are named. The `[retrain]` section is checked where its typed options are built
     /// (`RetrainOptions::from_config` in the retraining module), which parses the schedule.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check_settings()?;
+        self.validate_scan()?;
         if self.model.path.is_none() {
             return Err(ConfigError::Invalid(
                 "no model: set [model] path in the config file, GAZE_MODEL, or --model".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// [`Config::validate`] for a daemon that only discovers files (`--no-caption`): every
+    /// setting in range and something to watch; no model needed.
+    pub fn validate_scan(&self) -> Result<(), ConfigError> {
+        self.check_settings()?;
         if self.watch.folders.is_empty() {
             return Err(ConfigError::Invalid(
                 "no folders to watch: set [watch] folders, GAZE_FOLDERS, or give folders on the command line".into(),

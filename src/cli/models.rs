@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use gaze::store::api::{CaptionStore, ModelRow, Registry, RunRow, Runs};
-use gaze::store::{unix_now, Store};
+use gaze::store::api::{CaptionStore, ModelRow, RunRow};
+use gaze::store::{unix_now, Location};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -18,8 +18,8 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct DbArg {
-    /// The SQLite database.
-    #[arg(long, value_name = "FILE", env = "GAZE_DB", default_value = "gaze.db")]
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
+    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
     pub db: PathBuf,
 }
 
@@ -66,12 +66,12 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
     match cmd {
         ModelsCommand::List { db, format, runs } => list(&db.db, format, runs),
         ModelsCommand::Activate { db, recaption, id } => {
-            let mut sqlite = Store::open(&db.db)?;
-            let store: &mut dyn CaptionStore = &mut sqlite;
+            let mut opened = gaze::store::open(&Location::from_setting(&db.db))?;
+            let store: &mut dyn CaptionStore = &mut *opened;
             // The activation and its requeue commit together.
             let done = store
                 .activate(id, "activate", recaption.recaption, unix_now())
-                .with_context(|| format!("{}: activating model {id}", db.db.display()))?;
+                .with_context(|| format!("{}: activating model {id}", store.location()))?;
             let requeued = done.requeued;
             match done.previous {
                 Some(p) => println!("model {id} is active (was model {p})"),
@@ -81,11 +81,11 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Rollback { db, recaption } => {
-            let mut sqlite = Store::open(&db.db)?;
-            let store: &mut dyn CaptionStore = &mut sqlite;
+            let mut opened = gaze::store::open(&Location::from_setting(&db.db))?;
+            let store: &mut dyn CaptionStore = &mut *opened;
             let back = store
                 .rollback(recaption.recaption, unix_now())
-                .with_context(|| format!("{}: rolling back", db.db.display()))?;
+                .with_context(|| format!("{}: rolling back", store.location()))?;
             println!(
                 "model {} is active again (was model {})",
                 back.to, back.from
@@ -97,7 +97,7 @@ pub fn run(cmd: ModelsCommand) -> Result<ExitCode> {
 }
 
 fn list(db: &std::path::Path, format: Format, max_runs: usize) -> Result<ExitCode> {
-    let store = Store::open_read_only(db)?;
+    let store = gaze::store::open_read_only(&Location::from_setting(db))?;
     let models = store
         .list_models()
         .with_context(|| format!("{}: listing models", db.display()))?;

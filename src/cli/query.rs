@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, ValueEnum};
 use gaze::store::api::{Query, ResultRow, Selection};
-use gaze::store::Store;
+use gaze::store::Location;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -26,8 +26,8 @@ pub enum Format {
         .args(["path", "search", "recent", "image_id", "failed"])
 ))]
 pub struct QueryArgs {
-    /// The SQLite database.
-    #[arg(long, value_name = "FILE", env = "GAZE_DB", default_value = "gaze.db")]
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
+    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
     pub db: PathBuf,
     /// The captions of one image file.
     #[arg(long, value_name = "FILE")]
@@ -99,10 +99,11 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         (None, Selection::Recent(n)) => *n,
         (None, _) => DEFAULT_LIMIT,
     };
-    let store = Store::open_read_only(&args.db)?;
+    let location = Location::from_setting(&args.db);
+    let store = gaze::store::open_read_only(&location)?;
     let page = store
         .select_page(&selection, limit)
-        .with_context(|| format!("querying {}", args.db.display()))?;
+        .with_context(|| format!("querying {location}"))?;
     let rows = &page.rows;
     if rows.is_empty() {
         eprintln!("nothing matched");
@@ -147,7 +148,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         eprintln!("note: {note}");
     }
     if let Some(target) = &args.attention_png {
-        return draw_attention(&store, rows, target);
+        return draw_attention(&*store, rows, target);
     }
     Ok(ExitCode::SUCCESS)
 }

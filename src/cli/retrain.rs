@@ -12,8 +12,7 @@ use clap::Args;
 use gaze::config::{Config, Flags};
 use gaze::model::{CaptionModel, LoadOptions};
 use gaze::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
-use gaze::store::api::Registry;
-use gaze::store::Store;
+use gaze::store::Location;
 
 #[derive(Args, Debug)]
 pub struct RetrainArgs {
@@ -23,7 +22,7 @@ pub struct RetrainArgs {
     /// A config file (TOML; see config.toml). GAZE_CONFIG names one too.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The SQLite database [database.path].
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db) [database.path].
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
     /// Prepared files' folder [retrain.prepared].
@@ -73,13 +72,13 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
     cfg.check_settings()?;
     let settings = RetrainOptions::from_config(&cfg)?;
 
-    let db = cfg.database.path.clone();
+    let db = Location::from_setting(&cfg.database.path);
     let device = gaze::device::open_device(&cfg.model.device)?;
     let parent = {
-        let store = Store::open(&db)?;
+        let store = gaze::store::open(&db)?;
         match store
             .active_model()
-            .with_context(|| format!("{}: reading the active model", db.display()))?
+            .with_context(|| format!("{db}: reading the active model"))?
         {
             Some(row) => {
                 let model = CaptionModel::load(
@@ -95,8 +94,7 @@ pub fn run(args: RetrainArgs) -> Result<ExitCode> {
             }
             None if settings.warm_start => {
                 bail!(
-                    "{}: no active model to start from; run `gaze watch` once, or set retrain.warm_start = false",
-                    db.display()
+                    "{db}: no active model to start from; run `gaze watch` once, or set retrain.warm_start = false"
                 )
             }
             None => None,

@@ -6,13 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use gaze::store::api::Query;
-use gaze::store::{unix_now, Store};
+use gaze::store::{unix_now, Location};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The SQLite database.
-    #[arg(long, value_name = "FILE", env = "GAZE_DB", default_value = "gaze.db")]
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
+    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
     pub db: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -21,12 +20,14 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
     // Before the connection opens: see gaze::daemon::is_running.
-    let running = gaze::daemon::is_running(&args.db);
-    let store = Store::open_read_only(&args.db)?;
+    let location = Location::from_setting(&args.db);
+    // A SQLite file has one daemon, known by its lock; a shared server lists its workers.
+    let running = location.sqlite_path().map(gaze::daemon::is_running);
+    let store = gaze::store::open_read_only(&location)?;
     let report = store.status(unix_now())?;
     if args.json {
         let mut v = serde_json::to_value(&report)?;
-        v["db"] = args.db.display().to_string().into();
+        v["db"] = location.to_string().into();
         v["daemon_running"] = running.into();
         v["by_status"] = report
             .by_status
@@ -44,13 +45,16 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         .collect();
     println!(
         "database:      {} (schema version {})",
-        args.db.display(),
+        location,
         report.schema_version
     );
-    println!(
-        "daemon:        {}",
-        if running { "running" } else { "not running" }
-    );
+    match running {
+        Some(running) => println!(
+            "daemon:        {}",
+            if running { "running" } else { "not running" }
+        ),
+        None => println!("workers:       {} seen lately", report.workers.len()),
+    }
     match &report.active_model {
         Some(m) => println!(
             "active model:  {} (id {}, {}, blake3 {}…)",

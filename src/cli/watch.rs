@@ -20,7 +20,7 @@ pub struct WatchArgs {
     /// A config file (TOML; see config.toml). GAZE_CONFIG names one too.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The SQLite database [database.path].
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db) [database.path].
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
     /// The model file [model.path].
@@ -60,6 +60,10 @@ pub struct WatchArgs {
     /// images failed.
     #[arg(long, visible_alias = "once")]
     pub exit_when_idle: bool,
+    /// Only discover files and record them pending, for `gaze worker`s to caption (a shared
+    /// PostgreSQL store); no model is loaded.
+    #[arg(long, conflicts_with_all = ["model", "word_map", "retrain"])]
+    pub no_caption: bool,
     /// Folders to watch (replace [watch] folders).
     #[arg(value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
@@ -105,20 +109,26 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
-    cfg.validate()?;
-    // Also checks the [retrain] settings (when enabled) before the model is loaded.
+    let location = gaze::store::Location::from_setting(&cfg.database.path);
+    let model = if args.no_caption {
+        cfg.validate_scan()?;
+        if location.sqlite_path().is_some() {
+            tracing::warn!(
+                db = %location,
+                "--no-caption on a SQLite file: images are only recorded; \
+                 `gaze worker` needs a PostgreSQL store"
+            );
+        }
+        None
+    } else {
+        cfg.validate()?;
+        Some(load_model(&cfg)?)
+    };
+    // Also checks the [retrain] settings (when enabled).
     let mut opts = DaemonOptions::from_config(&cfg)?;
     opts.exit_when_idle = args.exit_when_idle;
 
-    let model_path = cfg.model.path.clone().expect("validate checks the model");
-    let device = gaze::device::open_device(&cfg.model.device)?;
-    let load = LoadOptions {
-        word_map: cfg.model.word_map.clone(),
-        encoded_image_size: None,
-    };
-    let model = CaptionModel::load(&model_path, &load, &device)?;
-
-    let daemon = Daemon::start(&cfg.database.path, Arc::new(model), opts)?;
+    let daemon = Daemon::start(&location, model.map(Arc::new), opts)?;
     let shutdown = daemon.shutdown_handle();
     super::signal::on_interrupt(move || {
         tracing::info!("stopping: finishing the batches in flight (signal again to stop at once)");
@@ -136,4 +146,15 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configured model, loaded on the configured device.
+pub(crate) fn load_model(cfg: &Config) -> Result<CaptionModel> {
+    let model_path = cfg.model.path.clone().expect("validate checks the model");
+    let device = gaze::device::open_device(&cfg.model.device)?;
+    let load = LoadOptions {
+        word_map: cfg.model.word_map.clone(),
+        encoded_image_size: None,
+    };
+    Ok(CaptionModel::load(&model_path, &load, &device)?)
 }

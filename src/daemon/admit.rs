@@ -23,10 +23,9 @@ use crossbeam_channel::{select, Receiver, Sender, TrySendError};
 use super::discover::{mtime_ns, PathFilter};
 use super::msg::{Ack, Found, Job, WriterMsg};
 use super::{DaemonError, Shutdown};
-use crate::store::api::Queue;
-use crate::store::path_key::{key_path, path_key};
+use crate::store::path_key::Roots;
 use crate::store::queue::ImageStatus;
-use crate::store::Store;
+use crate::store::BoxedStore;
 
 pub(crate) struct AdmitParts {
     pub roots: Vec<PathBuf>,
@@ -34,9 +33,13 @@ pub(crate) struct AdmitParts {
     pub follow_symlinks: bool,
     pub max_attempts: u32,
     pub exit_when_idle: bool,
+    /// How paths become stored keys (named roots of shared folders, or absolute paths).
+    pub keys: Roots,
+    /// Off (`gaze watch --no-caption`): files are only recorded pending, for `gaze worker`s.
+    pub caption: bool,
     /// Read-only: admission decides, the writer records.
     /// A read-only store: admission reads the queue, the writer alone writes it.
-    pub db: Store,
+    pub db: BoxedStore,
     pub found: Receiver<Found>,
     pub acks: Receiver<Ack>,
     pub jobs: Sender<Job>,
@@ -114,7 +117,7 @@ impl Admit {
                 size,
                 mtime_ns,
             } => {
-                let key = path_key(&path);
+                let key = self.p.keys.key(&path);
                 if self.in_flight.contains_key(&key) {
                     self.deferred.insert(key, (path, size, mtime_ns));
                     return true;
@@ -122,11 +125,11 @@ impl Admit {
                 self.consider(path, key, size, mtime_ns)
             }
             Found::Special { path, kind } => self.send(WriterMsg::Skipped {
-                key: path_key(&path),
+                key: self.p.keys.key(&path),
                 kind,
             }),
             Found::Gone { path } => self.send(WriterMsg::Gone {
-                key: path_key(&path),
+                key: self.p.keys.key(&path),
             }),
             Found::WalkDone => self.mark_missing_gone(),
             Found::Idle(idle) => {
@@ -197,6 +200,8 @@ impl Admit {
             Some(s) if s.size != size as i64 || s.mtime_ns != mtime_ns => true,
             Some(s) => match s.status {
                 ImageStatus::Done => false,
+                // Queued already, for the workers.
+                ImageStatus::Pending if !self.p.caption => false,
                 ImageStatus::Pending | ImageStatus::Gone => true,
                 ImageStatus::Failed => s.attempts < self.p.max_attempts,
             },
@@ -204,12 +209,15 @@ impl Admit {
         if !take {
             return true;
         }
-        self.in_flight.insert(key.clone(), (size, mtime_ns));
         let pending = WriterMsg::Pending {
             key: key.clone(),
             size,
             mtime_ns,
         };
+        if !self.p.caption {
+            return self.send(pending);
+        }
+        self.in_flight.insert(key.clone(), (size, mtime_ns));
         if !self.send(pending) {
             return false;
         }
@@ -218,6 +226,7 @@ impl Admit {
             key,
             size,
             mtime_ns,
+            lease: None,
         });
         true
     }
@@ -235,7 +244,9 @@ impl Admit {
         let mut taken = 0usize;
         for row in rows {
             let (key, size, mtime_ns) = (row.path, row.size, row.mtime_ns);
-            let path = key_path(&key);
+            let Ok(path) = self.p.keys.path(&key) else {
+                continue;
+            };
             if self.in_flight.contains_key(&key)
                 || !self.p.filter.accepts_under(&self.p.roots, &path)
                 || self.stat(&path) != Some((size, mtime_ns))
@@ -261,7 +272,9 @@ impl Admit {
         match self.p.db.skipped_paths() {
             Ok(skipped) => {
                 for key in skipped {
-                    let path = key_path(&key);
+                    let Ok(path) = self.p.keys.path(&key) else {
+                        continue;
+                    };
                     let meta = if self.p.follow_symlinks {
                         fs::metadata(&path)
                     } else {
@@ -284,7 +297,10 @@ impl Admit {
             }
         };
         for key in paths {
-            let path = key_path(&key);
+            // Keys under roots this machine does not mount are another scanner's.
+            let Ok(path) = self.p.keys.path(&key) else {
+                continue;
+            };
             if !self.p.roots.iter().any(|r| path.starts_with(r))
                 || self.in_flight.contains_key(&key)
             {
@@ -320,7 +336,7 @@ impl Admit {
 mod tests {
     use super::*;
     use crate::store::queue::{self as write, ReadImage};
-    use crate::store::Store;
+    use crate::store::BoxedStore;
     use crossbeam_channel::unbounded;
 
     struct Harness {

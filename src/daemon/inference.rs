@@ -21,8 +21,7 @@ use crate::config::Recaption;
 use crate::data::image::TUTORIAL_SIZE;
 use crate::model::encoder::images_to_tensor;
 use crate::model::{BeamOptions, Caption};
-use crate::store::api::Captions;
-use crate::store::Store;
+use crate::store::BoxedStore;
 
 /// The slot through which a new model is promoted into a running daemon.
 #[derive(Clone, Default)]
@@ -57,7 +56,7 @@ pub(crate) struct Worker {
     pub beam: BeamOptions,
     /// Read-only, to skip content the model has already captioned.
     /// A read-only store, to skip content the current model has captioned already.
-    pub db: Store,
+    pub db: BoxedStore,
 }
 
 impl Worker {

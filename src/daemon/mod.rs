@@ -45,6 +45,7 @@ mod inference;
 mod models;
 mod msg;
 mod retrainer;
+pub mod worker;
 mod writer;
 
 pub use discover::PathFilter;
@@ -63,7 +64,8 @@ use crossbeam_channel::{bounded, unbounded};
 use crate::config::Config;
 use crate::data::image::DecodeOptions;
 use crate::model::BeamOptions;
-use crate::store::{Store, StoreError};
+use crate::store::path_key::Roots;
+use crate::store::{BoxedStore, Location, Store, StoreError};
 use msg::{Ack, Decoded, Found, Job, WriterMsg};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,11 @@ pub enum DaemonError {
          name: the lock is on the file itself)"
     )]
     Locked { db: PathBuf },
+    #[error(
+        "{db}: `gaze worker` needs a shared PostgreSQL store (a postgres:// URL); a SQLite \
+         file serves one machine, where `gaze watch` does everything"
+    )]
+    NeedsServer { db: String },
     #[error("cannot watch for changes: {0}")]
     Notify(String),
     #[error("{db}: writing failed, stopping: {source}")]
@@ -125,6 +132,8 @@ pub struct DaemonOptions {
     pub retrain: Option<crate::retrain::RetrainOptions>,
     /// Where retraining runs (cpu, cuda, cuda:N).
     pub device: String,
+    /// How paths become stored keys (`[watch] roots`).
+    pub keys: Roots,
 }
 
 impl DaemonOptions {
@@ -163,6 +172,7 @@ impl DaemonOptions {
                 .then(|| crate::retrain::RetrainOptions::from_config(cfg))
                 .transpose()?,
             device: cfg.model.device.clone(),
+            keys: keys_of(cfg)?,
         })
     }
 }
@@ -216,8 +226,9 @@ pub struct Daemon {
     shutdown: Shutdown,
     swap: ModelSwap,
     counters: Arc<Counters>,
-    db: PathBuf,
-    _lock: File,
+    db: Location,
+    /// The single-writer lock of a SQLite file (a shared server needs none).
+    _lock: Option<File>,
 }
 
 /// Takes the single-writer lock of the database at `db`: an advisory lock (`flock`) on the
@@ -320,13 +331,13 @@ fn watched_roots(folders: &[PathBuf]) -> Result<Vec<PathBuf>, DaemonError> {
 }
 
 /// A read-only store for a stage that only reads.
-fn open_reader(db: &Path) -> Result<Store, DaemonError> {
-    Ok(Store::open_read_only(db)?)
+fn open_reader(db: &Location) -> Result<BoxedStore, DaemonError> {
+    Ok(crate::store::open_read_only(db)?)
 }
 
 /// Starts the retraining scheduler when retraining is on.
 fn start_retrainer(
-    db: &Path,
+    db: &Location,
     opts: &DaemonOptions,
     active: &ActiveModel,
     swap: &ModelSwap,
@@ -346,17 +357,82 @@ fn start_retrainer(
     Ok(Some(spawn("retrain", move || parts.run())?.1))
 }
 
+/// The stages that caption: the decode pool, the batcher and the inference worker, between
+/// the queue of jobs (from admission, or from a worker's claims) and the writer.
+pub(crate) struct CaptionStages {
+    pub active: ActiveModel,
+    pub swap: ModelSwap,
+    pub db: Location,
+    pub job_rx: crossbeam_channel::Receiver<Job>,
+    pub write_tx: crossbeam_channel::Sender<WriterMsg>,
+    pub shutdown: Shutdown,
+}
+
+impl CaptionStages {
+    /// Starts them; they end when the job queue's senders are gone.
+    pub fn spawn(self, opts: &DaemonOptions) -> Result<Vec<Thread>, DaemonError> {
+        let (decoded_tx, decoded_rx) = bounded::<Decoded>(opts.batch_size);
+        let (batch_tx, batch_rx) = bounded::<Vec<Decoded>>(1);
+        let inference = inference::Worker {
+            rx: batch_rx,
+            tx: self.write_tx.clone(),
+            current: self.active,
+            swap: self.swap,
+            beam: opts.beam.clone(),
+            db: open_reader(&self.db)?,
+        };
+        let mut threads = vec![spawn("inference", move || inference.run())?];
+        let (batch_size, max_wait) = (opts.batch_size, opts.max_wait);
+        threads.push(spawn("batcher", move || {
+            batcher::run(decoded_rx, batch_tx, batch_size, max_wait);
+            Ok(())
+        })?);
+        for i in 0..opts.decode_threads {
+            let worker = decode::Worker {
+                rx: self.job_rx.clone(),
+                tx: decoded_tx.clone(),
+                writer: self.write_tx.clone(),
+                decode: opts.decode,
+                max_file_bytes: opts.max_file_bytes,
+                follow_symlinks: opts.follow_symlinks,
+                shutdown: self.shutdown.clone(),
+            };
+            threads.push(spawn(&format!("decode-{i}"), move || {
+                worker.run();
+                Ok(())
+            })?);
+        }
+        Ok(threads)
+    }
+}
+
+/// The named roots of `[watch] roots`, checked.
+pub fn keys_of(cfg: &Config) -> Result<Roots, crate::config::ConfigError> {
+    Roots::new(cfg.watch.roots.clone())
+        .map_err(|reason| crate::config::ConfigError::Invalid(format!("watch.roots: {reason}")))
+}
+
 impl Daemon {
     /// Opens (and upgrades) the database, records `model` as the active model (putting back
     /// in the queue what it has not captioned), and starts every stage.
+    ///
+    /// Without a model (`gaze watch --no-caption`) it only discovers files and records them
+    /// pending, for `gaze worker`s to caption: no decoding, inference or retraining.
     pub fn start(
-        db: &Path,
-        model: Arc<crate::model::CaptionModel>,
+        db: &Location,
+        model: Option<Arc<crate::model::CaptionModel>>,
         opts: DaemonOptions,
     ) -> Result<Daemon, DaemonError> {
-        let lock = lock_database(db)?;
-        let mut store = Store::open(db)?;
-        let active = models::choose_model(&mut store, model)?;
+        let lock = match db {
+            Location::Sqlite(path) => Some(lock_database(path)?),
+            // Several processes on several machines share a server; leases keep them apart.
+            Location::Postgres(_) => None,
+        };
+        let mut store = crate::store::open(db)?;
+        let active = match model {
+            Some(model) => Some(models::choose_model(&mut *store, model)?),
+            None => None,
+        };
         let roots = watched_roots(&opts.folders)?;
         let filter = PathFilter::new(&opts.include, &opts.exclude)?;
 
@@ -366,8 +442,6 @@ impl Daemon {
 
         let (found_tx, found_rx) = bounded::<Found>(FOUND_QUEUE);
         let (job_tx, job_rx) = bounded::<Job>(opts.queue_depth);
-        let (decoded_tx, decoded_rx) = bounded::<Decoded>(opts.batch_size);
-        let (batch_tx, batch_rx) = bounded::<Vec<Decoded>>(1);
         let (write_tx, write_rx) = bounded::<WriterMsg>(WRITER_QUEUE);
         // Unbounded so the writer never waits on admission, which may be waiting on it; there
         // is at most one acknowledgement per file in flight.
@@ -391,6 +465,8 @@ impl Daemon {
             follow_symlinks: opts.follow_symlinks,
             max_attempts: opts.max_attempts,
             exit_when_idle: opts.exit_when_idle,
+            keys: opts.keys.clone(),
+            caption: active.is_some(),
             db: open_reader(db)?,
             found: found_rx,
             acks: ack_rx,
@@ -405,42 +481,37 @@ impl Daemon {
             acks: ack_tx,
             counters: counters.clone(),
             shutdown: shutdown.clone(),
+            leases: None,
         };
-        let inference = inference::Worker {
-            rx: batch_rx,
-            tx: write_tx.clone(),
-            current: active.clone(),
-            swap: swap.clone(),
-            beam: opts.beam.clone(),
-            db: open_reader(db)?,
-        };
-
         // Downstream first, so every stage's consumer runs before it does.
         let mut threads = vec![spawn("writer", move || writer.run())?];
-        let retrainer = start_retrainer(db, &opts, &active, &swap, &shutdown)?;
-        threads.push(spawn("inference", move || inference.run())?);
-        let (batch_size, max_wait) = (opts.batch_size, opts.max_wait);
-        threads.push(spawn("batcher", move || {
-            batcher::run(decoded_rx, batch_tx, batch_size, max_wait);
-            Ok(())
-        })?);
-        for i in 0..opts.decode_threads {
-            let worker = decode::Worker {
-                rx: job_rx.clone(),
-                tx: decoded_tx.clone(),
-                writer: write_tx.clone(),
-                decode: opts.decode,
-                max_file_bytes: opts.max_file_bytes,
-                follow_symlinks: opts.follow_symlinks,
-                shutdown: shutdown.clone(),
-            };
-            threads.push(spawn(&format!("decode-{i}"), move || {
-                worker.run();
-                Ok(())
-            })?);
+        let mut retrainer = None;
+        match &active {
+            Some(active) => {
+                retrainer = start_retrainer(db, &opts, active, &swap, &shutdown)?;
+                let stages = CaptionStages {
+                    active: active.clone(),
+                    swap: swap.clone(),
+                    db: db.clone(),
+                    job_rx: job_rx.clone(),
+                    write_tx: write_tx.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                threads.extend(stages.spawn(&opts)?);
+            }
+            None if opts.retrain.is_some() => {
+                return Err(DaemonError::Registry {
+                    path: PathBuf::from(db.to_string()),
+                    reason: "retraining needs a model: it cannot run in a daemon started with \
+                             --no-caption (run `gaze retrain --now`, or retrain in a worker's \
+                             machine with `gaze watch --retrain`)"
+                        .into(),
+                });
+            }
+            None => {}
         }
         // Each stage ends when the senders into it are gone: keep only the stages' own.
-        drop((job_rx, decoded_tx, write_tx));
+        drop((job_rx, write_tx));
         threads.push(spawn("admit", move || admit.run())?);
         threads.push(spawn("discover", move || discover.run())?);
 
@@ -450,7 +521,7 @@ impl Daemon {
             shutdown,
             swap,
             counters,
-            db: db.to_path_buf(),
+            db: db.clone(),
             _lock: lock,
         })
     }
@@ -499,8 +570,10 @@ impl Daemon {
         // read-only one, which cannot fold the WAL back into the database file; a final
         // checkpoint does, so a stopped daemon leaves one complete file (a plain copy of it is
         // a backup). Still under the lock.
-        if let Err(e) = Store::open(&self.db).and_then(|s| s.checkpoint()) {
-            tracing::warn!(error = %e, "final checkpoint failed; the -wal file keeps the commits");
+        if let Some(path) = self.db.sqlite_path() {
+            if let Err(e) = Store::open(path).and_then(|s| s.checkpoint()) {
+                tracing::warn!(error = %e, "final checkpoint failed; the -wal file keeps the commits");
+            }
         }
         match first_error {
             Some(e) => Err(e),

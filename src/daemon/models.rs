@@ -116,7 +116,7 @@ pub(crate) fn choose_model(
     let registry_err = registry_error(&model_path);
     let current = store.active_model().map_err(&registry_err)?;
     if let Some(row) = current.filter(|r| known && r.id != configured.id) {
-        match load_registered(&row, &device) {
+        match load_registered(&row, &device, None) {
             Ok(m) => {
                 tracing::info!(
                     model = %row.name,
@@ -151,12 +151,20 @@ pub(crate) fn choose_model(
     Ok(configured)
 }
 
-/// Loads a registered model's file, checking its hash against the registry's.
+/// Loads a registered model's file, checking its hash against the registry's. Where the
+/// recorded path is missing on this machine, `models_dir` (a share mounted elsewhere) is
+/// searched for a file of the same name.
 pub(crate) fn load_registered(
     row: &ModelRow,
     device: &candle_core::Device,
+    models_dir: Option<&Path>,
 ) -> Result<CaptionModel, String> {
-    let path = Path::new(&row.path);
+    let recorded = Path::new(&row.path);
+    let elsewhere = models_dir
+        .zip(recorded.file_name())
+        .map(|(dir, name)| dir.join(name))
+        .filter(|p| !recorded.exists() && p.exists());
+    let path = elsewhere.as_deref().unwrap_or(recorded);
     let hash = crate::files::content_hash(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if hash != row.content_hash {
         return Err(format!(

@@ -44,6 +44,15 @@ pub(crate) struct Job {
     pub key: String,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The lease a `gaze worker` claimed the file with; `None` in `gaze watch`.
+    pub lease: Option<JobLease>,
+}
+
+/// A claimed image's lease: the token its commit must present, and its failed attempts so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobLease {
+    pub token: i64,
+    pub attempts: u32,
 }
 
 /// A decoded, normalised image on its way to a batch.

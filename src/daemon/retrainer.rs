@@ -8,23 +8,23 @@
 //! the rest of the machine; a shutdown stops training after the current batch and the run is
 //! recorded as failed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::models::{load_registered, ActiveModel};
 use super::{DaemonError, ModelSwap, Shutdown};
 use crate::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
-use crate::store::api::{Registry, Runs};
 use crate::store::runs::process_alive;
-use crate::store::{unix_now, Store, StoreError};
+use crate::store::api::CaptionStore;
+use crate::store::{unix_now, Location, StoreError};
 
 /// How often the registry is read for models activated from outside.
 const REGISTRY_POLL: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct Retrainer {
-    db: PathBuf,
+    db: Location,
     settings: RetrainOptions,
     schedule: crate::retrain::Schedule,
     device: String,
@@ -37,7 +37,7 @@ pub(crate) struct Retrainer {
 
 impl Retrainer {
     pub fn new(
-        db: &Path,
+        db: &Location,
         settings: RetrainOptions,
         device: String,
         current: ActiveModel,
@@ -46,7 +46,7 @@ impl Retrainer {
     ) -> Result<Self, DaemonError> {
         let schedule = settings.schedule.clone();
         Ok(Retrainer {
-            db: db.to_path_buf(),
+            db: db.clone(),
             settings,
             schedule,
             device,
@@ -58,7 +58,7 @@ impl Retrainer {
     }
 
     pub fn run(mut self) -> Result<(), DaemonError> {
-        let mut store = Store::open(&self.db)?;
+        let mut store = crate::store::open(&self.db)?;
         let stale = store
             .fail_stale_runs(&process_alive, unix_now())
             .map_err(|e| self.registry_error(e))?;
@@ -81,13 +81,13 @@ impl Retrainer {
             std::thread::sleep(TICK);
             if last_poll.elapsed() >= REGISTRY_POLL {
                 last_poll = std::time::Instant::now();
-                self.follow_registry(&store);
+                self.follow_registry(&*store);
             }
             let now = unix_now();
             if now < due {
                 continue;
             }
-            self.maybe_run(&store);
+            self.maybe_run(&*store);
             due = self.schedule.next_after(now, unix_now());
         }
         Ok(())
@@ -95,13 +95,13 @@ impl Retrainer {
 
     fn registry_error(&self, e: StoreError) -> DaemonError {
         DaemonError::Registry {
-            path: self.db.clone(),
+            path: PathBuf::from(self.db.to_string()),
             reason: e.to_string(),
         }
     }
 
     /// Runs a cycle unless nothing changed since the last decided run.
-    fn maybe_run(&mut self, store: &Store) {
+    fn maybe_run(&mut self, store: &dyn CaptionStore) {
         if self.settings.only_when_changed {
             match crate::retrain::data::fingerprint(&self.settings) {
                 Ok(fp) => {
@@ -146,7 +146,7 @@ impl Retrainer {
     }
 
     /// Swaps in a model activated in the registry by someone else.
-    fn follow_registry(&mut self, store: &Store) {
+    fn follow_registry(&mut self, store: &dyn CaptionStore) {
         let row = match store.active_model() {
             Ok(Some(row)) if row.id != self.current.id && Some(row.id) != self.unloadable => row,
             Ok(_) => return,
@@ -155,7 +155,7 @@ impl Retrainer {
                 return;
             }
         };
-        match load_registered(&row, &self.current.model.device) {
+        match load_registered(&row, &self.current.model.device, None) {
             Ok(model) => {
                 tracing::info!(
                     model = %row.name,

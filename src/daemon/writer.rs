@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::msg::{Ack, BatchResult, Outcome, WriterMsg};
+use super::msg::{Ack, BatchResult, Job, Outcome, WriterMsg};
 use super::{Counters, DaemonError, Shutdown};
-use crate::store::api::{CaptionStore, FailedImage};
+use crate::store::api::{CaptionStore, Claim, FailedImage, Leases, StoreTx};
 use crate::store::captions::NewCaption;
 use crate::store::queue::ReadImage;
-use crate::store::{unix_now, Store, StoreError};
+use crate::store::{unix_now, BoxedStore, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 
 /// Small messages committed together at most.
@@ -21,12 +21,21 @@ const MAX_MESSAGES_PER_TRANSACTION: usize = 512;
 const RETRIES: u32 = 5;
 
 pub(crate) struct Writer {
-    pub store: Store,
+    pub store: BoxedStore,
     pub rx: Receiver<WriterMsg>,
     /// To admission; unbounded, so the writer never waits on the stage that feeds it.
     pub acks: Sender<Ack>,
     pub counters: std::sync::Arc<Counters>,
     pub shutdown: Shutdown,
+    /// In a `gaze worker`: whose leases the claimed images are under.
+    pub leases: Option<LeaseHolder>,
+}
+
+/// The worker whose leases fence the writer's commits, and the attempts rule for its failures.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseHolder {
+    pub worker: String,
+    pub max_attempts: u32,
 }
 
 #[derive(Default)]
@@ -36,6 +45,30 @@ struct Tally {
     captioned: u64,
     reused: u64,
     failed: u64,
+    /// Results dropped because their lease was lost (another worker has the image now).
+    fenced: u64,
+}
+
+/// The lease a leased job's verdict is recorded under.
+fn claim_of(job: &Job) -> Option<Claim> {
+    job.lease.map(|l| Claim {
+        path: job.key.clone(),
+        size: job.size as i64,
+        mtime_ns: job.mtime_ns,
+        token: l.token,
+        attempts: l.attempts,
+    })
+}
+
+/// The store's leases inside a transaction, or an error saying the store has none.
+fn tx_leases<'a>(
+    tx: &'a mut Box<dyn StoreTx + '_>,
+    location: &str,
+) -> Result<&'a mut dyn Leases, StoreError> {
+    tx.leases().ok_or_else(|| StoreError::Unsupported {
+        location: location.to_string(),
+        what: "claimed images need a store with leases (PostgreSQL)".into(),
+    })
 }
 
 impl Writer {
@@ -66,7 +99,7 @@ impl Writer {
         let started = Instant::now();
         let mut attempt = 0;
         let tally = loop {
-            match commit(&mut self.store, msgs) {
+            match commit(&mut *self.store, msgs, self.leases.as_ref()) {
                 Ok(t) => break t,
                 Err(e) if attempt < RETRIES => {
                     attempt += 1;
@@ -77,7 +110,7 @@ impl Writer {
                 Err(source) => {
                     self.shutdown.request();
                     return Err(DaemonError::Write {
-                        db: self.store.path().to_path_buf(),
+                        db: self.store.location().into(),
                         source: Box::new(source),
                     });
                 }
@@ -174,8 +207,13 @@ fn log_batch(b: &BatchResult, commit_time: Duration) {
 }
 
 /// Applies the messages in one transaction.
-fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, StoreError> {
+fn commit(
+    store: &mut dyn CaptionStore,
+    msgs: &[WriterMsg],
+    holder: Option<&LeaseHolder>,
+) -> Result<Tally, StoreError> {
     let now = unix_now();
+    let location = store.location();
     let mut tx = store.begin()?;
     let mut tally = Tally::default();
     for m in msgs {
@@ -191,9 +229,22 @@ fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, Sto
                     tracing::info!(path = %key, images = n, "gone");
                 }
             }
-            WriterMsg::Vanished { job } => {
-                tx.mark_gone(&job.key, now)?;
-            }
+            WriterMsg::Vanished { job } => match (claim_of(job), holder) {
+                // A worker that cannot find a file says so and gives it back: another machine
+                // may see it, and only the scanner decides that a file is gone.
+                (Some(claim), Some(h)) => {
+                    let error = format!(
+                        "worker {}: {} not found here ({})",
+                        h.worker,
+                        job.key,
+                        job.path.display()
+                    );
+                    tx_leases(&mut tx, &location)?.release(&h.worker, &claim, &error, now)?;
+                }
+                _ => {
+                    tx.mark_gone(&job.key, now)?;
+                }
+            },
             WriterMsg::Skipped { key, kind } => tx.mark_skipped(key, kind, now)?,
             WriterMsg::Unskipped { key } => tx.unmark_skipped(key)?,
             WriterMsg::Swapped {
@@ -205,6 +256,10 @@ fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, Sto
             }
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;
+                if let (Some(claim), Some(h)) = (claim_of(job), holder) {
+                    tx_leases(&mut tx, &location)?.fail_leased(&h.worker, &claim, error, h.max_attempts, now)?;
+                    continue;
+                }
                 tx.mark_failed(
                     &FailedImage {
                         path: &job.key,
@@ -218,6 +273,26 @@ fn commit(store: &mut dyn CaptionStore, msgs: &[WriterMsg]) -> Result<Tally, Sto
             }
             WriterMsg::Batch(b) => {
                 for item in &b.items {
+                    let claim = claim_of(&item.job);
+                    if let (Some(claim), Some(h)) = (&claim, holder) {
+                        // Fencing: only while this worker still holds the lease (the row stays
+                        // locked until the commit), or another worker's work would be undone.
+                        if !tx_leases(&mut tx, &location)?.holds(&h.worker, &claim.path, claim.token)? {
+                            tally.fenced += 1;
+                            continue;
+                        }
+                        if let Outcome::Failed(error) = &item.outcome {
+                            tally.failed += 1;
+                            tx_leases(&mut tx, &location)?.fail_leased(
+                                &h.worker,
+                                claim,
+                                error,
+                                h.max_attempts,
+                                now,
+                            )?;
+                            continue;
+                        }
+                    }
                     match &item.outcome {
                         Outcome::Captioned(c) => {
                             let inserted = tx.insert_caption(

@@ -26,7 +26,7 @@ use crate::model::CaptionModel;
 use crate::store::api::{CaptionStore, NewModel, NewRun, StoreTx};
 use crate::store::registry::ModelStatus;
 use crate::store::runs::{self, RunEnd};
-use crate::store::{unix_now, Store};
+use crate::store::{unix_now, Location};
 use crate::train::{train, StandardObserver, StopReason, TrainConfig, TrainData, TrainOptions};
 
 /// The active model a run starts from and competes against.
@@ -113,13 +113,21 @@ struct Judged {
 /// Runs one cycle against the database at `db`. Errors are only those that stop the run from
 /// being recorded at all; everything else is a failed run in the report.
 pub fn run_cycle(
-    db: &Path,
+    db: &Location,
     parent: Option<&Parent>,
     opts: &CycleOptions,
 ) -> Result<CycleReport, RetrainError> {
     let settings = opts.settings;
-    let mut sqlite = Store::open(db)?;
-    let store: &mut dyn CaptionStore = &mut sqlite;
+    let mut opened = crate::store::open(db)?;
+    let store: &mut dyn CaptionStore = &mut *opened;
+    // On a shared store, one process at a time retrains (the lock goes with the connection).
+    if let Some(leases) = store.leases() {
+        if !leases.try_lock_retraining()? {
+            return Err(RetrainError::AnotherRunning {
+                location: store.location(),
+            });
+        }
+    }
     let stale = store.fail_stale_runs(&runs::process_alive, unix_now())?;
     if stale > 0 {
         tracing::warn!(

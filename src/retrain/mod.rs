@@ -36,4 +36,6 @@ pub enum RetrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{location}: another process is retraining on this store now; one run at a time")]
+    AnotherRunning { location: String },
 }

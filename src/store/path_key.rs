@@ -6,7 +6,7 @@
 //! and each backslash doubled. Stored paths are absolute, so they never start with `bytes:` and the
 //! two forms cannot collide; [`key_path`] turns either back into the exact path.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -74,6 +74,106 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Named roots: a shared folder recorded by name and relative path, so machines that mount it
+/// at different places agree on every image's key.
+///
+/// A file under the root `photos` (mounted here at `/mnt/photos`) is keyed
+/// `photos:/2024/beach.jpg`; a worker that mounts the share at `/media/nas` maps the same key to
+/// `/media/nas/2024/beach.jpg` through its own `[watch] roots`. Keys of files under no root stay
+/// absolute paths, so a store written without roots reads as before. A root's name is letters,
+/// digits, `_`, `-` and `.`, and not `bytes` (the mark of [`BYTES_PREFIX`]); absolute paths start
+/// with `/`, so the two forms never collide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roots {
+    /// (name, folder), longest folder first so nested roots resolve to the innermost.
+    roots: Vec<(String, PathBuf)>,
+}
+
+/// A key naming a root this machine has no mapping for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("root {root:?} is not mapped on this machine (add it to [watch] roots), for {relative}")]
+pub struct UnmappedRoot {
+    pub root: String,
+    pub relative: String,
+}
+
+impl Roots {
+    /// Checks each name; the folders are used as given (make them absolute first).
+    pub fn new(
+        roots: impl IntoIterator<Item = (String, PathBuf)>,
+    ) -> Result<Roots, String> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for (name, folder) in roots {
+            let ok = !name.is_empty()
+                && name != "bytes"
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(format!(
+                    "root name {name:?}: use letters, digits, '_', '-' and '.' (and not \"bytes\")"
+                ));
+            }
+            if !folder.is_absolute() {
+                return Err(format!("root {name:?}: {} is not absolute", folder.display()));
+            }
+            if out.iter().any(|(n, _)| *n == name) {
+                return Err(format!("root {name:?} is named twice"));
+            }
+            out.push((name, folder));
+        }
+        out.sort_by_key(|(_, f)| std::cmp::Reverse(f.as_os_str().len()));
+        Ok(Roots { roots: out })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// The stored key of `path`: under a root, `name:/relative`; elsewhere [`path_key`].
+    pub fn key(&self, path: &Path) -> String {
+        for (name, folder) in &self.roots {
+            if let Ok(rel) = path.strip_prefix(folder) {
+                let mut named = OsString::from(format!("{name}:/"));
+                named.push(rel.as_os_str());
+                return path_key(Path::new(&named));
+            }
+        }
+        path_key(path)
+    }
+
+    /// The file a key names on this machine.
+    pub fn path(&self, key: &str) -> Result<PathBuf, UnmappedRoot> {
+        let path = key_path(key);
+        let bytes = path.as_os_str().as_bytes();
+        let Some(colon) = root_mark(bytes) else {
+            return Ok(path);
+        };
+        let (name, rel) = (
+            String::from_utf8_lossy(&bytes[..colon]).into_owned(),
+            OsStr::from_bytes(&bytes[colon + 2..]),
+        );
+        match self.roots.iter().find(|(n, _)| *n == name) {
+            Some((_, folder)) => Ok(folder.join(rel)),
+            None => Err(UnmappedRoot {
+                root: name,
+                relative: rel.to_string_lossy().into_owned(),
+            }),
+        }
+    }
+}
+
+/// Where `name:/` ends the root's name in a key's bytes, if the key is under a named root.
+fn root_mark(bytes: &[u8]) -> Option<usize> {
+    let colon = bytes.iter().position(|&b| b == b':')?;
+    let named = colon > 0
+        && bytes[..colon]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && bytes.get(colon + 1) == Some(&b'/');
+    named.then_some(colon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +195,37 @@ mod tests {
         // The UTF-8 path spelled like the escape stays distinct.
         let lookalike = Path::new("/photos/caf\\xE9 \\x41 \\xFF\\xFE.jpg");
         assert_ne!(path_key(lookalike), key);
+    }
+
+    #[test]
+    fn named_roots_map_between_machines() {
+        let here = Roots::new([
+            ("photos".to_string(), PathBuf::from("/mnt/photos")),
+            ("inner".to_string(), PathBuf::from("/mnt/photos/inner")),
+        ])
+        .unwrap();
+        let there = Roots::new([("photos".to_string(), PathBuf::from("/media/nas"))]).unwrap();
+        let key = here.key(Path::new("/mnt/photos/2024/beach.jpg"));
+        assert_eq!(key, "photos:/2024/beach.jpg");
+        assert_eq!(there.path(&key).unwrap(), PathBuf::from("/media/nas/2024/beach.jpg"));
+        assert_eq!(here.key(Path::new("/mnt/photos")), "photos:/");
+        assert_eq!(here.key(Path::new("/mnt/photos/inner/a.jpg")), "inner:/a.jpg");
+        // Outside every root: the absolute path, as without roots.
+        assert_eq!(here.key(Path::new("/srv/x.jpg")), "/srv/x.jpg");
+        assert_eq!(there.path("/srv/x.jpg").unwrap(), PathBuf::from("/srv/x.jpg"));
+        let err = there.path("inner:/a.jpg").unwrap_err();
+        assert_eq!((err.root.as_str(), err.relative.as_str()), ("inner", "a.jpg"));
+        // Names that are not UTF-8 survive the trip.
+        let odd = Path::new(OsStr::from_bytes(b"/mnt/photos/caf\xe9.jpg"));
+        let key = here.key(odd);
+        assert!(key.starts_with(BYTES_PREFIX), "{key}");
+        assert_eq!(
+            there.path(&key).unwrap().as_os_str().as_bytes(),
+            b"/media/nas/caf\xe9.jpg"
+        );
+        for bad in ["", "bytes", "a b", "x:y"] {
+            assert!(Roots::new([(bad.to_string(), PathBuf::from("/x"))]).is_err(), "{bad}");
+        }
+        assert!(Roots::new([("r".to_string(), PathBuf::from("rel"))]).is_err());
     }
 }
