@@ -60,6 +60,9 @@ enum Command {
     Retrain(cli::retrain::RetrainArgs),
     /// Find captions by path, words, recency or id; list failures; draw attention.
     Query(cli::query::QueryArgs),
+    /// Whole stores: copy a library between SQLite and PostgreSQL.
+    #[command(subcommand)]
+    Store(cli::store::StoreCommand),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Query(args) => cli::query::run(args),
         Command::Models(cmd) => cli::models::run(cmd),
         Command::Retrain(args) => cli::retrain::run(args),
+        Command::Store(cmd) => cli::store::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@ pub mod retrain;
 pub mod score;
 pub mod signal;
 pub mod status;
+pub mod store;
 pub mod synth;
 pub mod train;
 pub mod watch;

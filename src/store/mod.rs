@@ -73,6 +73,7 @@ macro_rules! text_enum {
 
 pub mod api;
 pub mod captions;
+pub mod copy;
 pub mod path_key;
 pub mod postgres;
 pub mod query;
