@@ -736,7 +736,11 @@ impl Config {
                 0..=30 * DAY_SECS,
             ),
             ("watch.stable_ms", w.stable_ms, 0..=HOUR_MS),
-            ("worker.lease_seconds", self.worker.lease_seconds, 1..=DAY_SECS),
+            (
+                "worker.lease_seconds",
+                self.worker.lease_seconds,
+                1..=DAY_SECS,
+            ),
             ("model.beam_size", m.beam_size as u64, 1..=100),
             ("model.max_steps", m.max_steps as u64, 1..=1000),
             ("pipeline.batch_size", p.batch_size as u64, 1..=4096),

@@ -49,8 +49,10 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Train a captioning model on prepared files (the tutorial's training, with real validation).
     Train(Box<cli::train::TrainArgs>),
-    /// Watch folders and caption images as they arrive, into SQLite.
+    /// Watch folders and caption images as they arrive, into SQLite or PostgreSQL.
     Watch(cli::watch::WatchArgs),
+    /// Caption images from a shared PostgreSQL store, beside workers on other machines.
+    Worker(cli::worker::WorkerArgs),
     /// Show the captioning store's counts, rate, backlog and active model.
     Status(cli::status::StatusArgs),
     /// The model registry: list models and retraining runs, activate, roll back.
@@ -68,7 +70,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `watch` sets up logging itself, from its layered settings.
-    if !matches!(cli.command, Command::Watch(_)) {
+    if !matches!(cli.command, Command::Watch(_) | Command::Worker(_)) {
         // The demo prints its own story; the daemon's per-caption log lines would drown it.
         let default = if matches!(cli.command, Command::Demo(_)) {
             "warn"
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(*args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
+        Command::Worker(args) => cli::worker::run(args, cli.log_level.as_deref()),
         Command::Status(args) => cli::status::run(args),
         Command::Query(args) => cli::query::run(args),
         Command::Models(cmd) => cli::models::run(cmd),

@@ -5,10 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::model::{png, tiny_model};
 
 use candle_core::Device;
 use gaze::data::WordMap;
@@ -21,54 +23,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/images")
         .join(name)
-}
-
-/// A random model small enough to caption a 256x256 image in a few milliseconds: a one-block
-/// ResNet 8 channels wide, a 4x4 attention grid, tiny decoder dims, a 10-word vocabulary.
-fn tiny_model(dir: &Path, seed: u64) -> PathBuf {
-    let words = [
-        "a", "red", "blue", "dog", "cat", "ball", "on", "grass", "the", "sky",
-    ];
-    let word_map = WordMap::from_counts(words.iter().map(|w| (*w, 10)), 0);
-    let cfg = ModelConfig {
-        encoder: EncoderConfig::Resnet {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            width: 8,
-        },
-        encoded_image_size: 4,
-        attention_dim: 16,
-        embed_dim: 16,
-        decoder_dim: 24,
-        vocab_size: word_map.len(),
-        dropout: 0.5,
-    };
-    let tensors = gaze::model::init::random_tensors(&cfg, seed, &Device::Cpu).unwrap();
-    let mut named: Vec<_> = tensors.into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let path = dir.join(format!("tiny-{seed}.safetensors"));
-    gaze::model::file::write_model_file(
-        &path,
-        &named,
-        &cfg,
-        &word_map,
-        &serde_json::json!({"name": format!("tiny-{seed}")}),
-    )
-    .unwrap();
-    path
-}
-
-/// A small PNG whose pixels depend on `seed`, so every seed gives different bytes.
-fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        let v = seed.wrapping_mul(2654435761) ^ (x * 31 + y * 17);
-        image::Rgb([(v & 255) as u8, ((v >> 8) & 255) as u8, (x * 8 + y) as u8])
-    });
-    let mut out = Vec::new();
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-        .unwrap();
-    out
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

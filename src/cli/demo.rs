@@ -207,7 +207,11 @@ fn watch_inbox(
 ) -> Result<Vec<PathBuf>> {
     demo::reset(inbox, db)?;
     let location = gaze::store::Location::Sqlite(db.to_path_buf());
-    let daemon = Daemon::start(&location, Some(Arc::new(model)), demo::daemon_options(inbox)?)?;
+    let daemon = Daemon::start(
+        &location,
+        Some(Arc::new(model)),
+        demo::daemon_options(inbox)?,
+    )?;
     let shutdown = daemon.shutdown_handle();
     let dropped = demo::drop_test_images(synth_opts, inbox)?;
     let landed = print_captions_as_they_land(db, &dropped, Duration::from_secs(180));

@@ -19,6 +19,7 @@ pub mod store;
 pub mod synth;
 pub mod train;
 pub mod watch;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 

@@ -19,7 +19,12 @@ pub enum Format {
 #[derive(Args, Debug)]
 pub struct DbArg {
     /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
-    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "GAZE_DB",
+        default_value = "gaze.db"
+    )]
     pub db: PathBuf,
 }
 

@@ -27,7 +27,12 @@ pub enum Format {
 ))]
 pub struct QueryArgs {
     /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
-    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "GAZE_DB",
+        default_value = "gaze.db"
+    )]
     pub db: PathBuf,
     /// The captions of one image file.
     #[arg(long, value_name = "FILE")]

@@ -11,7 +11,12 @@ use gaze::store::{unix_now, Location};
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db).
-    #[arg(long, value_name = "FILE|URL", env = "GAZE_DB", default_value = "gaze.db")]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "GAZE_DB",
+        default_value = "gaze.db"
+    )]
     pub db: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -45,8 +50,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         .collect();
     println!(
         "database:      {} (schema version {})",
-        location,
-        report.schema_version
+        location, report.schema_version
     );
     match running {
         Some(running) => println!(

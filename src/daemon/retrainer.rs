@@ -15,8 +15,8 @@ use std::time::Duration;
 use super::models::{load_registered, ActiveModel};
 use super::{DaemonError, ModelSwap, Shutdown};
 use crate::retrain::{run_cycle, CycleOptions, Parent, RetrainOptions, RunStatus};
-use crate::store::runs::process_alive;
 use crate::store::api::CaptionStore;
+use crate::store::runs::process_alive;
 use crate::store::{unix_now, Location, StoreError};
 
 /// How often the registry is read for models activated from outside.

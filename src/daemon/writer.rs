@@ -145,6 +145,12 @@ impl Writer {
         self.counters.captioned.fetch_add(tally.captioned, Relaxed);
         self.counters.reused.fetch_add(tally.reused, Relaxed);
         self.counters.failed.fetch_add(tally.failed, Relaxed);
+        if tally.fenced > 0 {
+            tracing::warn!(
+                images = tally.fenced,
+                "results dropped: their leases ran out and other workers hold those images now"
+            );
+        }
         for m in msgs {
             match m {
                 WriterMsg::Failed { job, error, .. } => {
@@ -257,7 +263,13 @@ fn commit(
             WriterMsg::Failed { job, hash, error } => {
                 tally.failed += 1;
                 if let (Some(claim), Some(h)) = (claim_of(job), holder) {
-                    tx_leases(&mut tx, &location)?.fail_leased(&h.worker, &claim, error, h.max_attempts, now)?;
+                    tx_leases(&mut tx, &location)?.fail_leased(
+                        &h.worker,
+                        &claim,
+                        error,
+                        h.max_attempts,
+                        now,
+                    )?;
                     continue;
                 }
                 tx.mark_failed(
@@ -277,7 +289,11 @@ fn commit(
                     if let (Some(claim), Some(h)) = (&claim, holder) {
                         // Fencing: only while this worker still holds the lease (the row stays
                         // locked until the commit), or another worker's work would be undone.
-                        if !tx_leases(&mut tx, &location)?.holds(&h.worker, &claim.path, claim.token)? {
+                        if !tx_leases(&mut tx, &location)?.holds(
+                            &h.worker,
+                            &claim.path,
+                            claim.token,
+                        )? {
                             tally.fenced += 1;
                             continue;
                         }

@@ -99,9 +99,7 @@ pub struct UnmappedRoot {
 
 impl Roots {
     /// Checks each name; the folders are used as given (make them absolute first).
-    pub fn new(
-        roots: impl IntoIterator<Item = (String, PathBuf)>,
-    ) -> Result<Roots, String> {
+    pub fn new(roots: impl IntoIterator<Item = (String, PathBuf)>) -> Result<Roots, String> {
         let mut out: Vec<(String, PathBuf)> = Vec::new();
         for (name, folder) in roots {
             let ok = !name.is_empty()
@@ -115,7 +113,10 @@ impl Roots {
                 ));
             }
             if !folder.is_absolute() {
-                return Err(format!("root {name:?}: {} is not absolute", folder.display()));
+                return Err(format!(
+                    "root {name:?}: {} is not absolute",
+                    folder.display()
+                ));
             }
             if out.iter().any(|(n, _)| *n == name) {
                 return Err(format!("root {name:?} is named twice"));
@@ -207,14 +208,26 @@ mod tests {
         let there = Roots::new([("photos".to_string(), PathBuf::from("/media/nas"))]).unwrap();
         let key = here.key(Path::new("/mnt/photos/2024/beach.jpg"));
         assert_eq!(key, "photos:/2024/beach.jpg");
-        assert_eq!(there.path(&key).unwrap(), PathBuf::from("/media/nas/2024/beach.jpg"));
+        assert_eq!(
+            there.path(&key).unwrap(),
+            PathBuf::from("/media/nas/2024/beach.jpg")
+        );
         assert_eq!(here.key(Path::new("/mnt/photos")), "photos:/");
-        assert_eq!(here.key(Path::new("/mnt/photos/inner/a.jpg")), "inner:/a.jpg");
+        assert_eq!(
+            here.key(Path::new("/mnt/photos/inner/a.jpg")),
+            "inner:/a.jpg"
+        );
         // Outside every root: the absolute path, as without roots.
         assert_eq!(here.key(Path::new("/srv/x.jpg")), "/srv/x.jpg");
-        assert_eq!(there.path("/srv/x.jpg").unwrap(), PathBuf::from("/srv/x.jpg"));
+        assert_eq!(
+            there.path("/srv/x.jpg").unwrap(),
+            PathBuf::from("/srv/x.jpg")
+        );
         let err = there.path("inner:/a.jpg").unwrap_err();
-        assert_eq!((err.root.as_str(), err.relative.as_str()), ("inner", "a.jpg"));
+        assert_eq!(
+            (err.root.as_str(), err.relative.as_str()),
+            ("inner", "a.jpg")
+        );
         // Names that are not UTF-8 survive the trip.
         let odd = Path::new(OsStr::from_bytes(b"/mnt/photos/caf\xe9.jpg"));
         let key = here.key(odd);
@@ -224,7 +237,10 @@ mod tests {
             b"/media/nas/caf\xe9.jpg"
         );
         for bad in ["", "bytes", "a b", "x:y"] {
-            assert!(Roots::new([(bad.to_string(), PathBuf::from("/x"))]).is_err(), "{bad}");
+            assert!(
+                Roots::new([(bad.to_string(), PathBuf::from("/x"))]).is_err(),
+                "{bad}"
+            );
         }
         assert!(Roots::new([("r".to_string(), PathBuf::from("rel"))]).is_err());
     }
