@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use gaze::store::postgres::lease::WORKERS_SEEN_SECONDS;
 use gaze::store::{unix_now, Location};
 
 #[derive(Args, Debug)]
@@ -85,5 +86,23 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         "rate:          {:.2} images/s over the last minute ({} done)",
         report.images_per_second, report.done_last_minute
     );
+    if !report.workers.is_empty() {
+        println!("workers seen in the last {:.0} minutes:", WORKERS_SEEN_SECONDS / 60.0);
+        println!(
+            "  {:<20} {:<16} {:<16} {:>9} {:>7} {:>9}  state",
+            "id", "host", "model", "images/s", "leases", "last seen"
+        );
+        for w in &report.workers {
+            let model = w.model.clone().unwrap_or_else(|| "-".into());
+            let state = match &w.error {
+                Some(e) => e.clone(),
+                None => "working".into(),
+            };
+            println!(
+                "  {:<20} {:<16} {:<16} {:>9.2} {:>7} {:>8.0}s  {}",
+                w.id, w.host, model, w.images_per_second, w.leases, w.seconds_since_seen, state
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -335,8 +335,9 @@ impl Admit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::path_key::path_key;
     use crate::store::queue::{self as write, ReadImage};
-    use crate::store::BoxedStore;
+    use crate::store::Store;
     use crossbeam_channel::unbounded;
 
     struct Harness {
@@ -367,7 +368,9 @@ mod tests {
             follow_symlinks: false,
             max_attempts,
             exit_when_idle: true,
-            db: Store::open_read_only(&db).unwrap(),
+            keys: Roots::default(),
+            caption: true,
+            db: Box::new(Store::open_read_only(&db).unwrap()),
             found,
             acks,
             jobs: jobs_tx,

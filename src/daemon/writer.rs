@@ -370,6 +370,7 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::daemon::msg::{ItemResult, Job, StoredCaption};
     use crossbeam_channel::unbounded;
     use std::path::PathBuf;
@@ -382,6 +383,7 @@ mod tests {
             key: key.into(),
             size: 10,
             mtime_ns: 5,
+            lease: None,
         }
     }
 
@@ -434,11 +436,12 @@ mod tests {
         let (acks_tx, acks) = unbounded();
         let counters = Arc::new(Counters::default());
         let mut writer = Writer {
-            store,
+            store: Box::new(store),
             rx,
             acks: acks_tx,
             counters: counters.clone(),
             shutdown: Shutdown::default(),
+            leases: None,
         };
         // Queue updates alone finish no file: nothing to acknowledge.
         let pending = |key: &str| WriterMsg::Pending {
@@ -476,19 +479,9 @@ mod tests {
             acks.try_iter().collect::<Vec<_>>(),
             [Ack::Committed(vec!["/c.jpg".into(), "/d.jpg".into()])]
         );
-        let conn = writer.store.conn();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM captions", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 1);
-        let done: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM images WHERE status = 'done'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(done, 3);
+        let status = writer.store.status(0.0).unwrap();
+        assert_eq!(status.captions, 1);
+        assert_eq!(status.by_status[1], (crate::store::queue::ImageStatus::Done, 3));
         let c = &counters;
         assert_eq!(
             (

@@ -806,9 +806,8 @@ fn selection_sql(sel: &Selection) -> Option<(String, Arg, Option<usize>)> {
             None,
         ),
         Selection::Search(words) => {
-            if words.split_whitespace().next().is_none() {
-                return None;
-            }
+            // No words match nothing.
+            words.split_whitespace().next()?;
             // plainto_tsquery takes the words as plain text (no operators) and needs all.
             (
                 format!(
