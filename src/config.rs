@@ -1026,7 +1026,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 20);
+        assert_eq!(checked, 21);
         Config::default().check_settings().unwrap();
     }
 
@@ -1153,6 +1153,6 @@ mod tests {
                 e.var
             );
         }
-        assert_eq!(ENV_VARS.len(), 34);
+        assert_eq!(ENV_VARS.len(), 35);
     }
 }

@@ -464,3 +464,85 @@ fn a_promotion_reaches_every_running_worker() {
         assert!(log.contains("taking it"), "{id}:\n{log}");
     }
 }
+
+#[test]
+fn one_machine_commands_work_unchanged_on_postgres() {
+    let Some(url) = common::pg::database_or_skip("one_machine_commands_work_unchanged_on_postgres")
+    else {
+        return;
+    };
+    let (_tmp, cluster) = Cluster::new(url.clone());
+    let share = cluster.share();
+    for i in 0..6u32 {
+        fs::write(share.join(format!("img{i}.png")), png(40, 32, 30_000 + i)).unwrap();
+    }
+    fs::write(share.join("broken.png"), b"not an image").unwrap();
+    // The full daemon on one machine, as on SQLite.
+    let log = cluster.log("watch");
+    let mut cmd = gaze();
+    cmd.arg("watch")
+        .args(["--db", &url])
+        .arg("--model")
+        .arg(&cluster.model)
+        .args(["--stable-ms", "100", "--batch-size", "4", "--beam-size", "2"])
+        .arg("--exit-when-idle")
+        .arg(&share);
+    log_to(&mut cmd, &log);
+    let status = cmd.status().unwrap();
+    assert_eq!(status.code(), Some(2), "one image failed\n{}", log_tail(&log));
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM images WHERE status = 'done'"),
+        6
+    );
+
+    let run = |args: &[&str]| -> (bool, String, String) {
+        let out = gaze()
+            .args(args)
+            .args(["--db", &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["query", "--recent", "3", "--format", "json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    let first = &rows[0];
+    let path = PathBuf::from(first["path"].as_str().unwrap());
+    assert!(path.starts_with(&share), "{path:?}");
+    let (ok, out, err) = run(&["query", "--failed", "--format", "csv"]);
+    assert!(ok && out.contains("broken.png"), "{out}{err}");
+    let word = first["caption"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = run(&["query", "--search", &word, "--format", "table"]);
+    assert!(ok && !out.is_empty(), "{out}{err}");
+    let picture = cluster.root.join("attention.png");
+    let (ok, _, err) = run(&[
+        "query",
+        "--path",
+        path.to_str().unwrap(),
+        "--attention-png",
+        picture.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(image::open(&picture).is_ok(), "a PNG");
+    let (ok, out, err) = run(&["status"]);
+    assert!(ok && out.contains("done 6") && out.contains("failed 1"), "{out}{err}");
+    let (ok, out, err) = run(&["models", "list"]);
+    assert!(ok && out.contains("tiny-3"), "{out}{err}");
+    let (ok, _, err) = run(&["models", "rollback"]);
+    assert!(!ok && err.contains("nothing to roll back"), "{err}");
+    let (ok, _, err) = run(&["models", "activate", "1"]);
+    assert!(ok, "{err}");
+}
