@@ -3,6 +3,7 @@
 //! machine's description for the reports. The timing loops and the printing are the
 //! command's.
 
+pub mod store;
 pub mod train;
 
 use std::time::Instant;
@@ -29,6 +30,11 @@ pub enum BenchError {
         #[source]
         source: candle_core::Error,
     },
+    #[error(transparent)]
+    Store(Box<crate::store::StoreError>),
+    /// A run finished but the store does not hold what it should (or a lease was lost).
+    #[error("{0}")]
+    Check(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -1,10 +1,11 @@
 //! `gaze bench`: throughput measurements (speed lives in benchmarks, not in tests).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use gaze::bench;
 use gaze::model::{BeamOptions, CaptionModel};
 
@@ -16,6 +17,9 @@ pub enum BenchCommand {
     Encoder(EncoderBench),
     /// Training throughput (captions/s) on synthetic data: decoder stage or fine-tuning.
     Train(super::bench_train::TrainBench),
+    /// Queue throughput of a store without a model: claims, fenced commits of captions with
+    /// attention, per worker count (PostgreSQL) or for the one writer (SQLite).
+    Store(StoreBench),
     /// The PyTorch parity fixtures on a device (e.g. to check a CUDA build), CPU for comparison.
     Parity(super::parity::ParityArgs),
 }
@@ -57,6 +61,45 @@ pub struct CaptionBench {
     pub decoder_only: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct StoreBench {
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db). It must be
+    /// empty unless --reset is given.
+    #[arg(long, value_name = "FILE|URL")]
+    pub db: PathBuf,
+    /// Images queued per run.
+    #[arg(long, default_value_t = 5000)]
+    pub images: usize,
+    /// Worker counts, one run each, each worker on its own connection (PostgreSQL only; SQLite
+    /// runs one writer).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub workers: Vec<usize>,
+    /// Images per claim and per commit.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Attention maps per caption (14x14 each, as the tutorial's encoder).
+    #[arg(long, default_value_t = 12)]
+    pub steps: usize,
+    /// Empty the store first (every row of every table; the schema stays). Without it a store
+    /// that holds anything is refused. Between runs the store is emptied of the benchmark's
+    /// own rows.
+    #[arg(long)]
+    pub reset: bool,
+    /// Refresh PostgreSQL's statistics of the queue after queueing. Without it the run is
+    /// planned on the statistics of what the table last held, as when a large batch of new
+    /// images lands on a store whose images were all done.
+    #[arg(long)]
+    pub analyze: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
 #[derive(Args, Debug)]
 pub struct EncoderBench {
     #[command(flatten)]
@@ -74,6 +117,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Caption(b) => caption(b),
         BenchCommand::Encoder(b) => encoder(b),
         BenchCommand::Train(b) => super::bench_train::run(b),
+        BenchCommand::Store(b) => store(b),
         BenchCommand::Parity(a) => super::parity::run(a),
     }
 }
@@ -190,6 +234,67 @@ fn caption(b: CaptionBench) -> Result<ExitCode> {
             let (secs, n) = (timing.seconds, (rounds * bs) as f64);
             println!("{beam:>5} {bs:>6} {:>10.2} {:>10.4}", n / secs, secs / n);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn store(b: StoreBench) -> Result<ExitCode> {
+    let location = gaze::store::Location::from_setting(&b.db);
+    let opts = bench::store::StoreBenchOptions {
+        location: location.clone(),
+        images: b.images,
+        workers: b.workers,
+        batch: b.batch,
+        steps: b.steps,
+        reset: b.reset,
+        analyze: b.analyze,
+    };
+    let runs = bench::store::run(&opts)?;
+    if b.format == Format::Json {
+        let report = serde_json::json!({
+            "store": location.to_string(),
+            "machine": bench::machine(),
+            "runs": runs,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "store {location}: {} images, batch {}, {} attention maps of {g}x{g} per caption ({})",
+        b.images,
+        b.batch,
+        b.steps,
+        bench::machine(),
+        g = bench::store::GRID,
+    );
+    println!(
+        "{:>8} {:>7} {:>6} {:>8} {:>10} {:>11} {:>11} {:>10} {:>9}",
+        "backend",
+        "workers",
+        "batch",
+        "seconds",
+        "images/s",
+        "commit p50",
+        "commit p99",
+        "claim p50",
+        "us/image"
+    );
+    for r in &runs {
+        let claim = r
+            .claim_p50_ms
+            .map(|ms| format!("{ms:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>8} {:>7} {:>6} {:>8.2} {:>10.0} {:>8.2} ms {:>8.2} ms {claim:>10} {:>9.0}",
+            r.backend,
+            r.workers,
+            r.batch,
+            r.seconds,
+            r.images_per_second,
+            r.commit_p50_ms,
+            r.commit_p99_ms,
+            r.per_image_us
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
