@@ -102,17 +102,27 @@ macro_rules! impl_leases {
         let pg = self.pg();
         // FOR UPDATE keeps the row as it is until the caller's transaction ends, so nobody
         // can claim it between this check and the commit.
-        let r = pg.query_opt(
+        // Found by its unique path alone and judged here, so the plan is always the index on
+        // path whatever the statistics say of the other columns.
+        let Some(r) = pg.query_opt(
             &format!(
-                "SELECT 1 FROM images
-                 WHERE path = $1 AND lease_owner = $2 AND lease_token = $3
-                   AND status = 'pending' AND lease_until >= {SERVER_NOW}
-                 FOR UPDATE"
+                "SELECT lease_owner, lease_token, status, lease_until >= {SERVER_NOW}
+                 FROM images WHERE path = $1 FOR UPDATE"
             ),
-            &[&path, &worker, &token],
+            &[&path],
             "checking a lease",
-        )?;
-        Ok(r.is_some())
+        )?
+        else {
+            return Ok(false);
+        };
+        let owner: Option<String> = pg.get(&r, 0)?;
+        let held_token: i64 = pg.get(&r, 1)?;
+        let status: String = pg.get(&r, 2)?;
+        let live: Option<bool> = pg.get(&r, 3)?;
+        Ok(owner.as_deref() == Some(worker)
+            && held_token == token
+            && status == "pending"
+            && live == Some(true))
     }
 
     fn fail_leased(

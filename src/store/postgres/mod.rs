@@ -16,11 +16,12 @@ pub mod lease;
 mod ops;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use include_dir::{include_dir, Dir};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, NoTls, Row, Statement};
 
 use super::api::{CaptionStore, Leases, StoreTx};
 use super::{Result, StoreError};
@@ -77,6 +78,9 @@ pub fn redact(url: &str) -> String {
 /// An open PostgreSQL store.
 pub struct PgStore {
     client: RefCell<Client>,
+    /// Every statement this connection has prepared, by its text: a statement is parsed and
+    /// planned once, and each later call is one round trip.
+    prepared: RefCell<HashMap<String, Statement>>,
     location: String,
     /// A [`PgTx`] is open on the connection.
     in_tx: Cell<bool>,
@@ -111,6 +115,7 @@ impl PgStore {
         })?;
         Ok(PgStore {
             client: RefCell::new(client),
+            prepared: RefCell::new(HashMap::new()),
             location,
             in_tx: Cell::new(false),
         })
@@ -147,15 +152,30 @@ impl PgStore {
             .map_err(self.err(action))
     }
 
+    /// `sql` prepared on this connection (once).
+    fn statement(&self, sql: &str, action: &str) -> Result<Statement> {
+        if let Some(s) = self.prepared.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .client
+            .borrow_mut()
+            .prepare(sql)
+            .map_err(self.err(action))?;
+        self.prepared.borrow_mut().insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
     pub(crate) fn execute(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         action: &str,
     ) -> Result<u64> {
+        let s = self.statement(sql, action)?;
         self.client
             .borrow_mut()
-            .execute(sql, params)
+            .execute(&s, params)
             .map_err(self.err(action))
     }
 
@@ -165,9 +185,10 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
         action: &str,
     ) -> Result<Vec<Row>> {
+        let s = self.statement(sql, action)?;
         self.client
             .borrow_mut()
-            .query(sql, params)
+            .query(&s, params)
             .map_err(self.err(action))
     }
 
@@ -177,9 +198,10 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
         action: &str,
     ) -> Result<Option<Row>> {
+        let s = self.statement(sql, action)?;
         self.client
             .borrow_mut()
-            .query_opt(sql, params)
+            .query_opt(&s, params)
             .map_err(self.err(action))
     }
 
@@ -189,9 +211,10 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
         action: &str,
     ) -> Result<Row> {
+        let s = self.statement(sql, action)?;
         self.client
             .borrow_mut()
-            .query_one(sql, params)
+            .query_one(&s, params)
             .map_err(self.err(action))
     }
 
