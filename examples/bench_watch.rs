@@ -137,7 +137,11 @@ fn main() -> Result<()> {
         config.model.beam_size = args.beam_size;
         config.model.max_steps = args.max_steps;
         let location = gaze::store::Location::Sqlite(db.clone());
-        let daemon = Daemon::start(&location, Some(model.clone()), DaemonOptions::from_config(&config)?)?;
+        let daemon = Daemon::start(
+            &location,
+            Some(model.clone()),
+            DaemonOptions::from_config(&config)?,
+        )?;
         std::thread::sleep(Duration::from_millis(300)); // the start-up scan of an empty folder
         let started = Instant::now();
         for (i, bytes) in pictures.iter().enumerate() {

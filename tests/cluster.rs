@@ -484,12 +484,24 @@ fn one_machine_commands_work_unchanged_on_postgres() {
         .args(["--db", &url])
         .arg("--model")
         .arg(&cluster.model)
-        .args(["--stable-ms", "100", "--batch-size", "4", "--beam-size", "2"])
+        .args([
+            "--stable-ms",
+            "100",
+            "--batch-size",
+            "4",
+            "--beam-size",
+            "2",
+        ])
         .arg("--exit-when-idle")
         .arg(&share);
     log_to(&mut cmd, &log);
     let status = cmd.status().unwrap();
-    assert_eq!(status.code(), Some(2), "one image failed\n{}", log_tail(&log));
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "one image failed\n{}",
+        log_tail(&log)
+    );
     assert_eq!(
         cluster.count("SELECT count(*) FROM images WHERE status = 'done'"),
         6
@@ -538,7 +550,10 @@ fn one_machine_commands_work_unchanged_on_postgres() {
     assert!(ok, "{err}");
     assert!(image::open(&picture).is_ok(), "a PNG");
     let (ok, out, err) = run(&["status"]);
-    assert!(ok && out.contains("done 6") && out.contains("failed 1"), "{out}{err}");
+    assert!(
+        ok && out.contains("done 6") && out.contains("failed 1"),
+        "{out}{err}"
+    );
     let (ok, out, err) = run(&["models", "list"]);
     assert!(ok && out.contains("tiny-3"), "{out}{err}");
     let (ok, _, err) = run(&["models", "rollback"]);

@@ -87,7 +87,10 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         report.images_per_second, report.done_last_minute
     );
     if !report.workers.is_empty() {
-        println!("workers seen in the last {:.0} minutes:", WORKERS_SEEN_SECONDS / 60.0);
+        println!(
+            "workers seen in the last {:.0} minutes:",
+            WORKERS_SEEN_SECONDS / 60.0
+        );
         println!(
             "  {:<20} {:<16} {:<16} {:>9} {:>7} {:>9}  state",
             "id", "host", "model", "images/s", "leases", "last seen"

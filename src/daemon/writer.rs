@@ -370,8 +370,8 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
     use crate::daemon::msg::{ItemResult, Job, StoredCaption};
+    use crate::store::Store;
     use crossbeam_channel::unbounded;
     use std::path::PathBuf;
     use std::sync::atomic::Ordering::Relaxed;
@@ -481,7 +481,10 @@ mod tests {
         );
         let status = writer.store.status(0.0).unwrap();
         assert_eq!(status.captions, 1);
-        assert_eq!(status.by_status[1], (crate::store::queue::ImageStatus::Done, 3));
+        assert_eq!(
+            status.by_status[1],
+            (crate::store::queue::ImageStatus::Done, 3)
+        );
         let c = &counters;
         assert_eq!(
             (

@@ -162,7 +162,9 @@ impl PgStore {
             .borrow_mut()
             .prepare(sql)
             .map_err(self.err(action))?;
-        self.prepared.borrow_mut().insert(sql.to_string(), s.clone());
+        self.prepared
+            .borrow_mut()
+            .insert(sql.to_string(), s.clone());
         Ok(s)
     }
 
