@@ -15,17 +15,12 @@ use gaze::config::{Config, Flags};
 use gaze::daemon::{Daemon, DaemonOptions};
 use gaze::model::{CaptionModel, LoadOptions};
 
+/// The captioning flags `gaze watch` and `gaze worker` share.
 #[derive(Args, Debug)]
-pub struct WatchArgs {
+pub struct CaptionFlags {
     /// A config file (TOML; see config.toml). GAZE_CONFIG names one too.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db) [database.path].
-    #[arg(long, value_name = "FILE")]
-    pub db: Option<PathBuf>,
-    /// The model file [model.path].
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
     /// The tutorial's WORDMAP_*.json, for plain state dicts [model.word_map].
     #[arg(long, value_name = "FILE")]
     pub word_map: Option<PathBuf>,
@@ -35,21 +30,49 @@ pub struct WatchArgs {
     /// Beams per image [model.beam_size].
     #[arg(long)]
     pub beam_size: Option<usize>,
+    /// Images per batch [pipeline.batch_size].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Decode threads [pipeline.decode_threads].
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+}
+
+impl CaptionFlags {
+    /// Adds these flags to the command-line layer.
+    pub fn add_to(&self, flags: Flags) -> Flags {
+        flags
+            .path("--word-map", "model.word_map", self.word_map.as_deref())
+            .value("--device", "model.device", self.device.as_deref())
+            .value("--beam-size", "model.beam_size", self.beam_size)
+            .value("--batch-size", "pipeline.batch_size", self.batch_size)
+            .value(
+                "--decode-threads",
+                "pipeline.decode_threads",
+                self.decode_threads,
+            )
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CaptionFlags,
+    /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db) [database.path].
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// The model file [model.path].
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// Poll the folders instead of using kernel notifications (network filesystems) [watch.poll].
     #[arg(long)]
     pub poll: bool,
     /// Milliseconds a file must stay unchanged before it is taken [watch.stable_ms].
     #[arg(long, value_name = "MS")]
     pub stable_ms: Option<u64>,
-    /// Images per batch [pipeline.batch_size].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
     /// Longest wait for a batch to fill, in milliseconds [pipeline.max_wait_ms].
     #[arg(long, value_name = "MS")]
     pub max_wait_ms: Option<u64>,
-    /// Decode threads [pipeline.decode_threads].
-    #[arg(long)]
-    pub decode_threads: Option<usize>,
     /// Retrain on the [retrain] schedule while watching [retrain.enabled].
     #[arg(long)]
     pub retrain: bool,
@@ -72,22 +95,14 @@ pub struct WatchArgs {
 impl WatchArgs {
     /// The command-line layer: each flag given replaces its key and becomes its source.
     fn flags(&self, log_level: Option<&str>) -> Flags {
-        Flags::new()
+        self.common
+            .add_to(Flags::new())
             .folders(&self.dirs)
             .path("--db", "database.path", self.db.as_deref())
             .path("--model", "model.path", self.model.as_deref())
-            .path("--word-map", "model.word_map", self.word_map.as_deref())
-            .value("--device", "model.device", self.device.as_deref())
-            .value("--beam-size", "model.beam_size", self.beam_size)
             .switch("--poll", "watch.poll", self.poll)
             .value("--stable-ms", "watch.stable_ms", self.stable_ms)
-            .value("--batch-size", "pipeline.batch_size", self.batch_size)
             .value("--max-wait-ms", "pipeline.max_wait_ms", self.max_wait_ms)
-            .value(
-                "--decode-threads",
-                "pipeline.decode_threads",
-                self.decode_threads,
-            )
             .switch("--retrain", "retrain.enabled", self.retrain)
             .value(
                 "--retrain-schedule",
@@ -100,7 +115,11 @@ impl WatchArgs {
 
 pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
-    let cfg = Config::layered(args.config.as_deref(), env, &args.flags(log_level_flag))?;
+    let cfg = Config::layered(
+        args.common.config.as_deref(),
+        env,
+        &args.flags(log_level_flag),
+    )?;
     // Before anything is allocated or logged: every range, and a log level that logs.
     cfg.check_settings()?;
     let filter = cfg.log_filter()?;

@@ -20,9 +20,8 @@ use gaze::store::Location;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// A config file (TOML; see config.toml). GAZE_CONFIG names one too.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: super::watch::CaptionFlags,
     /// The shared store: a PostgreSQL URL (postgres://user@host/db) [database.path].
     #[arg(long, value_name = "URL")]
     pub db: Option<PathBuf>,
@@ -31,21 +30,6 @@ pub struct WorkerArgs {
     /// and checked against its recorded hash) [model.path].
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
-    /// The tutorial's WORDMAP_*.json, for plain state dicts [model.word_map].
-    #[arg(long, value_name = "FILE")]
-    pub word_map: Option<PathBuf>,
-    /// cpu, cuda or cuda:N [model.device].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Beams per image [model.beam_size].
-    #[arg(long)]
-    pub beam_size: Option<usize>,
-    /// Images claimed and captioned together [pipeline.batch_size].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Decode threads [pipeline.decode_threads].
-    #[arg(long)]
-    pub decode_threads: Option<usize>,
     /// Seconds a claim lasts without being extended [worker.lease_seconds].
     #[arg(long, value_name = "SECONDS")]
     pub lease_seconds: Option<u64>,
@@ -59,18 +43,10 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     fn flags(&self, log_level: Option<&str>) -> Flags {
-        Flags::new()
+        self.common
+            .add_to(Flags::new())
             .path("--db", "database.path", self.db.as_deref())
             .path("--model", "model.path", self.model.as_deref())
-            .path("--word-map", "model.word_map", self.word_map.as_deref())
-            .value("--device", "model.device", self.device.as_deref())
-            .value("--beam-size", "model.beam_size", self.beam_size)
-            .value("--batch-size", "pipeline.batch_size", self.batch_size)
-            .value(
-                "--decode-threads",
-                "pipeline.decode_threads",
-                self.decode_threads,
-            )
             .value(
                 "--lease-seconds",
                 "worker.lease_seconds",
@@ -82,7 +58,11 @@ impl WorkerArgs {
 
 pub fn run(args: WorkerArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok();
-    let cfg = Config::layered(args.config.as_deref(), env, &args.flags(log_level_flag))?;
+    let cfg = Config::layered(
+        args.common.config.as_deref(),
+        env,
+        &args.flags(log_level_flag),
+    )?;
     cfg.check_settings()?;
     let filter = cfg.log_filter()?;
     let _ = tracing_subscriber::fmt()
