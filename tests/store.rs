@@ -655,3 +655,32 @@ fn a_bad_server_is_a_clear_error() {
     assert!(err.contains("connecting"), "{err}");
     assert!(!err.contains("secret"), "{err}");
 }
+
+#[test]
+fn a_lost_connection_is_made_again() {
+    let Some((url, mut s)) = pg("a_lost_connection_is_made_again") else {
+        return;
+    };
+    leases(&mut s).limit_idle_transactions(30).unwrap();
+    s.mark_pending("/p/x.jpg", 1, 1, 1.0).unwrap();
+    // The server ends the session (as after a restart, or an idle transaction cut off).
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid != pg_backend_pid()",
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The call that meets the dead connection may fail; the next one connects again.
+    let first = s.image_state("/p/x.jpg");
+    let state = match first {
+        Ok(state) => state,
+        Err(_) => s.image_state("/p/x.jpg").unwrap(),
+    };
+    assert_eq!(state.unwrap().status, ImageStatus::Pending);
+    // Transactions work on the new connection.
+    let tx = s.begin().unwrap();
+    assert!(tx.image_state("/p/x.jpg").unwrap().is_some());
+    tx.commit().unwrap();
+}

@@ -89,9 +89,13 @@ impl Worker {
             return Err(DaemonError::NeedsServer { db: db.to_string() });
         };
         let mut store = crate::store::open(db)?;
-        if store.leases().is_none() {
+        let Some(leases) = store.leases() else {
             return Err(DaemonError::NeedsServer { db: db.to_string() });
-        }
+        };
+        // The writer's transactions take milliseconds; one idle for longer than two leases
+        // belongs to a worker that was paused or cut off, and its locks must not outlive it.
+        let idle_limit = (opts.lease_seconds * 2.0).ceil().max(10.0) as u64;
+        leases.limit_idle_transactions(idle_limit)?;
         let shutdown = Shutdown::default();
         let counters = Arc::new(Counters::default());
         let active = match model {

@@ -245,4 +245,8 @@ pub trait Leases {
     /// It is held until [`Leases::unlock_retraining`] or the connection closes.
     fn try_lock_retraining(&mut self) -> Result<bool>;
     fn unlock_retraining(&mut self) -> Result<()>;
+    /// Has the server end this connection's transactions that sit idle longer than `seconds`
+    /// (a worker cut off mid-commit would otherwise keep its rows locked, and out of every
+    /// other worker's claims, until the server noticed the connection was dead).
+    fn limit_idle_transactions(&mut self, seconds: u64) -> Result<()>;
 }

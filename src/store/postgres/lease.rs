@@ -204,6 +204,14 @@ macro_rules! impl_leases {
         pg.get(&r, 0)
     }
 
+    fn limit_idle_transactions(&mut self, seconds: u64) -> Result<()> {
+        // SET takes no parameters; the value is a number formatted here.
+        self.pg().set_session(
+            &format!("SET idle_in_transaction_session_timeout = '{}s'", seconds.max(1)),
+            "limiting idle transactions",
+        )
+    }
+
     fn unlock_retraining(&mut self) -> Result<()> {
         self.pg().execute(
             "SELECT pg_advisory_unlock($1)",

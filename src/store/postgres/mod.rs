@@ -81,6 +81,10 @@ pub struct PgStore {
     /// Every statement this connection has prepared, by its text: a statement is parsed and
     /// planned once, and each later call is one round trip.
     prepared: RefCell<HashMap<String, Statement>>,
+    /// The URL as given (with its password), to connect again after the connection was lost.
+    url: String,
+    /// Session settings (`SET ...`) made on this connection, made again on a new one.
+    session: RefCell<Vec<String>>,
     location: String,
     /// A [`PgTx`] is open on the connection.
     in_tx: Cell<bool>,
@@ -99,7 +103,7 @@ impl PgStore {
         let store = PgStore::connect(url)?;
         let found = store.found_version()?;
         store.check_version(found, true)?;
-        store.batch(
+        store.set_session(
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
             "going read-only",
         )?;
@@ -116,9 +120,38 @@ impl PgStore {
         Ok(PgStore {
             client: RefCell::new(client),
             prepared: RefCell::new(HashMap::new()),
+            url: url.to_string(),
+            session: RefCell::new(Vec::new()),
             location,
             in_tx: Cell::new(false),
         })
+    }
+
+    /// Makes a session setting, now and on every later connection.
+    pub(crate) fn set_session(&self, sql: &str, action: &str) -> Result<()> {
+        self.batch(sql, action)?;
+        self.session.borrow_mut().push(sql.to_string());
+        Ok(())
+    }
+
+    /// Connects again when the connection was lost (a server restart, a network cut, a
+    /// session the server ended), outside a transaction: what a transaction did is gone with
+    /// its connection, so it fails and the caller's retry starts afresh.
+    fn reconnect_if_lost(&self) -> Result<()> {
+        if self.in_tx.get() || !self.client.borrow().is_closed() {
+            return Ok(());
+        }
+        tracing::warn!(db = %self.location, "connection lost; connecting again");
+        let client = Client::connect(&self.url, NoTls).map_err(self.err("connecting again"))?;
+        *self.client.borrow_mut() = client;
+        self.prepared.borrow_mut().clear();
+        for sql in self.session.borrow().iter() {
+            self.client
+                .borrow_mut()
+                .batch_execute(sql)
+                .map_err(self.err("restoring session settings"))?;
+        }
+        Ok(())
     }
 
     /// The server and database, without the password.
@@ -146,6 +179,7 @@ impl PgStore {
     }
 
     pub(crate) fn batch(&self, sql: &str, action: &str) -> Result<()> {
+        self.reconnect_if_lost()?;
         self.client
             .borrow_mut()
             .batch_execute(sql)
@@ -154,6 +188,7 @@ impl PgStore {
 
     /// `sql` prepared on this connection (once).
     fn statement(&self, sql: &str, action: &str) -> Result<Statement> {
+        self.reconnect_if_lost()?;
         if let Some(s) = self.prepared.borrow().get(sql) {
             return Ok(s.clone());
         }
