@@ -561,3 +561,72 @@ fn one_machine_commands_work_unchanged_on_postgres() {
     let (ok, _, err) = run(&["models", "activate", "1"]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn retraining_by_hand_promotes_on_postgres_under_the_lock() {
+    let Some(url) =
+        common::pg::database_or_skip("retraining_by_hand_promotes_on_postgres_under_the_lock")
+    else {
+        return;
+    };
+    let (_tmp, cluster) = Cluster::new(url.clone());
+    let data = common::model::retrain_data(&cluster.root, 7);
+    let share = cluster.share();
+    for i in 0..3u32 {
+        fs::write(share.join(format!("img{i}.png")), png(40, 32, 40_000 + i)).unwrap();
+    }
+    let log = cluster.log("watch");
+    let mut cmd = gaze();
+    cmd.arg("watch")
+        .args(["--db", &url])
+        .arg("--model")
+        .arg(&data.m0)
+        .args(["--stable-ms", "100", "--exit-when-idle"])
+        .arg(&share);
+    log_to(&mut cmd, &log);
+    assert!(cmd.status().unwrap().success(), "{}", log_tail(&log));
+    let m0 = cluster.active_model();
+    let config = common::model::retrain_config(
+        &cluster.root,
+        "permissive.toml",
+        -1000.0,
+        &data.prepared,
+        &data.base,
+    );
+    let retrain = || {
+        gaze()
+            .args(["retrain", "--now", "--db", &url])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    // Another process holding the retraining lock keeps this one out.
+    let mut other = gaze::store::open(&gaze::store::Location::Postgres(url.clone())).unwrap();
+    assert!(other.leases().unwrap().try_lock_retraining().unwrap());
+    let out = retrain();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another process is retraining"), "{err}");
+    other.leases().unwrap().unlock_retraining().unwrap();
+    // Alone, it trains, judges and promotes (any candidate wins), queuing every image again.
+    let out = retrain();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m1 = cluster.active_model();
+    assert_ne!(m1, m0, "promoted");
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM images WHERE status = 'pending'"),
+        3
+    );
+    assert_eq!(
+        cluster.count("SELECT count(*) FROM retrain_runs WHERE status = 'promoted'"),
+        1
+    );
+}

@@ -10,11 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::model::{png, tiny_model};
+use common::model::{png, retrain_config, retrain_data, tiny_model, RetrainData};
 
-use candle_core::Device;
-use gaze::data::WordMap;
-use gaze::model::config::{BlockKind, EncoderConfig, ModelConfig};
 use rusqlite::{Connection, OpenFlags};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gaze");
@@ -790,36 +787,6 @@ fn migrations_upgrade_a_version_1_database_and_refuse_a_newer_one() {
     assert_eq!(code, Some(0), "the flag wins over GAZE_BATCH_SIZE=0: {err}");
 }
 
-/// A tiny random model (as `tiny_model`) with the word map of prepared files.
-fn tiny_model_for(dir: &Path, word_map: &WordMap, name: &str) -> PathBuf {
-    let cfg = ModelConfig {
-        encoder: EncoderConfig::Resnet {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            width: 8,
-        },
-        encoded_image_size: 4,
-        attention_dim: 16,
-        embed_dim: 16,
-        decoder_dim: 24,
-        vocab_size: word_map.len(),
-        dropout: 0.5,
-    };
-    let tensors = gaze::model::init::random_tensors(&cfg, 11, &Device::Cpu).unwrap();
-    let mut named: Vec<_> = tensors.into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let path = dir.join(format!("{name}.safetensors"));
-    gaze::model::file::write_model_file(
-        &path,
-        &named,
-        &cfg,
-        word_map,
-        &serde_json::json!({ "name": name }),
-    )
-    .unwrap();
-    path
-}
-
 /// (caption count, model ids) per content hash of the images under `folder`.
 fn captions_by_content(db: &Path) -> HashMap<String, Vec<i64>> {
     let conn = reader(db).unwrap();
@@ -835,71 +802,6 @@ fn captions_by_content(db: &Path) -> HashMap<String, Vec<i64>> {
         out.entry(hash).or_default().push(model);
     }
     out
-}
-
-/// What the retraining tests start from.
-struct RetrainData {
-    synth: gaze::data::synth::SynthSummary,
-    prepared: PathBuf,
-    base: String,
-    /// A random model with the prepared files' words.
-    m0: PathBuf,
-}
-
-/// Tiny captioned data under `root`, prepared as the tutorial does, a random model with its
-/// words, and `root/train.toml` with fast training settings.
-fn retrain_data(root: &Path, seed: u64) -> RetrainData {
-    use gaze::data::prepare::{prepare, NoProgress, PrepareConfig};
-    use gaze::data::synth::{generate, SynthOptions};
-    let synth = generate(&SynthOptions {
-        out_dir: root.join("synth"),
-        train: 24,
-        val: 6,
-        test: 6,
-        size: 64,
-        seed,
-        jpeg_quality: 90,
-    })
-    .unwrap();
-    let prepared = root.join("prepared");
-    let mut pc = PrepareConfig::new("synth", &synth.json_path, &synth.image_dir, &prepared);
-    pc.captions_per_image = 3;
-    pc.min_word_freq = 1;
-    pc.threads = 2;
-    prepare(&pc, &NoProgress).unwrap();
-    let base = pc.base_name();
-    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
-    let m0 = tiny_model_for(root, &word_map, "m0");
-    fs::write(
-        root.join("train.toml"),
-        "batch_size = 16\nworkers = 1\nval_images = 6\nval_beam_size = 1\n\
-         feature_cache = \"memory\"\ndecoder_lr = 0.004\n",
-    )
-    .unwrap();
-    RetrainData {
-        synth,
-        prepared,
-        base,
-        m0,
-    }
-}
-
-fn retrain_config(root: &Path, name: &str, margin: f64, prepared: &Path, base: &str) -> PathBuf {
-    let path = root.join(name);
-    fs::write(
-        &path,
-        format!(
-            "[retrain]\nenabled = true\nschedule = \"3s\"\nwork_dir = \"{}\"\nprepared = \"{}\"\n\
-             data_name = \"{base}\"\ntrain_config = \"{}\"\nepochs = 1\nmax_minutes = 0\n\
-             metric = \"cider_d\"\nmargin = {margin:.1}\nholdout_images = 6\nbeam_size = 1\n\
-             threads = 1\nrecaption = \"all\"\n",
-            root.join("runs").display(),
-            prepared.display(),
-            root.join("train.toml").display()
-        ),
-    )
-    .unwrap();
-    path
 }
 
 #[test]
