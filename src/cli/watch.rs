@@ -39,6 +39,22 @@ pub struct CaptionFlags {
 }
 
 impl CaptionFlags {
+    /// The layered settings (defaults < config file < environment < `flags`), checked, with
+    /// logging set up from them before anything is allocated or logged.
+    pub fn settings(&self, flags: &Flags) -> Result<Config> {
+        let env = |k: &str| std::env::var(k).ok();
+        let cfg = Config::layered(self.config.as_deref(), env, flags)?;
+        // Every range, and a log level that logs.
+        cfg.check_settings()?;
+        let filter = cfg.log_filter()?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init();
+        Ok(cfg)
+    }
+
     /// Adds these flags to the command-line layer.
     pub fn add_to(&self, flags: Flags) -> Flags {
         flags
@@ -114,20 +130,7 @@ impl WatchArgs {
 }
 
 pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = Config::layered(
-        args.common.config.as_deref(),
-        env,
-        &args.flags(log_level_flag),
-    )?;
-    // Before anything is allocated or logged: every range, and a log level that logs.
-    cfg.check_settings()?;
-    let filter = cfg.log_filter()?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let cfg = args.common.settings(&args.flags(log_level_flag))?;
     let location = gaze::store::Location::from_setting(&cfg.database.path);
     let model = if args.no_caption {
         cfg.validate_scan()?;

@@ -6,14 +6,13 @@
 //! SIGINT/SIGTERM stop claiming, let the batches in flight commit, give back what is left and
 //! exit 0; a second signal exits at once (leases then run out and other workers take over).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use gaze::config::{Config, Flags};
+use gaze::config::Flags;
 use gaze::daemon::worker::{default_worker_id, Worker, WorkerOptions};
 use gaze::daemon::DaemonOptions;
 use gaze::store::Location;
@@ -57,19 +56,7 @@ impl WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = Config::layered(
-        args.common.config.as_deref(),
-        env,
-        &args.flags(log_level_flag),
-    )?;
-    cfg.check_settings()?;
-    let filter = cfg.log_filter()?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let cfg = args.common.settings(&args.flags(log_level_flag))?;
     let location = Location::from_setting(&cfg.database.path);
     if location.sqlite_path().is_some() {
         anyhow::bail!(

@@ -74,6 +74,17 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The key prefixes of everything under the folder keyed `key`: its children's keys as they
+/// are, and as they are when their names are not UTF-8 (escaped, see the module docs).
+pub fn folder_prefixes(key: &str) -> (String, String) {
+    let prefix = format!("{}/", key.trim_end_matches('/'));
+    let escaped = match key.strip_prefix(BYTES_PREFIX) {
+        Some(_) => prefix.clone(),
+        None => format!("{BYTES_PREFIX}{}", escape(prefix.as_bytes())),
+    };
+    (prefix, escaped)
+}
+
 /// Named roots: a shared folder recorded by name and relative path, so machines that mount it
 /// at different places agree on every image's key.
 ///

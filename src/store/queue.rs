@@ -127,16 +127,7 @@ pub fn mark_failed(
 /// Marks `path`, and every image under it if it was a folder, gone. Returns how many rows
 /// changed.
 pub fn mark_gone(conn: &Connection, path: &str, now: f64) -> rusqlite::Result<usize> {
-    let prefix = format!("{}/", path.trim_end_matches('/'));
-    // Files under the folder whose names are not UTF-8 are stored escaped (store::path_key).
-    let escaped_prefix = match path.strip_prefix(super::path_key::BYTES_PREFIX) {
-        Some(_) => prefix.clone(),
-        None => format!(
-            "{}{}",
-            super::path_key::BYTES_PREFIX,
-            super::path_key::escape(prefix.as_bytes())
-        ),
-    };
+    let (prefix, escaped_prefix) = super::path_key::folder_prefixes(path);
     conn.prepare_cached(
         "DELETE FROM skipped_files
          WHERE path = ?1 OR substr(path, 1, length(?2)) = ?2 OR substr(path, 1, length(?3)) = ?3",

@@ -186,16 +186,7 @@ macro_rules! impl_queue {
     }
     fn mark_gone(&mut self, path: &str, now: f64) -> Result<usize> {
         let pg = self.pg();
-        let prefix = format!("{}/", path.trim_end_matches('/'));
-        // Files under the folder whose names are not UTF-8 are stored escaped (store::path_key).
-        let escaped_prefix = match path.strip_prefix(crate::store::path_key::BYTES_PREFIX) {
-            Some(_) => prefix.clone(),
-            None => format!(
-                "{}{}",
-                crate::store::path_key::BYTES_PREFIX,
-                crate::store::path_key::escape(prefix.as_bytes())
-            ),
-        };
+        let (prefix, escaped_prefix) = crate::store::path_key::folder_prefixes(path);
         pg.atomic(|| {
             pg.execute(
                 "DELETE FROM skipped_files
