@@ -9,6 +9,7 @@ pub mod encoder;
 pub mod error;
 pub mod file;
 pub mod init;
+pub mod sample;
 pub mod weights;
 
 use std::collections::HashMap;
