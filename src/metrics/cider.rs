@@ -144,73 +144,102 @@ pub(crate) fn cider_d_ids(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>])
     }
 }
 
-fn cider_d_keyed<K: GramKey>(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>]) -> Cider {
-    // Counting n-grams is per sentence, so it runs in parallel; ids are then given in corpus
-    // order, as the sums below need a fixed order.
-    let ref_grams: Vec<Vec<[DistinctGrams<K>; ORDERS]>> = references
-        .par_iter()
-        .map(|refs| refs.iter().map(|r| sentence_grams(r)).collect())
-        .collect();
-    // df(g): images whose references contain g; `last_image` makes an n-gram shared by
-    // several references of one image count once.
-    let mut table: FastMap<K, u32> = FastMap::default();
-    let mut df: Vec<u32> = Vec::new();
-    let mut last_image: Vec<usize> = Vec::new();
-    let mut ref_ids: Vec<Vec<IdCounts>> = Vec::with_capacity(references.len());
-    for (image, refs) in ref_grams.iter().enumerate() {
-        let mut image_ids = Vec::with_capacity(refs.len());
-        for grams in refs {
-            let mut ids: IdCounts = Default::default();
-            for (n, order) in grams.iter().enumerate() {
-                ids[n].reserve(order.len());
-                for (&key, &tf) in order.keys.iter().zip(&order.counts) {
-                    let next = table.len() as u32;
-                    let id = *table.entry(key).or_insert(next);
-                    if id == next {
-                        df.push(0);
-                        last_image.push(usize::MAX);
+/// Document frequencies of a reference corpus: every n-gram of its references gets an id (in
+/// corpus order), and `log_df[id] = ln(max(1, df))`.
+struct DfTable<K> {
+    table: FastMap<K, u32>,
+    log_df: Vec<f64>,
+    log_n: f64,
+}
+
+impl<K: GramKey> DfTable<K> {
+    /// The table of `references` and each reference's n-grams as ids.
+    fn build(references: &[Vec<Vec<u32>>]) -> (Self, Vec<Vec<IdCounts>>) {
+        // Counting n-grams is per sentence, so it runs in parallel; ids are then given in
+        // corpus order, as the sums below need a fixed order.
+        let ref_grams: Vec<Vec<[DistinctGrams<K>; ORDERS]>> = references
+            .par_iter()
+            .map(|refs| refs.iter().map(|r| sentence_grams(r)).collect())
+            .collect();
+        // df(g): images whose references contain g; `last_image` makes an n-gram shared by
+        // several references of one image count once.
+        let mut table: FastMap<K, u32> = FastMap::default();
+        let mut df: Vec<u32> = Vec::new();
+        let mut last_image: Vec<usize> = Vec::new();
+        let mut ref_ids: Vec<Vec<IdCounts>> = Vec::with_capacity(references.len());
+        for (image, refs) in ref_grams.iter().enumerate() {
+            let mut image_ids = Vec::with_capacity(refs.len());
+            for grams in refs {
+                let mut ids: IdCounts = Default::default();
+                for (n, order) in grams.iter().enumerate() {
+                    ids[n].reserve(order.len());
+                    for (&key, &tf) in order.keys.iter().zip(&order.counts) {
+                        let next = table.len() as u32;
+                        let id = *table.entry(key).or_insert(next);
+                        if id == next {
+                            df.push(0);
+                            last_image.push(usize::MAX);
+                        }
+                        let i = id as usize;
+                        if last_image[i] != image {
+                            df[i] += 1;
+                            last_image[i] = image;
+                        }
+                        ids[n].push((id, tf));
                     }
-                    let i = id as usize;
-                    if last_image[i] != image {
-                        df[i] += 1;
-                        last_image[i] = image;
-                    }
-                    ids[n].push((id, tf));
                 }
+                image_ids.push(ids);
             }
-            image_ids.push(ids);
+            ref_ids.push(image_ids);
         }
-        ref_ids.push(image_ids);
+        let log_df: Vec<f64> = df.iter().map(|&d| (d as f64).max(1.0).ln()).collect();
+        let log_n = (references.len() as f64).ln();
+        (
+            DfTable {
+                table,
+                log_df,
+                log_n,
+            },
+            ref_ids,
+        )
     }
-    drop(ref_grams);
-    let log_df: Vec<f64> = df.iter().map(|&d| (d as f64).max(1.0).ln()).collect();
-    let log_n = (references.len() as f64).ln();
+
+    /// A sentence's n-grams as ids of this table (`ABSENT` for n-grams it lacks).
+    fn ids(&self, tokens: &[u32]) -> IdCounts {
+        let grams = sentence_grams::<K>(tokens);
+        std::array::from_fn(|n| {
+            grams[n]
+                .keys
+                .iter()
+                .zip(&grams[n].counts)
+                .map(|(key, &tf)| (self.table.get(key).copied().unwrap_or(ABSENT), tf))
+                .collect()
+        })
+    }
+
+    /// One image's CIDEr-D: the hypothesis against each reference, averaged, times 10.
+    fn score(&self, hyp: &[u32], refs: &[IdCounts]) -> f64 {
+        let hyp_vec = vector(&self.ids(hyp), &self.log_df, self.log_n);
+        let mut score = [0.0; ORDERS];
+        for ids in refs {
+            let sim = similarity(&hyp_vec, &vector(ids, &self.log_df, self.log_n));
+            for n in 0..ORDERS {
+                score[n] += sim[n];
+            }
+        }
+        // np.mean over the 4 orders (a plain running sum below 8 elements).
+        let mut avg = numpy_mean(&score);
+        avg /= refs.len() as f64;
+        avg * 10.0
+    }
+}
+
+fn cider_d_keyed<K: GramKey>(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32>]) -> Cider {
+    let (table, ref_ids) = DfTable::<K>::build(references);
     let per_image: Vec<f64> = hypotheses
         .par_iter()
         .zip(&ref_ids)
-        .map(|(hyp, refs)| {
-            let grams = sentence_grams::<K>(hyp);
-            let hyp_ids: IdCounts = std::array::from_fn(|n| {
-                grams[n]
-                    .keys
-                    .iter()
-                    .zip(&grams[n].counts)
-                    .map(|(key, &tf)| (table.get(key).copied().unwrap_or(ABSENT), tf))
-                    .collect()
-            });
-            let hyp_vec = vector(&hyp_ids, &log_df, log_n);
-            let mut score = [0.0; ORDERS];
-            for ids in refs {
-                let sim = similarity(&hyp_vec, &vector(ids, &log_df, log_n));
-                for n in 0..ORDERS {
-                    score[n] += sim[n];
-                }
-            }
-            // np.mean over the 4 orders (a plain running sum below 8 elements).
-            let mut avg = numpy_mean(&score);
-            avg /= refs.len() as f64;
-            avg * 10.0
-        })
+        .map(|(hyp, refs)| table.score(hyp, refs))
         .collect();
     let corpus = if per_image.is_empty() {
         0.0
@@ -218,6 +247,57 @@ fn cider_d_keyed<K: GramKey>(references: &[Vec<Vec<u32>>], hypotheses: &[Vec<u32
         numpy_mean(&per_image)
     };
     Cider { corpus, per_image }
+}
+
+/// CIDEr-D with document frequencies fixed by one reference corpus (self-critical training's
+/// reward: the training split's references, counted once). For a hypothesis of an image of
+/// that corpus, [`CiderD::score`] equals that image's [`cider_d`] score over the corpus.
+pub struct CiderD {
+    table: KeyedTable,
+}
+
+enum KeyedTable {
+    Narrow(DfTable<u64>),
+    Wide(DfTable<u128>),
+}
+
+impl CiderD {
+    /// Counts the document frequencies of `references` (per image, its reference token ids);
+    /// `vocab_size` bounds every id that will be scored.
+    pub fn new(references: &[Vec<Vec<u32>>], vocab_size: usize) -> Self {
+        let table = if (vocab_size as u64) < <u64 as GramKey>::ID_LIMIT {
+            KeyedTable::Narrow(DfTable::build(references).0)
+        } else {
+            KeyedTable::Wide(DfTable::build(references).0)
+        };
+        CiderD { table }
+    }
+
+    /// Images in the corpus the frequencies came from.
+    pub fn images(&self) -> usize {
+        let log_n = match &self.table {
+            KeyedTable::Narrow(t) => t.log_n,
+            KeyedTable::Wide(t) => t.log_n,
+        };
+        log_n.exp().round() as usize
+    }
+
+    /// CIDEr-D of `hypothesis` against `references` (one image's; at least one).
+    pub fn score<R: AsRef<[u32]>>(&self, references: &[R], hypothesis: &[u32]) -> f64 {
+        if references.is_empty() {
+            return 0.0;
+        }
+        match &self.table {
+            KeyedTable::Narrow(t) => {
+                let refs: Vec<IdCounts> = references.iter().map(|r| t.ids(r.as_ref())).collect();
+                t.score(hypothesis, &refs)
+            }
+            KeyedTable::Wide(t) => {
+                let refs: Vec<IdCounts> = references.iter().map(|r| t.ids(r.as_ref())).collect();
+                t.score(hypothesis, &refs)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +354,30 @@ mod tests {
             .collect();
         let big_hyps: Vec<Vec<u32>> = corpus.hypotheses.iter().map(shifted).collect();
         assert_eq!(cider_d_ids(&big_refs, &big_hyps), wide);
+    }
+
+    #[test]
+    fn fixed_frequencies_score_as_the_corpus_does() {
+        let (refs, hyps) = crate::metrics::tests_support::gold_corpus();
+        let refs: Vec<Vec<Vec<&str>>> = refs
+            .iter()
+            .map(|r| r.iter().map(|s| split(s)).collect())
+            .collect();
+        let hyps: Vec<Vec<&str>> = hyps.iter().map(|h| split(h)).collect();
+        let corpus = intern_corpus(&refs, &hyps);
+        let whole = cider_d_ids(&corpus.references, &corpus.hypotheses);
+        let vocab = 1 + *corpus.references.iter().flatten().flatten().max().unwrap() as usize;
+        for vocab in [vocab, 70_000] {
+            let reward = CiderD::new(&corpus.references, vocab);
+            assert_eq!(reward.images(), refs.len());
+            for (i, hyp) in corpus.hypotheses.iter().enumerate() {
+                assert_eq!(reward.score(&corpus.references[i], hyp), whole.per_image[i]);
+            }
+            // A hypothesis equal to a reference scores high, an unrelated one 0.
+            let own = reward.score(&corpus.references[0], &corpus.references[0][0]);
+            assert!(own > whole.per_image[0], "{own}");
+            assert_eq!(reward.score(&corpus.references[0], &[60_000, 60_001]), 0.0);
+        }
     }
 
     #[test]
