@@ -131,6 +131,25 @@ pub struct HyperArgs {
     /// Compute device: cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Self-critical training: optimise the CIDEr-D of sampled captions (REINFORCE with a
+    /// baseline) instead of cross-entropy. Start it from a cross-entropy model with
+    /// --checkpoint, usually with a lower --decoder-lr (e.g. 5e-5); the best model is chosen
+    /// by validation CIDEr-D.
+    #[arg(long)]
+    pub scst: bool,
+    /// Captions sampled per image for self-critical training [default: 5].
+    #[arg(long)]
+    pub scst_samples: Option<usize>,
+    /// What a sample's reward is compared with: the mean reward of the image's other samples,
+    /// or the reward of its greedy caption [default: mean].
+    #[arg(long, value_enum)]
+    pub scst_baseline: Option<gaze::train::scst::ScstBaseline>,
+    /// Weight of an entropy bonus in self-critical training [default: 0: none].
+    #[arg(long)]
+    pub scst_entropy: Option<f64>,
+    /// Tokens (words and <end>) a sampled caption may have [default: 16].
+    #[arg(long)]
+    pub scst_max_length: Option<usize>,
 }
 
 impl HyperArgs {
@@ -163,8 +182,15 @@ impl HyperArgs {
             sampling_epochs,
             feature_cache,
             cache_memory_gib,
-            device
+            device,
+            scst_samples,
+            scst_baseline,
+            scst_entropy,
+            scst_max_length
         );
+        if self.scst {
+            cfg.scst = true;
+        }
         if self.encoder_weights.is_some() {
             cfg.encoder_weights = self.encoder_weights.clone();
         }
@@ -227,8 +253,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         StopReason::Interrupted => "interrupted",
     };
     println!(
-        "training stopped ({why}) at epoch {}; best validation BLEU-4 {:.4} (epoch {})",
+        "training stopped ({why}) at epoch {}; best validation {} {:.4} (epoch {})",
         outcome.state.epoch,
+        if cfg.scst { "CIDEr-D" } else { "BLEU-4" },
         outcome.state.best_score,
         outcome
             .state

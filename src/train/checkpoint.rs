@@ -18,7 +18,8 @@ pub struct TrainingState {
     pub epoch: usize,
     pub batch: usize,
     pub epochs_since_improvement: usize,
-    /// Best validation BLEU-4 so far and the epoch (0-based) that reached it.
+    /// Best validation score so far (BLEU-4; CIDEr-D when `config.scst`) and the epoch
+    /// (0-based) that reached it.
     pub best_score: f64,
     pub best_epoch: Option<usize>,
     pub decoder_lr: f64,
@@ -60,6 +61,16 @@ impl TrainingState {
                 .map(Some)
                 .map_err(|e| format!("{}: unreadable training state: {e}", path.display())),
         }
+    }
+
+    /// The best score as BLEU-4, for a cross-entropy run that has one.
+    pub fn best_bleu4(&self) -> Option<f64> {
+        (!self.config.scst && self.best_epoch.is_some()).then_some(self.best_score)
+    }
+
+    /// The best score as CIDEr-D, for a self-critical run that has one.
+    pub fn best_cider_d(&self) -> Option<f64> {
+        (self.config.scst && self.best_epoch.is_some()).then_some(self.best_score)
     }
 
     pub fn to_metadata(&self) -> HashMap<String, String> {

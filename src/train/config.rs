@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::features::CacheMode;
+use super::scst::ScstBaseline;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,6 +69,18 @@ pub struct TrainConfig {
     pub cache_memory_gib: f64,
     /// Compute device: cpu, cuda, cuda:N.
     pub device: String,
+    /// Self-critical sequence training: optimise CIDEr-D of sampled captions instead of
+    /// cross-entropy (normally continuing from a cross-entropy model, `--checkpoint`); the
+    /// best model is then chosen by validation CIDEr-D.
+    pub scst: bool,
+    /// Captions sampled per image.
+    pub scst_samples: usize,
+    /// What each sample's reward is compared with.
+    pub scst_baseline: ScstBaseline,
+    /// Weight of the entropy bonus (0: none).
+    pub scst_entropy: f64,
+    /// A sampled caption ends after this many tokens (words and `<end>`).
+    pub scst_max_length: usize,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +117,11 @@ impl Default for TrainConfig {
             feature_cache: CacheMode::Auto,
             cache_memory_gib: 4.0,
             device: "cpu".into(),
+            scst: false,
+            scst_samples: 5,
+            scst_baseline: ScstBaseline::Mean,
+            scst_entropy: 0.0,
+            scst_max_length: 16,
         }
     }
 }

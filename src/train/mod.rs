@@ -13,6 +13,7 @@ pub mod loss;
 pub mod observer;
 pub mod record;
 pub mod schedule;
+pub mod scst;
 pub mod trainer;
 pub mod validate;
 

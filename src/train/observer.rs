@@ -25,6 +25,8 @@ pub struct BatchProgress {
     /// Top-5 accuracy so far, percent.
     pub top5: f64,
     pub captions_per_second: f64,
+    /// Self-critical training: mean reward (CIDEr-D) of the samples so far.
+    pub reward: Option<f64>,
 }
 
 /// Hooks called by [`super::train`] in the order things happen. All do nothing by default;
@@ -143,10 +145,16 @@ impl TrainObserver for ConsoleObserver {
     fn batch_done(&mut self, p: &BatchProgress) {
         if let Some(bar) = &self.bar {
             bar.set_position(p.batches_done as u64);
-            bar.set_message(format!(
-                "loss {:.3} top5 {:.1}% {:.0} captions/s",
-                p.loss, p.top5, p.captions_per_second
-            ));
+            bar.set_message(match p.reward {
+                Some(reward) => format!(
+                    "loss {:.4} reward {:.3} {:.1} images/s",
+                    p.loss, reward, p.captions_per_second
+                ),
+                None => format!(
+                    "loss {:.3} top5 {:.1}% {:.0} captions/s",
+                    p.loss, p.top5, p.captions_per_second
+                ),
+            });
         }
     }
 
@@ -167,6 +175,22 @@ impl TrainObserver for ConsoleObserver {
     }
 
     fn epoch_finished(&mut self, r: &EpochRecord) -> Result<(), TrainError> {
+        if let (Some(s), Some(best)) = (&r.scst, r.best_cider_d) {
+            eprintln!(
+                "epoch {}{}: reward {:.4} baseline {:.4} ({:.0}% beat it, {:.1} images/s) | val CIDEr-D {:.4} BLEU-4 {:.4}{} | best CIDEr-D {:.4}",
+                r.epoch,
+                if r.partial { " (partial)" } else { "" },
+                s.mean_reward,
+                s.mean_baseline,
+                100.0 * s.beat_baseline,
+                r.captions_per_second,
+                r.val.cider_d,
+                r.val.bleu4,
+                if r.is_best { " *" } else { "" },
+                best
+            );
+            return Ok(());
+        }
         eprintln!(
             "epoch {}{}: train loss {:.4} top5 {:.2}% ({:.0} captions/s) | val loss {:.4} top5 {:.2}% BLEU-4 {:.4}{} | best {:.4}",
             r.epoch,
@@ -178,7 +202,7 @@ impl TrainObserver for ConsoleObserver {
             r.val.top5,
             r.val.bleu4,
             if r.is_best { " *" } else { "" },
-            r.best_bleu4
+            r.best_bleu4.unwrap_or(f64::NAN)
         );
         Ok(())
     }
@@ -287,6 +311,7 @@ mod tests {
                 loss: 3.0,
                 top5: 30.0,
                 bleu4: 0.125,
+                cider_d: 0.5,
                 beam_size: 1,
                 images: 4,
                 seconds: 0.5,
@@ -294,7 +319,9 @@ mod tests {
             decoder_lr: 4e-4,
             encoder_lr: 0.0,
             is_best: true,
-            best_bleu4: 0.125,
+            best_bleu4: Some(0.125),
+            best_cider_d: None,
+            scst: None,
             epochs_since_improvement: 0,
         }
     }
@@ -315,7 +342,7 @@ mod tests {
             lines[1],
             "{\"epoch\":0,\"partial\":false,\"train_loss\":2.5,\"train_top5\":40.0,\
              \"captions_per_second\":100.0,\"train_seconds\":1.5,\"val\":{\"loss\":3.0,\
-             \"top5\":30.0,\"bleu4\":0.125,\"beam_size\":1,\"images\":4,\"seconds\":0.5},\
+             \"top5\":30.0,\"bleu4\":0.125,\"cider_d\":0.5,\"beam_size\":1,\"images\":4,\"seconds\":0.5},\
              \"decoder_lr\":0.0004,\"encoder_lr\":0.0,\"is_best\":true,\"best_bleu4\":0.125,\
              \"epochs_since_improvement\":0}"
         );

@@ -12,6 +12,9 @@ pub struct Validation {
     /// NLTK corpus BLEU-4 of generated captions over word ids (`<unk>` kept), as the
     /// tutorial's `eval.py` computes it.
     pub bleu4: f64,
+    /// CIDEr-D of the generated captions over word ids, document frequencies from the
+    /// validated images' references (as `gaze eval` computes it).
+    pub cider_d: f64,
     pub beam_size: usize,
     pub images: usize,
     pub seconds: f64,
@@ -41,10 +44,32 @@ pub struct EpochRecord {
     pub train_top5: f64,
     pub captions_per_second: f64,
     pub train_seconds: f64,
+    /// Self-critical training's figures (absent for cross-entropy epochs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scst: Option<ScstStats>,
     pub val: Validation,
     pub decoder_lr: f64,
     pub encoder_lr: f64,
     pub is_best: bool,
-    pub best_bleu4: f64,
+    /// The best validation score so far: BLEU-4 for cross-entropy training,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_bleu4: Option<f64>,
+    /// and CIDEr-D for self-critical training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_cider_d: Option<f64>,
     pub epochs_since_improvement: usize,
+}
+
+/// One epoch of self-critical training, over every sampled caption.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScstStats {
+    /// Mean CIDEr-D of the samples.
+    pub mean_reward: f64,
+    /// Mean baseline they were compared with.
+    pub mean_baseline: f64,
+    /// Share of samples whose reward beat their baseline.
+    pub beat_baseline: f64,
+    /// Mean entropy per sampled word (nats).
+    pub mean_entropy: f64,
+    pub samples: usize,
 }

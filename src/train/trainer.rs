@@ -26,13 +26,17 @@ use super::error::TrainError;
 use super::features::{CacheMode, FeatureCache};
 use super::loss::batch_loss;
 use super::observer::{BatchProgress, TrainObserver};
-use super::record::{EpochRecord, StopReason, Validation};
+use super::record::{EpochRecord, ScstStats, StopReason, Validation};
 use super::schedule::{EpochStart, Schedule};
+use super::scst::{baselines, scst_loss, ScstBaseline};
 use super::validate::validate;
+use crate::metrics::cider::CiderD;
+use crate::model::beam::beam_search;
 use crate::model::decoder::TeacherOptions;
 use crate::model::file::{self, LoadOptions};
+use crate::model::sample::{sample_captions, SampleOptions};
 use crate::model::weights::Weights;
-use crate::model::{init, CaptionModel, EncoderConfig, ModelConfig};
+use crate::model::{init, BeamOptions, CaptionModel, EncoderConfig, ModelConfig};
 use crate::rng::SplitMix64;
 
 pub struct TrainOutcome {
@@ -170,7 +174,21 @@ fn setup(
                     data.word_map.len()
                 )));
             }
-            if let Some(saved) =
+            let saved =
+                TrainingState::from_metadata(&mf.metadata, path).map_err(TrainError::Invalid)?;
+            let mut tensors = mf.tensors;
+            if let Some(saved) = saved.filter(|s| s.config.scst != cfg.scst) {
+                // A new stage with another objective (self-critical training from a
+                // cross-entropy model, or back): the weights carry on; the loop's position,
+                // best score, learning rates and optimiser moments start afresh.
+                tensors.retain(|k, _| !k.starts_with("optim."));
+                tracing::info!(
+                    from_epoch = saved.epoch,
+                    scst = cfg.scst,
+                    "{}: a new training stage from this model (fresh optimiser and best score)",
+                    path.display()
+                );
+            } else if let Some(saved) =
                 TrainingState::from_metadata(&mf.metadata, path).map_err(TrainError::Invalid)?
             {
                 // Resume: the loop's position and learning rates come from the checkpoint;
@@ -187,7 +205,7 @@ fn setup(
             }
             let mut config = mf.config;
             config.dropout = cfg.dropout;
-            (mf.tensors, config, Some(path.display().to_string()))
+            (tensors, config, Some(path.display().to_string()))
         }
         None => {
             let encoder = EncoderConfig::named(&cfg.encoder)
@@ -281,6 +299,15 @@ struct Session<'a> {
     best_path: PathBuf,
     /// The best model file, once there is one (possibly from an earlier run).
     best_written: Option<PathBuf>,
+    /// Self-critical training's reward, when it runs.
+    reward: Option<Reward>,
+}
+
+/// CIDEr-D with the training split's document frequencies, and every training image's
+/// references as word ids.
+struct Reward {
+    cider: CiderD,
+    references: Vec<Vec<Vec<u32>>>,
 }
 
 /// What one epoch's training pass gives the loop.
@@ -292,6 +319,7 @@ struct EpochStats {
     seconds: f64,
     /// Why the pass stopped before the epoch's end, if it did.
     partial: Option<StopReason>,
+    scst: Option<ScstStats>,
 }
 
 /// Runs training to the end (epochs, patience, budget or interruption), reporting to
@@ -332,7 +360,11 @@ pub fn train(
         if let Some(o) = run.enc_opt.as_mut() {
             o.lr = state.encoder_lr;
         }
-        let stats = run.train_epoch(&mut state, observer)?;
+        let stats = if cfg.scst {
+            run.scst_epoch(&mut state, observer)?
+        } else {
+            run.train_epoch(&mut state, observer)?
+        };
         if stats.partial == Some(StopReason::Interrupted) && state.batch < run.batches_per_epoch {
             // Ctrl-C: keep the position, skip validation, write the checkpoint, leave.
             run.save_checkpoint(&mut state, observer)?;
@@ -377,6 +409,9 @@ impl<'a> Session<'a> {
             return Err(TrainError::Invalid(
                 "the training or validation split is empty".into(),
             ));
+        }
+        if cfg.scst {
+            check_scst(cfg)?;
         }
         std::fs::create_dir_all(&opts.out_dir).map_err(|source| TrainError::Io {
             path: opts.out_dir.clone(),
@@ -429,6 +464,23 @@ impl<'a> Session<'a> {
             (Some(t), Some(v))
         };
         let best_path = opts.out_dir.join(best_checkpoint_name(&data.data_name));
+        let reward = cfg.scst.then(|| {
+            let references: Vec<Vec<Vec<u32>>> = (0..data.train.num_images())
+                .map(|i| data.train.references(i, &data.word_map))
+                .collect();
+            let cider = CiderD::new(&references, data.word_map.len());
+            tracing::info!(
+                images = references.len(),
+                "self-critical training: CIDEr-D document frequencies from the training split"
+            );
+            Reward { cider, references }
+        });
+        let batches_per_epoch = if cfg.scst {
+            data.train.num_images()
+        } else {
+            data.train.captions.len()
+        }
+        .div_ceil(cfg.batch_size.max(1));
         let run = Session {
             cfg,
             data,
@@ -442,7 +494,8 @@ impl<'a> Session<'a> {
             train_cache,
             val_cache,
             val_count,
-            batches_per_epoch: data.train.captions.len().div_ceil(cfg.batch_size.max(1)),
+            batches_per_epoch,
+            reward,
             parent,
             checkpoint_path: opts.out_dir.join(checkpoint_name(&data.data_name)),
             best_written: best_path.exists().then(|| best_path.clone()),
@@ -528,6 +581,7 @@ impl<'a> Session<'a> {
                 loss: loss_sum / words as f64,
                 top5: 100.0 * top5 as f64 / words as f64,
                 captions_per_second: captions_done as f64 / t0.elapsed().as_secs_f64(),
+                reward: None,
             });
             if self.stop.load(Ordering::SeqCst) {
                 partial = Some(StopReason::Interrupted);
@@ -549,6 +603,194 @@ impl<'a> Session<'a> {
             captions_done,
             seconds: t0.elapsed().as_secs_f64(),
             partial,
+            scst: None,
+        })
+    }
+
+    /// One epoch of self-critical training from batch `state.batch`: batches of
+    /// `batch_size` images (each once per epoch, in a seeded order), `scst_samples` sampled
+    /// captions each; stops as [`Self::train_epoch`] does.
+    fn scst_epoch(
+        &mut self,
+        state: &mut TrainingState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochStats, TrainError> {
+        let (cfg, data) = (self.cfg, self.data);
+        let reward = self
+            .reward
+            .as_ref()
+            .expect("set up for self-critical training");
+        let epoch = state.epoch;
+        let n_images = data.train.num_images();
+        let mut order: Vec<usize> = (0..n_images).collect();
+        SplitMix64::new(mix(cfg.seed, 1, epoch as u64)).shuffle(&mut order);
+        let special = self.model.special_tokens();
+        let n = cfg.scst_samples;
+        let sampling = SampleOptions {
+            samples: n,
+            max_steps: cfg.scst_max_length.max(1) - 1,
+            ..Default::default()
+        };
+        let greedy_search = BeamOptions {
+            beam_size: 1,
+            max_steps: sampling.max_steps,
+            ..Default::default()
+        };
+        let words_of = |tokens: &[u32]| -> Vec<u32> {
+            tokens
+                .iter()
+                .copied()
+                .filter(|&t| !data.word_map.is_special(t))
+                .collect()
+        };
+
+        observer.epoch_started(epoch, self.batches_per_epoch, state.batch);
+        let t0 = Instant::now();
+        let (mut loss_sum, mut words, mut captions_done) = (0f64, 0usize, 0usize);
+        let (mut reward_sum, mut baseline_sum, mut beat, mut samples, mut entropy_sum) =
+            (0f64, 0f64, 0usize, 0usize, 0f64);
+        let mut partial = None;
+        for b in state.batch..self.batches_per_epoch {
+            let images = &order[b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n_images)];
+            let features = match &self.train_cache {
+                Some(cache) => cache.gather(images, &self.device)?,
+                None => {
+                    let x = data.train.image_batch(images, &self.device)?;
+                    self.model.encoder.forward_t(&x, cfg.fine_tune_encoder)?
+                }
+            };
+            let e = *features.dims().last().expect("rank >= 3");
+            let features = features.reshape((images.len(), (), e))?;
+            let frozen = features.detach();
+            let seeds: Vec<u64> = images
+                .iter()
+                .map(|&i| mix(cfg.seed, 1000 + epoch as u64, i as u64))
+                .collect();
+            let drawn = sample_captions(
+                &self.model.decoder,
+                &frozen,
+                special,
+                &sampling,
+                &seeds,
+                false,
+            )?;
+            let mut rewards = Vec::with_capacity(images.len() * n);
+            let mut sequences = Vec::with_capacity(images.len() * n);
+            for (k, per_image) in drawn.into_iter().enumerate() {
+                let refs = &reward.references[images[k]];
+                for s in per_image {
+                    rewards.push(reward.cider.score(refs, &words_of(&s.tokens)));
+                    sequences.push(s.tokens);
+                }
+            }
+            let greedy: Option<Vec<f64>> = if cfg.scst_baseline == ScstBaseline::Greedy {
+                let found = beam_search(&self.model.decoder, &frozen, special, &greedy_search)?;
+                Some(
+                    found
+                        .iter()
+                        .zip(images)
+                        .map(|(r, &i)| {
+                            reward
+                                .cider
+                                .score(&reward.references[i], &words_of(&r.tokens))
+                        })
+                        .collect(),
+                )
+            } else {
+                None
+            };
+            let base = baselines(&rewards, n, cfg.scst_baseline, greedy.as_deref())
+                .map_err(TrainError::Invalid)?;
+            let advantages: Vec<f32> = rewards
+                .iter()
+                .zip(&base)
+                .map(|(r, b)| (r - b) as f32)
+                .collect();
+            let rows: Vec<u32> = (0..images.len() as u32)
+                .flat_map(|k| std::iter::repeat_n(k, n))
+                .collect();
+            let per_sample = features
+                .index_select(&Tensor::from_vec(rows, images.len() * n, &self.device)?, 0)?;
+            let loss = scst_loss(
+                &self.model.decoder,
+                &per_sample,
+                &sequences,
+                special.end,
+                &advantages,
+                cfg.scst_entropy,
+            )?;
+            if !loss.value.is_finite() {
+                return Err(TrainError::NonFiniteLoss {
+                    value: loss.value,
+                    epoch,
+                    batch: b,
+                    checkpoint: if self.checkpoint_path.exists() {
+                        self.checkpoint_path.display().to_string()
+                    } else {
+                        "none (no epoch finished)".into()
+                    },
+                });
+            }
+            let grads = loss.loss.backward()?;
+            let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+            self.dec_opt.step(&grads, clip)?;
+            if let Some(o) = self.enc_opt.as_mut() {
+                o.step(&grads, clip)?;
+            }
+            loss_sum += loss.value as f64 * loss.words as f64;
+            words += loss.words;
+            entropy_sum += loss.entropy as f64 * loss.words as f64;
+            reward_sum += rewards.iter().sum::<f64>();
+            baseline_sum += base.iter().sum::<f64>();
+            beat += rewards.iter().zip(&base).filter(|(r, b)| r > b).count();
+            samples += rewards.len();
+            captions_done += images.len();
+            state.batch = b + 1;
+            observer.batch_done(&BatchProgress {
+                batches_done: state.batch,
+                loss: loss_sum / words as f64,
+                top5: f64::NAN,
+                captions_per_second: captions_done as f64 / t0.elapsed().as_secs_f64(),
+                reward: Some(reward_sum / samples as f64),
+            });
+            if self.stop.load(Ordering::SeqCst) {
+                partial = Some(StopReason::Interrupted);
+                break;
+            }
+            if cfg
+                .max_minutes
+                .is_some_and(|m| self.started.elapsed().as_secs_f64() > m * 60.0)
+            {
+                partial = Some(StopReason::TimeBudget);
+                break;
+            }
+        }
+        observer.batches_finished();
+        let per_sample = |x: f64| {
+            if samples > 0 {
+                x / samples as f64
+            } else {
+                f64::NAN
+            }
+        };
+        Ok(EpochStats {
+            loss_sum,
+            words,
+            top5: 0,
+            captions_done,
+            seconds: t0.elapsed().as_secs_f64(),
+            partial,
+            scst: Some(ScstStats {
+                mean_reward: per_sample(reward_sum),
+                mean_baseline: per_sample(baseline_sum),
+                beat_baseline: per_sample(beat as f64),
+                mean_entropy: if words > 0 {
+                    entropy_sum / words as f64
+                } else {
+                    f64::NAN
+                },
+                samples,
+            }),
         })
     }
 
@@ -573,9 +815,15 @@ impl<'a> Session<'a> {
             self.cfg,
             observer,
         )?;
-        let improved = schedule.improves(val.bleu4, state.best_epoch.map(|_| state.best_score));
+        // Self-critical training optimises CIDEr-D, so it keeps the model that scores best on it.
+        let score = if self.cfg.scst {
+            val.cider_d
+        } else {
+            val.bleu4
+        };
+        let improved = schedule.improves(score, state.best_epoch.map(|_| state.best_score));
         if improved {
-            state.best_score = val.bleu4;
+            state.best_score = score;
             state.best_epoch = Some(epoch);
         }
         if epoch_done {
@@ -599,18 +847,20 @@ impl<'a> Session<'a> {
             } else {
                 f64::NAN
             },
-            train_top5: if words > 0 {
+            train_top5: if words > 0 && stats.scst.is_none() {
                 100.0 * stats.top5 as f64 / n
             } else {
                 f64::NAN
             },
             captions_per_second: stats.captions_done as f64 / stats.seconds.max(1e-9),
             train_seconds: stats.seconds,
+            scst: stats.scst.clone(),
             val,
             decoder_lr: self.dec_opt.lr,
             encoder_lr: self.enc_opt.as_ref().map(|o| o.lr).unwrap_or(0.0),
             is_best: improved,
-            best_bleu4: state.best_score,
+            best_bleu4: (!self.cfg.scst).then_some(state.best_score),
+            best_cider_d: self.cfg.scst.then_some(state.best_score),
             epochs_since_improvement: state.epochs_since_improvement,
         })
     }
@@ -648,7 +898,8 @@ impl<'a> Session<'a> {
         let provenance = serde_json::json!({
             "data_name": state.data_name,
             "epoch": state.best_epoch,
-            "bleu4": state.best_score,
+            "bleu4": state.best_bleu4(),
+            "cider_d": state.best_cider_d(),
             "validation": val,
             "fine_tuned_encoder": state.fine_tune_encoder,
             "parent": self.parent,
@@ -664,6 +915,33 @@ impl<'a> Session<'a> {
         )?;
         Ok(())
     }
+}
+
+/// Refuses self-critical settings that cannot work, naming the setting.
+fn check_scst(cfg: &TrainConfig) -> Result<(), TrainError> {
+    if cfg.scst_samples == 0 {
+        return Err(TrainError::Invalid(
+            "scst_samples (--scst-samples) must be at least 1".into(),
+        ));
+    }
+    if cfg.scst_baseline == ScstBaseline::Mean && cfg.scst_samples < 2 {
+        return Err(TrainError::Invalid(
+            "the mean baseline (--scst-baseline mean) compares each sample with the others: \
+             scst_samples (--scst-samples) must be at least 2, or use --scst-baseline greedy"
+                .into(),
+        ));
+    }
+    if cfg.scst_max_length < 2 {
+        return Err(TrainError::Invalid(
+            "scst_max_length (--scst-max-length) must be at least 2 (a word and <end>)".into(),
+        ));
+    }
+    if !cfg.scst_entropy.is_finite() {
+        return Err(TrainError::Invalid(
+            "scst_entropy (--scst-entropy) must be a finite number".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Encodes the training images and the validated images once, for a frozen encoder.

@@ -90,6 +90,9 @@ pub fn validate(
         bleu4: crate::metrics::bleu_nltk::corpus_bleu(&references, &hypotheses, &[&[0.25; 4]])
             .map_err(|e| TrainError::Invalid(format!("validation BLEU-4: {e}")))?
             .scores[0],
+        cider_d: crate::metrics::cider::cider_d(&references, &hypotheses)
+            .map_err(|e| TrainError::Invalid(format!("validation CIDEr-D: {e}")))?
+            .corpus,
         beam_size: beam.beam_size,
         images: count,
         seconds: t0.elapsed().as_secs_f64(),
