@@ -385,3 +385,75 @@ fn missing_fixtures_are_an_error_naming_the_file() {
     let want = dir.path().join("parity/expected.safetensors");
     assert!(err.contains(&want.display().to_string()), "{err}");
 }
+
+/// The self-critical loss (mean-of-others baseline, entropy bonus, words after `<end>` masked)
+/// and its gradients against PyTorch (`tests/fixtures/scst/make_scst.py`).
+#[test]
+fn self_critical_loss_and_gradients_match_pytorch() {
+    use gaze::model::weights::Weights;
+    use gaze::train::scst::{baselines, scst_loss, ScstBaseline};
+    let d = Device::Cpu;
+    let weights_path = fixture("weights.safetensors");
+    let bytes = std::fs::read(&weights_path).unwrap();
+    let (tensors, _) =
+        gaze::model::file::tensors_from_safetensors(&bytes, &weights_path, &d).unwrap();
+    let cfg = gaze::model::file::infer_config(&tensors, 30, Some(5), &weights_path).unwrap();
+    let mut weights = Weights::new(tensors, &d);
+    let vars = weights
+        .make_trainable(|n| n.starts_with("decoder."))
+        .unwrap();
+    let model = CaptionModel::build(
+        &weights,
+        cfg,
+        gaze::data::WordMap::load(&fixture("WORDMAP_parity.json")).unwrap(),
+        serde_json::json!({}),
+        &weights_path,
+    )
+    .unwrap();
+    let fx_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scst/expected.safetensors");
+    let fx = candle_core::safetensors::load(&fx_path, &d).unwrap();
+    let samples: Vec<Vec<i64>> = fx["samples"].to_vec2().unwrap();
+    let samples: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| s.iter().map(|&t| t as u32).collect())
+        .collect();
+    let rewards: Vec<f32> = fx["rewards"].to_vec1().unwrap();
+    let rewards: Vec<f64> = rewards.iter().map(|&r| r as f64).collect();
+    let base = baselines(&rewards, 3, ScstBaseline::Mean, None).unwrap();
+    let advantages: Vec<f32> = rewards
+        .iter()
+        .zip(&base)
+        .map(|(r, b)| (r - b) as f32)
+        .collect();
+    assert_close(
+        "advantages",
+        &Tensor::new(advantages.clone(), &d).unwrap(),
+        &fx["advantages"],
+    );
+    let entropy: Vec<f32> = fx["entropy_weight"].to_vec1().unwrap();
+    let end = model.word_map.end;
+    let loss = scst_loss(
+        &model.decoder,
+        &fx["features"],
+        &samples,
+        end,
+        &advantages,
+        entropy[0] as f64,
+    )
+    .unwrap();
+    let words: Vec<f32> = fx["words"].to_vec1().unwrap();
+    assert_eq!(loss.words, words[0] as usize);
+    assert_close(
+        "loss",
+        &Tensor::new(&[loss.value], &d).unwrap(),
+        &fx["loss"],
+    );
+    let grads = loss.loss.backward().unwrap();
+    for name in GRADED {
+        let full = format!("decoder.{name}");
+        let var = &vars.iter().find(|(n, _)| *n == full).unwrap().1;
+        let g = grads.get(var.as_tensor()).unwrap();
+        assert_close(&format!("grad {name}"), g, &fx[&format!("grad.{name}")]);
+    }
+}
