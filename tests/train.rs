@@ -575,3 +575,99 @@ fn encoder_start_follows_the_settings_and_refuses_unchosen_random_weights() {
         TrainConfig::from_toml("random_encoder = true\nencoder = \"resnet18\"\n").unwrap();
     assert_eq!(start(&from_file, None).unwrap(), EncoderStart::Random);
 }
+
+/// Self-critical training continues a cross-entropy run as a new stage: it starts afresh
+/// (epoch 0, its own best score), logs its rewards, keeps the best model by CIDEr-D, raises
+/// the training reward, and resumes exactly.
+#[test]
+fn self_critical_training_continues_a_cross_entropy_run_and_resumes_exactly() {
+    let data = data();
+    let ce_dir = tempfile::tempdir().unwrap();
+    let ce = train(&config(), &data, &options(ce_dir.path()), &mut log_only()).unwrap();
+    let scst = TrainConfig {
+        scst: true,
+        scst_samples: 4,
+        epochs: 4,
+        decoder_lr: 2e-3,
+        ..config()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let mut opts = options(straight.path());
+    opts.checkpoint = Some(ce.checkpoint.clone());
+    let out = train(&scst, &data, &opts, &mut log_only()).unwrap();
+    assert_eq!(out.stop, StopReason::Epochs);
+    assert_eq!(out.history.len(), 4);
+    assert_eq!(out.history[0].epoch, 0, "a new stage starts at epoch 0");
+    // Batches of 8 images over 16 training images: 2 per epoch.
+    assert_eq!(out.state.decoder_steps.values().max(), Some(&8));
+    let stats: Vec<_> = out
+        .history
+        .iter()
+        .map(|r| r.scst.clone().unwrap())
+        .collect();
+    for (r, s) in out.history.iter().zip(&stats) {
+        assert_eq!(s.samples, 16 * 4);
+        assert!(s.mean_reward >= 0.0 && s.beat_baseline > 0.0 && s.beat_baseline < 1.0);
+        assert!(s.mean_entropy > 0.0);
+        assert!(r.best_bleu4.is_none() && r.best_cider_d.is_some());
+    }
+    assert!(
+        stats[3].mean_reward > stats[0].mean_reward,
+        "reward {} -> {}",
+        stats[0].mean_reward,
+        stats[3].mean_reward
+    );
+    let best = out
+        .history
+        .iter()
+        .map(|r| r.val.cider_d)
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(
+        out.state.best_score, best,
+        "the best model is chosen by CIDEr-D"
+    );
+    let log = std::fs::read_to_string(straight.path().join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(first["scst"]["mean_reward"].is_f64(), "{first}");
+    assert!(first["best_cider_d"].is_f64() && first.get("best_bleu4").is_none());
+
+    // Interrupted after one batch and resumed: the same weights as the straight run.
+    let split_run = tempfile::tempdir().unwrap();
+    let mut opts = options(split_run.path());
+    opts.checkpoint = Some(ce.checkpoint.clone());
+    opts.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut = train(&scst, &data, &opts, &mut log_only()).unwrap();
+    assert_eq!(cut.stop, StopReason::Interrupted);
+    assert_eq!((cut.state.epoch, cut.state.batch), (0, 1));
+    let mut opts = options(split_run.path());
+    opts.checkpoint = Some(cut.checkpoint.clone());
+    train(&scst, &data, &opts, &mut log_only()).unwrap();
+    assert_same_tensors(
+        &straight.path().join("checkpoint_squares.safetensors"),
+        &split_run.path().join("checkpoint_squares.safetensors"),
+    );
+}
+
+#[test]
+fn self_critical_settings_that_cannot_work_are_refused() {
+    let data = data();
+    let dir = tempfile::tempdir().unwrap();
+    let one_sample = TrainConfig {
+        scst: true,
+        scst_samples: 1,
+        ..config()
+    };
+    let e = train(&one_sample, &data, &options(dir.path()), &mut log_only())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("--scst-samples"), "{e}");
+    // The greedy baseline works with one sample.
+    let greedy = TrainConfig {
+        scst_baseline: gaze::train::scst::ScstBaseline::Greedy,
+        epochs: 1,
+        ..one_sample
+    };
+    let out = train(&greedy, &data, &options(dir.path()), &mut log_only()).unwrap();
+    let s = out.history[0].scst.clone().unwrap();
+    assert_eq!(s.samples, 16);
+}
