@@ -60,7 +60,7 @@ pub struct SampledCaption {
 
 /// The stream of image number `ordinal` (its position in the whole input, not in a batch).
 pub fn image_seed(seed: u64, ordinal: u64) -> u64 {
-    mix64(seed ^ mix64(ordinal.wrapping_add(0x5EED_0F_1A6E)))
+    mix64(seed ^ mix64(ordinal.wrapping_add(0x005E_ED0F_1A6E)))
 }
 
 /// Draws `opts.samples` captions for every image of `encoder_out` (`(B, S, S, E)` or
@@ -120,9 +120,8 @@ pub fn sample_captions(
         };
         let mut live = false;
         for (img, rng) in rngs.iter_mut().enumerate() {
-            for s in 0..n {
+            for (s, caption) in out[img].iter_mut().enumerate() {
                 let row = img * n + s;
-                let caption = &mut out[img][s];
                 if caption.finished {
                     continue;
                 }

@@ -37,7 +37,7 @@ pub fn baselines(
     kind: ScstBaseline,
     greedy: Option<&[f64]>,
 ) -> std::result::Result<Vec<f64>, String> {
-    if per_image == 0 || rewards.len() % per_image != 0 {
+    if per_image == 0 || !rewards.len().is_multiple_of(per_image) {
         return Err(format!(
             "{} rewards do not divide into images of {per_image} samples",
             rewards.len()
