@@ -383,8 +383,12 @@ def check_command(c, command, toml_block):
         # As written, each stage trains until validation stops improving (hours on COCO).
         # Here each trains one epoch: the second stage resumes the first's epoch counter, as
         # the tutorial's does, so its one epoch is epoch 2.
+        # The third (--scst) is a new stage, so it starts again at epoch 0.
         second = "--fine-tune-encoder" in command
-        out, epochs = ("runs/coco-ft", 2) if second else ("runs/coco", 1)
+        if "--scst" in command:
+            out, epochs = ("runs/coco-scst", 1)
+        else:
+            out, epochs = ("runs/coco-ft", 2) if second else ("runs/coco", 1)
 
         def trained(_stdout):
             log = c.work / out / "train_log.jsonl"
