@@ -287,15 +287,13 @@ impl CiderD {
         if references.is_empty() {
             return 0.0;
         }
+        fn score_in<K: GramKey, R: AsRef<[u32]>>(t: &DfTable<K>, refs: &[R], hyp: &[u32]) -> f64 {
+            let refs: Vec<IdCounts> = refs.iter().map(|r| t.ids(r.as_ref())).collect();
+            t.score(hyp, &refs)
+        }
         match &self.table {
-            KeyedTable::Narrow(t) => {
-                let refs: Vec<IdCounts> = references.iter().map(|r| t.ids(r.as_ref())).collect();
-                t.score(hypothesis, &refs)
-            }
-            KeyedTable::Wide(t) => {
-                let refs: Vec<IdCounts> = references.iter().map(|r| t.ids(r.as_ref())).collect();
-                t.score(hypothesis, &refs)
-            }
+            KeyedTable::Narrow(t) => score_in(t, references, hypothesis),
+            KeyedTable::Wide(t) => score_in(t, references, hypothesis),
         }
     }
 }

@@ -554,16 +554,7 @@ impl<'a> Session<'a> {
             )?;
             let value = loss.value();
             if !value.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    value,
-                    epoch,
-                    batch: b,
-                    checkpoint: if self.checkpoint_path.exists() {
-                        self.checkpoint_path.display().to_string()
-                    } else {
-                        "none (no epoch finished)".into()
-                    },
-                });
+                return Err(self.non_finite(value, epoch, b));
             }
             let grads = loss.loss.backward()?;
             let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
@@ -583,15 +574,8 @@ impl<'a> Session<'a> {
                 captions_per_second: captions_done as f64 / t0.elapsed().as_secs_f64(),
                 reward: None,
             });
-            if self.stop.load(Ordering::SeqCst) {
-                partial = Some(StopReason::Interrupted);
-                break;
-            }
-            if cfg
-                .max_minutes
-                .is_some_and(|m| self.started.elapsed().as_secs_f64() > m * 60.0)
-            {
-                partial = Some(StopReason::TimeBudget);
+            partial = self.stop_requested();
+            if partial.is_some() {
                 break;
             }
         }
@@ -605,6 +589,31 @@ impl<'a> Session<'a> {
             partial,
             scst: None,
         })
+    }
+
+    /// The error for a loss that is not a number, naming the checkpoint to go back to.
+    fn non_finite(&self, value: f32, epoch: usize, batch: usize) -> TrainError {
+        TrainError::NonFiniteLoss {
+            value,
+            epoch,
+            batch,
+            checkpoint: if self.checkpoint_path.exists() {
+                self.checkpoint_path.display().to_string()
+            } else {
+                "none (no epoch finished)".into()
+            },
+        }
+    }
+
+    /// Why the epoch should stop after this batch: an interruption or the spent time budget.
+    fn stop_requested(&self) -> Option<StopReason> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Some(StopReason::Interrupted);
+        }
+        self.cfg
+            .max_minutes
+            .is_some_and(|m| self.started.elapsed().as_secs_f64() > m * 60.0)
+            .then_some(StopReason::TimeBudget)
     }
 
     /// One epoch of self-critical training from batch `state.batch`: batches of
@@ -720,16 +729,7 @@ impl<'a> Session<'a> {
                 cfg.scst_entropy,
             )?;
             if !loss.value.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    value: loss.value,
-                    epoch,
-                    batch: b,
-                    checkpoint: if self.checkpoint_path.exists() {
-                        self.checkpoint_path.display().to_string()
-                    } else {
-                        "none (no epoch finished)".into()
-                    },
-                });
+                return Err(self.non_finite(loss.value, epoch, b));
             }
             let grads = loss.loss.backward()?;
             let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
@@ -753,15 +753,8 @@ impl<'a> Session<'a> {
                 captions_per_second: captions_done as f64 / t0.elapsed().as_secs_f64(),
                 reward: Some(reward_sum / samples as f64),
             });
-            if self.stop.load(Ordering::SeqCst) {
-                partial = Some(StopReason::Interrupted);
-                break;
-            }
-            if cfg
-                .max_minutes
-                .is_some_and(|m| self.started.elapsed().as_secs_f64() > m * 60.0)
-            {
-                partial = Some(StopReason::TimeBudget);
+            partial = self.stop_requested();
+            if partial.is_some() {
                 break;
             }
         }
