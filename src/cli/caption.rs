@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use gaze::data::image::{self as img, DecodeOptions, TUTORIAL_SIZE};
-use gaze::model::{encoder::images_to_tensor, BeamOptions};
+use gaze::model::{encoder::images_to_tensor, BeamOptions, LengthPenalty};
 use rayon::prelude::*;
 
 use super::ModelSource;
@@ -50,7 +50,9 @@ impl CaptionArgs {
         BeamOptions {
             beam_size: self.beam_size.max(1),
             max_steps: self.max_steps,
-            length_normalization: self.length_norm,
+            length_penalty: self
+                .length_norm
+                .map_or(LengthPenalty::None, |alpha| LengthPenalty::Power { alpha }),
             forbid_unk: self.forbid_unk,
             block_repeated_trigrams: self.block_trigrams,
         }

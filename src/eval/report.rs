@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{BeamEvaluation, EvalOptions, Evaluation};
 use crate::data::PreparedSplit;
 use crate::metrics::{CorpusMetrics, ImageMetrics};
-use crate::model::{CaptionModel, ModelConfig};
+use crate::model::{CaptionModel, LengthPenalty, ModelConfig};
 
 /// Why a report or results file could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,8 @@ pub struct SearchReport {
     pub beam_sizes: Vec<usize>,
     pub max_steps: usize,
     pub length_normalization: Option<f32>,
+    /// The length penalty the final sequence was chosen by.
+    pub length_penalty: String,
     pub forbid_unk: bool,
     pub block_repeated_trigrams: bool,
     pub batch_size: usize,
@@ -116,7 +118,11 @@ impl SearchReport {
         SearchReport {
             beam_sizes: opts.beam_sizes.clone(),
             max_steps: opts.search.max_steps,
-            length_normalization: opts.search.length_normalization,
+            length_normalization: match opts.search.length_penalty {
+                LengthPenalty::Power { alpha } => Some(alpha),
+                _ => None,
+            },
+            length_penalty: format!("{:?}", opts.search.length_penalty),
             forbid_unk: opts.search.forbid_unk,
             block_repeated_trigrams: opts.search.block_repeated_trigrams,
             batch_size: opts.batch_size,

@@ -28,9 +28,9 @@ pub struct BeamOptions {
     pub beam_size: usize,
     /// The search stops after step `max_steps + 1` (50 in the tutorial, so at most 51 words).
     pub max_steps: usize,
-    /// Choose the final sequence by score / (number of generated words)^alpha instead of by
-    /// score; `None` (the tutorial) compares raw summed log-probabilities.
-    pub length_normalization: Option<f32>,
+    /// How the final sequence is chosen among the candidates; `LengthPenalty::None` (the
+    /// tutorial) compares raw summed log-probabilities.
+    pub length_penalty: LengthPenalty,
     /// Never emit `<unk>`.
     pub forbid_unk: bool,
     /// Never emit a word that repeats a trigram already in the sequence.
@@ -42,9 +42,37 @@ impl Default for BeamOptions {
         BeamOptions {
             beam_size: 5,
             max_steps: 50,
-            length_normalization: None,
+            length_penalty: LengthPenalty::None,
             forbid_unk: false,
             block_repeated_trigrams: false,
+        }
+    }
+}
+
+/// How a candidate's summed log-probability is adjusted for its length (`len`, the number of
+/// generated tokens, at least 1) when the final sequence is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LengthPenalty {
+    /// The raw score (the tutorial).
+    #[default]
+    None,
+    /// score / len^alpha (the `--length-norm ALPHA` option).
+    Power { alpha: f32 },
+    /// Wu et al. 2016: score / ((5 + len) / 6)^alpha.
+    Wu { alpha: f32 },
+    /// score / len.
+    Average,
+}
+
+impl LengthPenalty {
+    /// The key the final sequence is chosen by.
+    pub fn apply(self, score: f32, len: usize) -> f32 {
+        let len = len.max(1) as f32;
+        match self {
+            LengthPenalty::None => score,
+            LengthPenalty::Power { alpha } => score / len.powf(alpha),
+            LengthPenalty::Wu { alpha } => score / ((5.0 + len) / 6.0).powf(alpha),
+            LengthPenalty::Average => score / len,
         }
     }
 }
@@ -357,12 +385,9 @@ pub fn beam_search(
 /// The best complete sequence, or the best unfinished one when none completed.
 fn finish(beams: ImageBeams, special: SpecialTokens, opts: &BeamOptions) -> BeamResult {
     let key = |score: f32, node: u32| -> f32 {
-        match opts.length_normalization {
-            None => score,
-            Some(alpha) => {
-                let len = beams.arena.tokens(node).len().max(1) as f32;
-                score / len.powf(alpha)
-            }
+        match opts.length_penalty {
+            LengthPenalty::None => score,
+            penalty => penalty.apply(score, beams.arena.tokens(node).len()),
         }
     };
     // First maximum wins, as Python's `list.index(max(list))`.
@@ -402,6 +427,64 @@ mod tests {
         let scores = [0.1f32, 0.9, 0.5, 0.9, f32::NAN, 0.2];
         let got = top_k(2, 3, 3, |r, v| scores[r * 3 + v]);
         assert_eq!(got, vec![(0.9, 1), (0.9, 3), (0.5, 2)]);
+    }
+
+    /// Two complete candidates: a short one (1 token, score -1.0) and a long one
+    /// (4 tokens, score -2.0).
+    fn two_candidates() -> ImageBeams {
+        let mut arena = Arena {
+            parent: Vec::new(),
+            token: Vec::new(),
+            alpha: Vec::new(),
+            pixels: 0,
+        };
+        let short = arena.push(ROOT, 9, &[]);
+        let mut long = ROOT;
+        for t in [3, 4, 5, 9] {
+            long = arena.push(long, t, &[]);
+        }
+        ImageBeams {
+            live: Vec::new(),
+            complete: vec![(-1.0, short), (-2.0, long)],
+            arena,
+            done: true,
+        }
+    }
+
+    fn pick_with(penalty: LengthPenalty) -> usize {
+        let special = SpecialTokens {
+            start: 0,
+            end: 9,
+            unk: None,
+        };
+        let opts = BeamOptions {
+            length_penalty: penalty,
+            ..BeamOptions::default()
+        };
+        finish(two_candidates(), special, &opts).tokens.len() - 1
+    }
+
+    #[test]
+    fn length_penalties_pick_as_computed() {
+        // None: -1.0 > -2.0, the short one.
+        assert_eq!(pick_with(LengthPenalty::None), 1);
+        // Average: -1.0/1 = -1.0 < -2.0/4 = -0.5, the long one.
+        assert_eq!(pick_with(LengthPenalty::Average), 4);
+        // Wu alpha=1: short -1.0/1 = -1.0; long -2.0/1.5 = -1.333: the short one.
+        assert_eq!(pick_with(LengthPenalty::Wu { alpha: 1.0 }), 1);
+        // Wu alpha=3: long -2.0/3.375 = -0.593 > -1.0: the long one.
+        assert_eq!(pick_with(LengthPenalty::Wu { alpha: 3.0 }), 4);
+        // Power alpha=0.4: long -2.0/4^0.4 = -1.149 < -1.0: short; alpha=0.6: -0.871: long.
+        assert_eq!(pick_with(LengthPenalty::Power { alpha: 0.4 }), 1);
+        assert_eq!(pick_with(LengthPenalty::Power { alpha: 0.6 }), 4);
+    }
+
+    #[test]
+    fn wu_penalty_values() {
+        let wu = LengthPenalty::Wu { alpha: 1.0 };
+        assert!((wu.apply(-3.0, 7) - (-3.0 / 2.0)).abs() < 1e-6);
+        assert_eq!(LengthPenalty::Average.apply(-3.0, 0), -3.0);
+        assert_eq!(LengthPenalty::None.apply(-3.0, 7), -3.0);
     }
 
     #[test]

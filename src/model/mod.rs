@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 
-pub use beam::{BeamOptions, BeamResult, SpecialTokens};
+pub use beam::{BeamOptions, BeamResult, LengthPenalty, SpecialTokens};
 pub use config::{BlockKind, EncoderConfig, ModelConfig};
 pub use decoder::Decoder;
 pub use encoder::Encoder;
