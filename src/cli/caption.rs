@@ -25,15 +25,8 @@ pub struct CaptionArgs {
     /// Stop after this many steps (the tutorial's 50).
     #[arg(long, default_value_t = 50)]
     pub max_steps: usize,
-    /// Pick the final beam by score / length^ALPHA instead of the raw score.
-    #[arg(long, value_name = "ALPHA")]
-    pub length_norm: Option<f32>,
-    /// Never emit <unk>.
-    #[arg(long)]
-    pub forbid_unk: bool,
-    /// Never repeat a trigram.
-    #[arg(long)]
-    pub block_trigrams: bool,
+    #[command(flatten)]
+    pub decoding: DecodingArgs,
     /// Print JSON lines (path, caption, tokens, token_ids, score, finished) instead of `path<TAB>caption`.
     #[arg(long)]
     pub json: bool,
@@ -45,17 +38,103 @@ pub struct CaptionArgs {
     pub images: Vec<PathBuf>,
 }
 
-impl CaptionArgs {
-    pub fn beam_options(&self) -> BeamOptions {
-        BeamOptions {
-            beam_size: self.beam_size.max(1),
-            max_steps: self.max_steps,
-            length_penalty: self
-                .length_norm
-                .map_or(LengthPenalty::None, |alpha| LengthPenalty::Power { alpha }),
+/// Beam-search options shared by `gaze caption` and `gaze eval`; all off by default, so the
+/// default search is the tutorial's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DecodingArgs {
+    /// Pick the final beam by score / length^ALPHA instead of the raw score [default: off].
+    #[arg(long, value_name = "ALPHA", conflicts_with = "length_penalty")]
+    pub length_norm: Option<f32>,
+    /// How the final beam is picked: none (raw summed log-probability), avg (per word),
+    /// wu:ALPHA (score / ((5 + length) / 6)^ALPHA, Wu et al. 2016) or power:ALPHA
+    /// (score / length^ALPHA) [default: none].
+    #[arg(long, value_name = "PENALTY", value_parser = parse_length_penalty)]
+    pub length_penalty: Option<LengthPenalty>,
+    /// Never emit <unk> [default: off].
+    #[arg(long)]
+    pub forbid_unk: bool,
+    /// Never repeat a trigram [default: off].
+    #[arg(long)]
+    pub block_trigrams: bool,
+    /// Never emit the same word twice in a row [default: off].
+    #[arg(long)]
+    pub no_repeat: bool,
+    /// Never end a caption on a word of --bad-ending-words [default: off].
+    #[arg(long)]
+    pub bad_endings: bool,
+    /// The words a caption may not end on, with --bad-endings; words missing from the word
+    /// map are ignored.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BAD_ENDINGS)]
+    pub bad_ending_words: Vec<String>,
+    /// Divide the scores by T before the log-softmax (1: the model's distribution).
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    pub temperature: f32,
+}
+
+/// Function words a real caption does not end on.
+pub const DEFAULT_BAD_ENDINGS: &str =
+    "a,an,the,of,with,in,on,and,at,to,for,from,by,its,his,her,their,is,are";
+
+fn parse_length_penalty(text: &str) -> Result<LengthPenalty, String> {
+    let alpha = |v: &str| -> Result<f32, String> {
+        v.parse::<f32>()
+            .ok()
+            .filter(|a| a.is_finite())
+            .ok_or_else(|| format!("{v:?} is not a number"))
+    };
+    match text.split_once(':') {
+        None if text == "none" => Ok(LengthPenalty::None),
+        None if text == "avg" => Ok(LengthPenalty::Average),
+        Some(("wu", a)) => Ok(LengthPenalty::Wu { alpha: alpha(a)? }),
+        Some(("power", a)) => Ok(LengthPenalty::Power { alpha: alpha(a)? }),
+        _ => Err(format!(
+            "{text:?}: expected none, avg, wu:ALPHA or power:ALPHA"
+        )),
+    }
+}
+
+impl DecodingArgs {
+    /// The search options of these flags for a model with `word_map`.
+    pub fn beam_options(
+        &self,
+        beam_size: usize,
+        max_steps: usize,
+        word_map: &gaze::data::WordMap,
+    ) -> Result<BeamOptions> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            anyhow::bail!(
+                "--temperature must be a positive number, got {}",
+                self.temperature
+            );
+        }
+        let bad_endings = if self.bad_endings {
+            let mut ids = Vec::new();
+            for w in &self.bad_ending_words {
+                match word_map.id(w.trim()) {
+                    Some(id) => ids.push(id),
+                    None => {
+                        tracing::warn!(word = %w, "--bad-ending-words: not in the word map, ignored")
+                    }
+                }
+            }
+            ids
+        } else {
+            Vec::new()
+        };
+        Ok(BeamOptions {
+            beam_size: beam_size.max(1),
+            max_steps,
+            length_penalty: match (self.length_penalty, self.length_norm) {
+                (Some(p), _) => p,
+                (None, Some(alpha)) => LengthPenalty::Power { alpha },
+                (None, None) => LengthPenalty::None,
+            },
             forbid_unk: self.forbid_unk,
             block_repeated_trigrams: self.block_trigrams,
-        }
+            temperature: self.temperature,
+            no_repeat: self.no_repeat,
+            bad_endings,
+        })
     }
 }
 
@@ -79,7 +158,9 @@ fn decode(path: &Path) -> Result<Decoded, gaze::data::DataError> {
 
 pub fn run(args: CaptionArgs) -> Result<ExitCode> {
     let model = args.source.load()?;
-    let opts = args.beam_options();
+    let opts = args
+        .decoding
+        .beam_options(args.beam_size, args.max_steps, &model.word_map)?;
     if let Some(dir) = &args.attention_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -12,7 +12,6 @@ use gaze::data::karpathy::Split;
 use gaze::data::PreparedSplit;
 use gaze::eval::report::{self, DataReport, ModelReport, Report};
 use gaze::eval::{self, EvalOptions, EvalProgress};
-use gaze::model::BeamOptions;
 
 use super::ModelSource;
 
@@ -49,6 +48,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N images of the split.
     #[arg(long, value_name = "N")]
     pub max_images: Option<usize>,
+    #[command(flatten)]
+    pub decoding: super::caption::DecodingArgs,
     /// Write every number at full precision, with model and data details, to this JSON file.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -64,10 +65,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let opts = EvalOptions {
         beam_sizes: args.beam_sizes.clone(),
         batch_size: args.batch_size,
-        search: BeamOptions {
-            max_steps: args.max_steps,
-            ..BeamOptions::default()
-        },
+        search: args
+            .decoding
+            .beam_options(1, args.max_steps, &model.word_map)?,
         max_images: args.max_images,
     };
     if model.word_map.words() != split.word_map().words() {

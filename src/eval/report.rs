@@ -110,6 +110,10 @@ pub struct SearchReport {
     pub length_penalty: String,
     pub forbid_unk: bool,
     pub block_repeated_trigrams: bool,
+    pub temperature: f32,
+    pub no_repeat: bool,
+    /// Word ids a caption may not end on.
+    pub bad_endings: Vec<u32>,
     pub batch_size: usize,
 }
 
@@ -125,6 +129,9 @@ impl SearchReport {
             length_penalty: format!("{:?}", opts.search.length_penalty),
             forbid_unk: opts.search.forbid_unk,
             block_repeated_trigrams: opts.search.block_repeated_trigrams,
+            temperature: opts.search.temperature,
+            no_repeat: opts.search.no_repeat,
+            bad_endings: opts.search.bad_endings.clone(),
             batch_size: opts.batch_size,
         }
     }

@@ -35,6 +35,12 @@ pub struct BeamOptions {
     pub forbid_unk: bool,
     /// Never emit a word that repeats a trigram already in the sequence.
     pub block_repeated_trigrams: bool,
+    /// Scores are divided by this before the log-softmax (1: the model's distribution).
+    pub temperature: f32,
+    /// Never emit the same word twice in a row.
+    pub no_repeat: bool,
+    /// Word ids after which `<end>` may not come (a caption never ends on them).
+    pub bad_endings: Vec<u32>,
 }
 
 impl Default for BeamOptions {
@@ -45,6 +51,9 @@ impl Default for BeamOptions {
             length_penalty: LengthPenalty::None,
             forbid_unk: false,
             block_repeated_trigrams: false,
+            temperature: 1.0,
+            no_repeat: false,
+            bad_endings: Vec::new(),
         }
     }
 }
@@ -282,7 +291,12 @@ pub fn beam_search(
     while !active.is_empty() {
         let ba = active.len();
         let out = decoder.step(&enc, &proj, &prev, &h, &c, None)?;
-        let logp = candle_nn::ops::log_softmax(&out.logits, D::Minus1)?;
+        let logits = if opts.temperature != 1.0 {
+            (&out.logits * (1.0 / opts.temperature as f64))?
+        } else {
+            out.logits.clone()
+        };
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let logp: Vec<f32> = logp.flatten_all()?.to_vec1()?;
         let alpha: Vec<f32> = out.alpha.flatten_all()?.to_vec1()?;
 
@@ -312,8 +326,20 @@ pub fn beam_search(
                 vec![Vec::new(); rows]
             };
             let forbid = if opts.forbid_unk { special.unk } else { None };
+            // Each expanding row's last word (`<start>` at the first step).
+            let last: Vec<u32> = (0..rows)
+                .map(|r| match beams.live[r].1 {
+                    ROOT => special.start,
+                    node => beams.arena.token[node as usize],
+                })
+                .collect();
             let best = top_k(rows, vocab, live, |r, v| {
-                if forbid == Some(v as u32) || blocked[r].contains(&(v as u32)) {
+                let v32 = v as u32;
+                if forbid == Some(v32)
+                    || blocked[r].contains(&v32)
+                    || (opts.no_repeat && v32 == last[r])
+                    || (v32 == special.end && opts.bad_endings.contains(&last[r]))
+                {
                     return f32::NEG_INFINITY;
                 }
                 beams.live[r].0 + logp[(base + r) * vocab + v]
@@ -492,5 +518,134 @@ mod tests {
         // <s> a b c a b -> "c" would repeat "a b c"
         assert_eq!(trigram_blocked(&[0, 1, 2, 3, 1, 2]), vec![3]);
         assert!(trigram_blocked(&[0, 1]).is_empty());
+    }
+
+    fn tiny(seed: u64) -> (Decoder, Tensor) {
+        use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
+        let cfg = ModelConfig {
+            encoder: EncoderConfig::Resnet {
+                block: BlockKind::Basic,
+                layers: [1, 1, 1, 1],
+                width: 4,
+            },
+            encoded_image_size: 2,
+            attention_dim: 6,
+            embed_dim: 5,
+            decoder_dim: 7,
+            vocab_size: 8,
+            dropout: 0.0,
+        };
+        let mut tensors = crate::model::init::random_tensors(&cfg, seed, &Device::Cpu).unwrap();
+        // Peaked output distributions, so repeats and early ends are likely without the rules.
+        let fc = (&tensors["decoder.fc.weight"] * 30.0).unwrap();
+        tensors.insert("decoder.fc.weight".into(), fc);
+        let weights = crate::model::weights::Weights::new(tensors, &Device::Cpu);
+        let decoder = Decoder::load(&weights.pp("decoder"), &cfg);
+        let e = cfg.encoder_dim();
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let v: Vec<f32> = (0..4 * 4 * e).map(|_| rng.next_f64() as f32).collect();
+        (
+            decoder,
+            Tensor::from_vec(v, (4, 4, e), &Device::Cpu).unwrap(),
+        )
+    }
+
+    const SPECIAL: SpecialTokens = SpecialTokens {
+        start: 0,
+        end: 1,
+        unk: None,
+    };
+
+    fn search(seed: u64, opts: &BeamOptions) -> Vec<BeamResult> {
+        let (decoder, enc) = tiny(seed);
+        beam_search(&decoder, &enc, SPECIAL, opts).unwrap()
+    }
+
+    #[test]
+    fn no_repeat_and_bad_endings_hold_and_change_what_they_must() {
+        let (mut repeats, mut bad_ends, mut finished) = (0, 0, 0);
+        let bad = vec![2u32, 3, 4];
+        for seed in 0..12 {
+            for beam_size in [1, 3] {
+                let plain = BeamOptions {
+                    beam_size,
+                    max_steps: 12,
+                    ..Default::default()
+                };
+                for r in search(seed, &plain) {
+                    repeats += r.tokens.windows(2).filter(|w| w[0] == w[1]).count();
+                    let n = r.tokens.len();
+                    if r.finished && n >= 2 && bad.contains(&r.tokens[n - 2]) {
+                        bad_ends += 1;
+                    }
+                }
+                let ruled = BeamOptions {
+                    no_repeat: true,
+                    bad_endings: bad.clone(),
+                    ..plain
+                };
+                for r in search(seed, &ruled) {
+                    assert!(
+                        r.tokens.windows(2).all(|w| w[0] != w[1]),
+                        "repeat in {:?}",
+                        r.tokens
+                    );
+                    let n = r.tokens.len();
+                    if r.finished {
+                        finished += 1;
+                        assert!(!bad.contains(&r.tokens[n - 2]), "bad ending {:?}", r.tokens);
+                    }
+                }
+            }
+        }
+        // Without the rules the same models do repeat and end badly, so the checks above bite.
+        assert!(
+            repeats > 0 && bad_ends > 0,
+            "{repeats} repeats, {bad_ends} bad ends"
+        );
+        assert!(finished > 0);
+    }
+
+    #[test]
+    fn temperature_one_is_the_default_search_and_others_rescale_scores() {
+        let plain = BeamOptions {
+            beam_size: 3,
+            max_steps: 10,
+            ..Default::default()
+        };
+        let one = BeamOptions {
+            temperature: 1.0,
+            ..plain.clone()
+        };
+        assert_eq!(search(5, &plain), search(5, &one));
+        let hot = BeamOptions {
+            temperature: 4.0,
+            ..plain.clone()
+        };
+        let a = search(5, &plain);
+        let b = search(5, &hot);
+        assert!(
+            a.iter().zip(&b).any(|(x, y)| x.score != y.score),
+            "a temperature of 4 flattens the distribution, so scores change"
+        );
+    }
+
+    #[test]
+    fn rules_do_not_depend_on_the_batch() {
+        let (decoder, enc) = tiny(3);
+        let opts = BeamOptions {
+            beam_size: 3,
+            max_steps: 10,
+            no_repeat: true,
+            bad_endings: vec![2, 3],
+            temperature: 0.7,
+            length_penalty: LengthPenalty::Wu { alpha: 0.9 },
+            ..Default::default()
+        };
+        let all = beam_search(&decoder, &enc, SPECIAL, &opts).unwrap();
+        for (i, together) in all.iter().enumerate() {
+            let one = beam_search(&decoder, &enc.narrow(0, i, 1).unwrap(), SPECIAL, &opts).unwrap();
+            assert_eq!(one[0].tokens, together.tokens, "image {i}");
+        }
     }
 }
