@@ -970,3 +970,50 @@ fn score_gives_nltk_the_karpathy_tokens_and_coco_the_ptb_tokens() {
         );
     }
 }
+
+#[test]
+fn sampled_captions_follow_the_seed_not_the_batch() {
+    let run = |extra: &[&str]| -> String {
+        let out = gaze()
+            .args(["caption", "--weights"])
+            .arg(fixture("parity/weights.safetensors"))
+            .arg("--word-map")
+            .arg(fixture("parity/WORDMAP_parity.json"))
+            .args(extra)
+            .arg(fixture("images/red_circle.png"))
+            .arg(fixture("images/blue_square.jpg"))
+            .arg(fixture("images/grey_triangle.png"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let base = [
+        "--sample",
+        "top-k:5",
+        "--samples",
+        "3",
+        "--temperature",
+        "1.5",
+    ];
+    let one = run(&[&base[..], &["--seed", "4", "--batch-size", "1"]].concat());
+    let three = run(&[&base[..], &["--seed", "4", "--batch-size", "3"]].concat());
+    assert_eq!(one, three);
+    assert_eq!(one.lines().count(), 3);
+    let seeds: std::collections::BTreeSet<String> = (0..6)
+        .map(|s| run(&[&base[..], &["--seed", &s.to_string()]].concat()))
+        .collect();
+    assert!(seeds.len() > 1, "different seeds draw different captions");
+    let out = gaze()
+        .args(["caption", "--sample", "top-p:1.5", "--weights"])
+        .arg(fixture("parity/weights.safetensors"))
+        .arg(fixture("images/red_circle.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(0, 1]"));
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use gaze::data::image::{self as img, DecodeOptions, TUTORIAL_SIZE};
+use gaze::model::sample::{image_seed, SampleOptions, Truncation};
 use gaze::model::{encoder::images_to_tensor, BeamOptions, LengthPenalty};
 use rayon::prelude::*;
 
@@ -27,6 +28,17 @@ pub struct CaptionArgs {
     pub max_steps: usize,
     #[command(flatten)]
     pub decoding: DecodingArgs,
+    /// Draw captions instead of searching: multinomial, top-k:K or top-p:P (with
+    /// --temperature; the search options do not apply) [default: off: beam search].
+    #[arg(long, value_name = "METHOD", value_parser = parse_sample)]
+    pub sample: Option<Truncation>,
+    /// Captions drawn per image with --sample; the most likely one is printed [default: 1].
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Seed of --sample: the same seed, model and image list give the same captions, whatever
+    /// the batch size [default: 0].
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Print JSON lines (path, caption, tokens, token_ids, score, finished) instead of `path<TAB>caption`.
     #[arg(long)]
     pub json: bool,
@@ -74,6 +86,22 @@ pub struct DecodingArgs {
 /// Function words a real caption does not end on.
 pub const DEFAULT_BAD_ENDINGS: &str =
     "a,an,the,of,with,in,on,and,at,to,for,from,by,its,his,her,their,is,are";
+
+fn parse_sample(text: &str) -> Result<Truncation, String> {
+    let bad = || format!("{text:?}: expected multinomial, top-k:K or top-p:P");
+    match text.split_once(':') {
+        None if text == "multinomial" => Ok(Truncation::None),
+        Some(("top-k", k)) => match k.parse::<usize>() {
+            Ok(k) if k > 0 => Ok(Truncation::TopK(k)),
+            _ => Err(bad()),
+        },
+        Some(("top-p", p)) => match p.parse::<f32>() {
+            Ok(p) if p > 0.0 && p <= 1.0 => Ok(Truncation::TopP(p)),
+            _ => Err(format!("{text:?}: P must be in (0, 1]")),
+        },
+        _ => Err(bad()),
+    }
+}
 
 fn parse_length_penalty(text: &str) -> Result<LengthPenalty, String> {
     let alpha = |v: &str| -> Result<f32, String> {
@@ -164,14 +192,26 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.attention_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let sampling = args.sample.map(|truncation| SampleOptions {
+        truncation,
+        temperature: opts.temperature,
+        samples: args.samples.max(1),
+        max_steps: args.max_steps,
+    });
     let mut failed = 0usize;
     let stdout = std::io::stdout();
-    for chunk in args.images.chunks(args.batch_size.max(1)) {
+    let batch_size = args.batch_size.max(1);
+    for (c, chunk) in args.images.chunks(batch_size).enumerate() {
         let decoded: Vec<Result<Decoded, _>> = chunk.par_iter().map(|p| decode(p)).collect();
         let mut good = Vec::with_capacity(decoded.len());
-        for d in decoded {
+        // Each image's place in the whole list: its sampling stream.
+        let mut seeds = Vec::with_capacity(decoded.len());
+        for (k, d) in decoded.into_iter().enumerate() {
             match d {
-                Ok(d) => good.push(d),
+                Ok(d) => {
+                    good.push(d);
+                    seeds.push(image_seed(args.seed, (c * batch_size + k) as u64));
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     failed += 1;
@@ -186,7 +226,10 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
             .map(|d| std::mem::take(&mut d.pixels))
             .collect();
         let batch = images_to_tensor(&pixels, TUTORIAL_SIZE as usize, &model.device)?;
-        let captions = model.caption_images(&batch, &opts)?;
+        let captions = match &sampling {
+            Some(s) => model.sample_images(&batch, s, &seeds)?,
+            None => model.caption_images(&batch, &opts)?,
+        };
         let mut out = stdout.lock();
         for (d, cap) in good.iter().zip(&captions) {
             if args.json {

@@ -144,6 +144,45 @@ impl CaptionModel {
             .collect())
     }
 
+    /// Captions a batch of normalised images `(N, 3, H, W)` by sampling instead of searching:
+    /// `opts.samples` captions per image from `seeds[i]`'s stream, and of those the one with
+    /// the highest log-probability.
+    pub fn sample_images(
+        &self,
+        images: &Tensor,
+        opts: &sample::SampleOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<Caption>> {
+        let features = self.encoder.forward(images)?;
+        let grid = features.dim(1)?;
+        let drawn = sample::sample_captions(
+            &self.decoder,
+            &features,
+            self.special_tokens(),
+            opts,
+            seeds,
+            true,
+        )?;
+        Ok(drawn
+            .into_iter()
+            .filter_map(|samples| {
+                // The first of equally likely samples wins.
+                samples
+                    .into_iter()
+                    .reduce(|best, s| if s.log_prob > best.log_prob { s } else { best })
+            })
+            .map(|s| {
+                let r = BeamResult {
+                    tokens: s.tokens,
+                    score: s.log_prob,
+                    alphas: s.alphas,
+                    finished: s.finished,
+                };
+                self.to_caption(r, grid)
+            })
+            .collect())
+    }
+
     fn to_caption(&self, r: BeamResult, grid: usize) -> Caption {
         let words = self.word_map.decode(&r.tokens);
         Caption {
