@@ -521,33 +521,10 @@ mod tests {
     }
 
     fn tiny(seed: u64) -> (Decoder, Tensor) {
-        use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
-        let cfg = ModelConfig {
-            encoder: EncoderConfig::Resnet {
-                block: BlockKind::Basic,
-                layers: [1, 1, 1, 1],
-                width: 4,
-            },
-            encoded_image_size: 2,
-            attention_dim: 6,
-            embed_dim: 5,
-            decoder_dim: 7,
-            vocab_size: 8,
-            dropout: 0.0,
-        };
-        let mut tensors = crate::model::init::random_tensors(&cfg, seed, &Device::Cpu).unwrap();
+        use crate::model::init::testing::{features, tiny_decoder};
         // Peaked output distributions, so repeats and early ends are likely without the rules.
-        let fc = (&tensors["decoder.fc.weight"] * 30.0).unwrap();
-        tensors.insert("decoder.fc.weight".into(), fc);
-        let weights = crate::model::weights::Weights::new(tensors, &Device::Cpu);
-        let decoder = Decoder::load(&weights.pp("decoder"), &cfg);
-        let e = cfg.encoder_dim();
-        let mut rng = crate::rng::SplitMix64::new(seed);
-        let v: Vec<f32> = (0..4 * 4 * e).map(|_| rng.next_f64() as f32).collect();
-        (
-            decoder,
-            Tensor::from_vec(v, (4, 4, e), &Device::Cpu).unwrap(),
-        )
+        let (_, decoder, cfg) = tiny_decoder(4, (6, 5, 7), 8, seed, 30.0, |_| false);
+        (decoder, features(4, &cfg, seed))
     }
 
     const SPECIAL: SpecialTokens = SpecialTokens {

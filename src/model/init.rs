@@ -142,6 +142,56 @@ pub fn random_model(
     )
 }
 
+/// Tiny random decoders for unit tests of the search, the sampler and the losses.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::model::config::{BlockKind, EncoderConfig};
+    use crate::model::{weights::Weights, Decoder};
+
+    /// A decoder of `vocab` words over a width-`width` ResNet's features on a 2x2 grid; the
+    /// output weights are multiplied by `fc_scale` (large values give peaked distributions).
+    /// Returns the trainable variables `trainable` selects, the decoder and its config.
+    pub(crate) fn tiny_decoder(
+        width: usize,
+        dims: (usize, usize, usize),
+        vocab: usize,
+        seed: u64,
+        fc_scale: f64,
+        trainable: impl Fn(&str) -> bool,
+    ) -> (Vec<(String, candle_core::Var)>, Decoder, ModelConfig) {
+        let (attention_dim, embed_dim, decoder_dim) = dims;
+        let cfg = ModelConfig {
+            encoder: EncoderConfig::Resnet {
+                block: BlockKind::Basic,
+                layers: [1, 1, 1, 1],
+                width,
+            },
+            encoded_image_size: 2,
+            attention_dim,
+            embed_dim,
+            decoder_dim,
+            vocab_size: vocab,
+            dropout: 0.0,
+        };
+        let mut tensors = random_tensors(&cfg, seed, &Device::Cpu).unwrap();
+        let fc = (&tensors["decoder.fc.weight"] * fc_scale).unwrap();
+        tensors.insert("decoder.fc.weight".into(), fc);
+        let mut weights = Weights::new(tensors, &Device::Cpu);
+        let vars = weights.make_trainable(trainable).unwrap();
+        let decoder = Decoder::load(&weights.pp("decoder"), &cfg);
+        (vars, decoder, cfg)
+    }
+
+    /// `rows` random encoder outputs `(rows, 4, E)` for `cfg`, uniform in [0, 1).
+    pub(crate) fn features(rows: usize, cfg: &ModelConfig, seed: u64) -> Tensor {
+        let e = cfg.encoder_dim();
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let v: Vec<f32> = (0..rows * 4 * e).map(|_| rng.next_f64() as f32).collect();
+        Tensor::from_vec(v, (rows, 4, e), &Device::Cpu).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! ([`image_seed`]), one number per live sample per step in a fixed order, so a caption does
 //! not depend on which other images share its batch.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 use super::beam::SpecialTokens;
 use super::decoder::Decoder;
@@ -221,9 +221,9 @@ fn pick(weights: &[f64], candidates: impl Iterator<Item = usize> + Clone, u: f64
     last
 }
 
-/// The decoder's probabilities for the first word of every image, `(B, V)` (for tests and
-/// diagnostics).
-pub fn first_word_probabilities(
+/// The decoder's probabilities for the first word of every image, `(B, V)`.
+#[cfg(test)]
+fn first_word_probabilities(
     decoder: &Decoder,
     encoder_out: &Tensor,
     special: SpecialTokens,
@@ -233,8 +233,7 @@ pub fn first_word_probabilities(
     let enc = encoder_out.reshape((b, (), e))?.to_dtype(DType::F32)?;
     let proj = decoder.attention.project_encoder(&enc)?;
     let (h, c) = decoder.init_hidden_state(&enc)?;
-    let words =
-        Tensor::from_vec(vec![special.start; b], (b, 1), &Device::Cpu)?.to_device(enc.device())?;
+    let words = Tensor::from_vec(vec![special.start; b], (b, 1), enc.device())?;
     let step = decoder.step(
         &enc,
         &proj,
@@ -243,41 +242,19 @@ pub fn first_word_probabilities(
         &c.unsqueeze(1)?,
         None,
     )?;
-    candle_nn::ops::softmax(&step.logits.squeeze(1)?, D::Minus1)
+    candle_nn::ops::softmax(&step.logits.squeeze(1)?, candle_core::D::Minus1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
-    use crate::model::weights::Weights;
+    use crate::model::init::testing::{features, tiny_decoder};
 
     fn tiny(vocab: usize, seed: u64) -> (Decoder, Tensor) {
-        let cfg = ModelConfig {
-            encoder: EncoderConfig::Resnet {
-                block: BlockKind::Basic,
-                layers: [1, 1, 1, 1],
-                width: 4,
-            },
-            encoded_image_size: 2,
-            attention_dim: 6,
-            embed_dim: 5,
-            decoder_dim: 7,
-            vocab_size: vocab,
-            dropout: 0.0,
-        };
-        let mut tensors = crate::model::init::random_tensors(&cfg, seed, &Device::Cpu).unwrap();
         // Larger output weights than the initialisation's, so the distribution is far from
         // uniform and the tests below can tell words apart.
-        let fc = (&tensors["decoder.fc.weight"] * 20.0).unwrap();
-        tensors.insert("decoder.fc.weight".into(), fc);
-        let weights = Weights::new(tensors, &Device::Cpu);
-        let decoder = Decoder::load(&weights.pp("decoder"), &cfg);
-        let e = cfg.encoder_dim();
-        let mut rng = SplitMix64::new(seed ^ 77);
-        let values: Vec<f32> = (0..3 * 4 * e).map(|_| rng.next_f64() as f32).collect();
-        let enc = Tensor::from_vec(values, (3, 4, e), &Device::Cpu).unwrap();
-        (decoder, enc)
+        let (_, decoder, cfg) = tiny_decoder(4, (6, 5, 7), vocab, seed, 20.0, |_| false);
+        (decoder, features(3, &cfg, seed ^ 77))
     }
 
     const SPECIAL: SpecialTokens = SpecialTokens {

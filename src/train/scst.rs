@@ -174,39 +174,18 @@ pub fn scst_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{BlockKind, EncoderConfig, ModelConfig};
-    use crate::model::weights::Weights;
-    use crate::rng::SplitMix64;
+    use crate::model::config::ModelConfig;
+    use crate::model::init::testing::tiny_decoder;
     use candle_core::{Device, Var};
 
     fn tiny() -> (Vec<(String, Var)>, Decoder, ModelConfig) {
-        let cfg = ModelConfig {
-            encoder: EncoderConfig::Resnet {
-                block: BlockKind::Basic,
-                layers: [1, 1, 1, 1],
-                width: 2,
-            },
-            encoded_image_size: 2,
-            attention_dim: 3,
-            embed_dim: 3,
-            decoder_dim: 4,
-            vocab_size: 6,
-            dropout: 0.5,
-        };
-        let tensors = crate::model::init::random_tensors(&cfg, 9, &Device::Cpu).unwrap();
-        let mut weights = Weights::new(tensors, &Device::Cpu);
-        let vars = weights
-            .make_trainable(|n| n == "decoder.fc.weight" || n == "decoder.fc.bias")
-            .unwrap();
-        let decoder = Decoder::load(&weights.pp("decoder"), &cfg);
-        (vars, decoder, cfg)
+        tiny_decoder(2, (3, 3, 4), 6, 9, 1.0, |n| {
+            n == "decoder.fc.weight" || n == "decoder.fc.bias"
+        })
     }
 
     fn features(rows: usize, cfg: &ModelConfig) -> Tensor {
-        let e = cfg.encoder_dim();
-        let mut rng = SplitMix64::new(4);
-        let v: Vec<f32> = (0..rows * 4 * e).map(|_| rng.next_f64() as f32).collect();
-        Tensor::from_vec(v, (rows, 4, e), &Device::Cpu).unwrap()
+        crate::model::init::testing::features(rows, cfg, 4)
     }
 
     /// Log-probabilities of each sequence's words from the plain teacher-forced forward.

@@ -174,34 +174,34 @@ fn setup(
                     data.word_map.len()
                 )));
             }
-            let saved =
-                TrainingState::from_metadata(&mf.metadata, path).map_err(TrainError::Invalid)?;
             let mut tensors = mf.tensors;
-            if let Some(saved) = saved.filter(|s| s.config.scst != cfg.scst) {
-                // A new stage with another objective (self-critical training from a
-                // cross-entropy model, or back): the weights carry on; the loop's position,
-                // best score, learning rates and optimiser moments start afresh.
-                tensors.retain(|k, _| !k.starts_with("optim."));
-                tracing::info!(
-                    from_epoch = saved.epoch,
-                    scst = cfg.scst,
-                    "{}: a new training stage from this model (fresh optimiser and best score)",
-                    path.display()
-                );
-            } else if let Some(saved) =
-                TrainingState::from_metadata(&mf.metadata, path).map_err(TrainError::Invalid)?
-            {
-                // Resume: the loop's position and learning rates come from the checkpoint;
-                // this run's options (epochs, fine-tuning, budget...) from the command line.
-                state = TrainingState {
-                    config: cfg.clone(),
-                    fine_tune_encoder: cfg.fine_tune_encoder,
-                    ..saved
-                };
-                if cfg.fine_tune_encoder && state.encoder_steps.is_empty() {
-                    // The second stage starts fine-tuning: a fresh encoder optimiser.
-                    state.encoder_lr = cfg.encoder_lr;
+            match TrainingState::from_metadata(&mf.metadata, path).map_err(TrainError::Invalid)? {
+                Some(saved) if saved.config.scst != cfg.scst => {
+                    // A new stage with another objective (self-critical training from a
+                    // cross-entropy model, or back): the weights carry on; the loop's position,
+                    // best score, learning rates and optimiser moments start afresh.
+                    tensors.retain(|k, _| !k.starts_with("optim."));
+                    tracing::info!(
+                        from_epoch = saved.epoch,
+                        scst = cfg.scst,
+                        "{}: a new training stage from this model (fresh optimiser and best score)",
+                        path.display()
+                    );
                 }
+                Some(saved) => {
+                    // Resume: the loop's position and learning rates come from the checkpoint;
+                    // this run's options (epochs, fine-tuning, budget...) from the command line.
+                    state = TrainingState {
+                        config: cfg.clone(),
+                        fine_tune_encoder: cfg.fine_tune_encoder,
+                        ..saved
+                    };
+                    if cfg.fine_tune_encoder && state.encoder_steps.is_empty() {
+                        // The second stage starts fine-tuning: a fresh encoder optimiser.
+                        state.encoder_lr = cfg.encoder_lr;
+                    }
+                }
+                None => {}
             }
             let mut config = mf.config;
             config.dropout = cfg.dropout;
