@@ -20,6 +20,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
+use crate::model::beam::{BeamOptions, LengthPenalty, DEFAULT_BAD_ENDINGS};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
@@ -56,6 +57,13 @@ pub enum ConfigError {
         value: String,
         origin: Origin,
         allowed: String,
+    },
+    #[error("{key} = {value:?}{origin}: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        origin: Origin,
+        reason: String,
     },
     #[error("{key} = {value:?}{origin}: {reason}")]
     LogLevel {
@@ -265,17 +273,75 @@ pub struct ModelSection {
     pub device: String,
     pub beam_size: usize,
     pub max_steps: usize,
+    /// How the final beam is picked: none, avg, wu:ALPHA or power:ALPHA.
+    pub length_penalty: String,
+    pub forbid_unk: bool,
+    pub block_trigrams: bool,
+    pub no_repeat: bool,
+    /// Whether a caption may not end on a word of `bad_ending_words`.
+    pub bad_endings: bool,
+    pub bad_ending_words: Vec<String>,
+    pub temperature: f64,
+    /// Diverse beam search: groups (1: the plain search) and the cost of a word per earlier
+    /// group that chose it at the same step.
+    pub diverse_groups: usize,
+    pub diversity: f64,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
+        let search = BeamOptions::default();
         ModelSection {
             path: None,
             word_map: None,
             device: "cpu".into(),
             beam_size: 3,
             max_steps: 50,
+            length_penalty: search.length_penalty.to_string(),
+            forbid_unk: search.forbid_unk,
+            block_trigrams: search.block_repeated_trigrams,
+            no_repeat: search.no_repeat,
+            bad_endings: false,
+            bad_ending_words: DEFAULT_BAD_ENDINGS.iter().map(|w| w.to_string()).collect(),
+            temperature: search.temperature.into(),
+            diverse_groups: search.groups,
+            diversity: search.diversity.into(),
         }
+    }
+}
+
+impl ModelSection {
+    /// The search these settings ask for, bad endings still as words (a model's word map
+    /// turns them into ids: [`crate::model::beam::word_ids`]). `length_penalty` must have
+    /// passed [`Config::check_settings`].
+    pub fn search(&self) -> Result<(BeamOptions, Vec<String>), ConfigError> {
+        let length_penalty: LengthPenalty =
+            self.length_penalty
+                .parse()
+                .map_err(|reason| ConfigError::BadValue {
+                    key: "model.length_penalty".into(),
+                    value: self.length_penalty.clone(),
+                    origin: Origin(None),
+                    reason,
+                })?;
+        let search = BeamOptions {
+            beam_size: self.beam_size.max(1),
+            max_steps: self.max_steps,
+            length_penalty,
+            forbid_unk: self.forbid_unk,
+            block_repeated_trigrams: self.block_trigrams,
+            temperature: self.temperature as f32,
+            no_repeat: self.no_repeat,
+            bad_endings: Vec::new(),
+            groups: self.diverse_groups,
+            diversity: self.diversity as f32,
+        };
+        let words = if self.bad_endings {
+            self.bad_ending_words.clone()
+        } else {
+            Vec::new()
+        };
+        Ok((search, words))
     }
 }
 
@@ -728,7 +794,7 @@ impl Config {
             &self.limits,
             &self.retrain,
         );
-        let counts: [(&str, u64, RangeInclusive<u64>); 19] = [
+        let counts: [(&str, u64, RangeInclusive<u64>); 20] = [
             ("watch.poll_interval_ms", w.poll_interval_ms, 1..=DAY_MS),
             (
                 "watch.rescan_interval_secs",
@@ -743,6 +809,7 @@ impl Config {
             ),
             ("model.beam_size", m.beam_size as u64, 1..=100),
             ("model.max_steps", m.max_steps as u64, 1..=1000),
+            ("model.diverse_groups", m.diverse_groups as u64, 1..=100),
             ("pipeline.batch_size", p.batch_size as u64, 1..=4096),
             ("pipeline.max_wait_ms", p.max_wait_ms, 0..=HOUR_MS),
             ("pipeline.decode_threads", p.decode_threads as u64, 1..=1024),
@@ -778,7 +845,10 @@ impl Config {
                 ));
             }
         }
-        let amounts: [(&str, f64, RangeInclusive<f64>); 2] = [
+        let amounts: [(&str, f64, RangeInclusive<f64>); 4] = [
+            // Not 0: the scores are divided by it.
+            ("model.temperature", m.temperature, 1e-3..=1e3),
+            ("model.diversity", m.diversity, 0.0..=1e6),
             (
                 "retrain.max_minutes",
                 r.max_minutes,
@@ -795,6 +865,14 @@ impl Config {
                     format!("{}..={}", allowed.start(), allowed.end()),
                 ));
             }
+        }
+        if let Err(reason) = m.length_penalty.parse::<LengthPenalty>() {
+            return Err(ConfigError::BadValue {
+                key: "model.length_penalty".into(),
+                value: m.length_penalty.clone(),
+                origin: Origin(self.source("model.length_penalty").cloned()),
+                reason,
+            });
         }
         self.log_filter().map(drop)
     }
@@ -1026,7 +1104,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 21);
+        assert_eq!(checked, 24);
         Config::default().check_settings().unwrap();
     }
 
@@ -1154,5 +1232,39 @@ mod tests {
             );
         }
         assert_eq!(ENV_VARS.len(), 35);
+    }
+
+    #[test]
+    fn decoding_keys_become_the_search() {
+        let cfg = Config::from_toml_str(
+            "[model]\nbeam_size = 4\nlength_penalty = \"wu:0.7\"\nno_repeat = true\n\
+             bad_endings = true\nbad_ending_words = [\"a\", \"of\"]\ntemperature = 0.5\n\
+             diverse_groups = 2\ndiversity = 1.5\n",
+        )
+        .unwrap();
+        cfg.check_settings().unwrap();
+        let (search, words) = cfg.model.search().unwrap();
+        assert_eq!(search.beam_size, 4);
+        assert_eq!(search.length_penalty, LengthPenalty::Wu { alpha: 0.7 });
+        assert!(search.no_repeat && !search.forbid_unk && !search.block_repeated_trigrams);
+        assert_eq!(
+            (search.temperature, search.groups, search.diversity),
+            (0.5, 2, 1.5)
+        );
+        assert_eq!(words, vec!["a".to_string(), "of".to_string()]);
+        // Off by default: the tutorial's search.
+        let (plain, words) = Config::default().model.search().unwrap();
+        assert_eq!(
+            plain,
+            BeamOptions {
+                beam_size: 3,
+                ..BeamOptions::default()
+            }
+        );
+        assert!(words.is_empty());
+        let bad = Config::from_toml_str("[model]\nlength_penalty = \"wu\"\n").unwrap();
+        let e = bad.check_settings().unwrap_err().to_string();
+        assert!(e.starts_with("model.length_penalty = \"wu\""), "{e}");
+        assert!(e.contains("wu:ALPHA"), "{e}");
     }
 }

@@ -53,14 +53,36 @@ pub(crate) struct Worker {
     pub tx: Sender<WriterMsg>,
     pub current: ActiveModel,
     pub swap: ModelSwap,
+    /// The configured search (bad endings not yet resolved).
     pub beam: BeamOptions,
-    /// Read-only, to skip content the model has already captioned.
+    pub bad_ending_words: Vec<String>,
+    /// `beam` for the current model: its bad endings as that model's word ids. Set by
+    /// [`Worker::run`].
+    pub search: BeamOptions,
     /// A read-only store, to skip content the current model has captioned already.
     pub db: BoxedStore,
 }
 
 impl Worker {
+    /// `beam` with the bad ending words as ids of the current model's word map.
+    fn resolve_search(&mut self) {
+        let (ids, missing) =
+            crate::model::beam::word_ids(&self.current.model.word_map, &self.bad_ending_words);
+        if !missing.is_empty() {
+            tracing::warn!(
+                model = %self.current.name,
+                words = ?missing,
+                "model.bad_ending_words: not in the model's word map, ignored"
+            );
+        }
+        self.search = BeamOptions {
+            bad_endings: ids,
+            ..self.beam.clone()
+        };
+    }
+
     pub fn run(mut self) -> Result<(), DaemonError> {
+        self.resolve_search();
         loop {
             // Wake now and then while idle, so a promoted model is taken (and its recaption
             // queued) without waiting for the next image.
@@ -77,6 +99,7 @@ impl Worker {
                     "model swapped; later batches use the new model"
                 );
                 self.current = next;
+                self.resolve_search();
                 // Behind every batch of the old model on the writer's queue.
                 let msg = WriterMsg::Swapped {
                     model_id: self.current.id,
@@ -123,7 +146,7 @@ impl Worker {
                 .map_err(|e| e.to_string())
                 .and_then(|t| {
                     model
-                        .caption_images(&t, &self.beam)
+                        .caption_images(&t, &self.search)
                         .map_err(|e| e.to_string())
                 })
         };

@@ -122,7 +122,11 @@ pub struct DaemonOptions {
     pub max_wait: Duration,
     pub decode_threads: usize,
     pub queue_depth: usize,
+    /// The search; its `bad_endings` ids are replaced, for each model, by the ids of
+    /// `bad_ending_words` in that model's word map.
     pub beam: BeamOptions,
+    /// Words a caption may not end on (empty: the rule is off).
+    pub bad_ending_words: Vec<String>,
     pub decode: DecodeOptions,
     pub max_file_bytes: u64,
     pub max_attempts: u32,
@@ -141,6 +145,7 @@ impl DaemonOptions {
     /// when retraining is enabled).
     pub fn from_config(cfg: &Config) -> Result<Self, crate::config::ConfigError> {
         let ms = Duration::from_millis;
+        let (beam, bad_ending_words) = cfg.model.search()?;
         Ok(DaemonOptions {
             folders: cfg.watch.folders.clone(),
             include: cfg.watch.include.clone(),
@@ -154,11 +159,8 @@ impl DaemonOptions {
             max_wait: ms(cfg.pipeline.max_wait_ms),
             decode_threads: cfg.pipeline.decode_threads.max(1),
             queue_depth: cfg.pipeline.queue_depth.max(1),
-            beam: BeamOptions {
-                beam_size: cfg.model.beam_size.max(1),
-                max_steps: cfg.model.max_steps,
-                ..BeamOptions::default()
-            },
+            beam,
+            bad_ending_words,
             decode: DecodeOptions {
                 max_pixels: cfg.limits.max_pixels,
                 max_file_bytes: cfg.limits.max_file_bytes,
@@ -379,6 +381,8 @@ impl CaptionStages {
             current: self.active,
             swap: self.swap,
             beam: opts.beam.clone(),
+            bad_ending_words: opts.bad_ending_words.clone(),
+            search: opts.beam.clone(),
             db: open_reader(&self.db)?,
         };
         let mut threads = vec![spawn("inference", move || inference.run())?];

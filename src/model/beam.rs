@@ -13,8 +13,11 @@
 //!   serves every beam of every image; finished images leave the batch.
 //! - The attention's encoder projection is computed once per image, not at every step.
 //! - Histories are kept as back-pointers, not copied sequences.
-//! - Options (all off by default): length normalisation, forbidding `<unk>`, blocking
-//!   repeated trigrams.
+//! - Options (all off by default): length penalties, forbidding `<unk>`, blocking repeated
+//!   trigrams, no word twice in a row, no caption ending on a listed word, temperature, and
+//!   diverse beam search (Vijayakumar et al. 2018): the `k` beams split into groups searched
+//!   one after another at each step, a word already chosen by an earlier group at this step
+//!   costing `diversity` per choice.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -41,6 +44,13 @@ pub struct BeamOptions {
     pub no_repeat: bool,
     /// Word ids after which `<end>` may not come (a caption never ends on them).
     pub bad_endings: Vec<u32>,
+    /// Diverse beam search: the beams split into this many groups (1: the plain search; at
+    /// most `beam_size`; sizes differ by at most one, the first groups larger).
+    pub groups: usize,
+    /// Diverse beam search: what a word costs a group, in log-probability, for each earlier
+    /// group that chose it at the same step (Hamming diversity). Selection only: scores stay
+    /// log-probabilities.
+    pub diversity: f32,
 }
 
 impl Default for BeamOptions {
@@ -54,7 +64,19 @@ impl Default for BeamOptions {
             temperature: 1.0,
             no_repeat: false,
             bad_endings: Vec::new(),
+            groups: 1,
+            diversity: 0.5,
         }
+    }
+}
+
+impl BeamOptions {
+    /// How many beams each group gets: `beam_size` split into `groups` (clamped to
+    /// `1..=beam_size`) parts differing by at most one.
+    pub fn group_sizes(&self) -> Vec<usize> {
+        let k = self.beam_size.max(1);
+        let g = self.groups.clamp(1, k);
+        (0..g).map(|i| k / g + usize::from(i < k % g)).collect()
     }
 }
 
@@ -86,6 +108,61 @@ impl LengthPenalty {
     }
 }
 
+impl std::str::FromStr for LengthPenalty {
+    type Err = String;
+
+    /// `none`, `avg`, `wu:ALPHA` or `power:ALPHA`, as the command line and config.toml write it.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let alpha = |v: &str| -> std::result::Result<f32, String> {
+            v.parse::<f32>()
+                .ok()
+                .filter(|a| a.is_finite())
+                .ok_or_else(|| format!("{v:?} is not a number"))
+        };
+        match text.split_once(':') {
+            None if text == "none" => Ok(LengthPenalty::None),
+            None if text == "avg" => Ok(LengthPenalty::Average),
+            Some(("wu", a)) => Ok(LengthPenalty::Wu { alpha: alpha(a)? }),
+            Some(("power", a)) => Ok(LengthPenalty::Power { alpha: alpha(a)? }),
+            _ => Err(format!(
+                "{text:?}: expected none, avg, wu:ALPHA or power:ALPHA"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LengthPenalty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LengthPenalty::None => write!(f, "none"),
+            LengthPenalty::Average => write!(f, "avg"),
+            LengthPenalty::Wu { alpha } => write!(f, "wu:{alpha}"),
+            LengthPenalty::Power { alpha } => write!(f, "power:{alpha}"),
+        }
+    }
+}
+
+/// Function words a real caption does not end on: the default list of bad endings.
+pub const DEFAULT_BAD_ENDINGS: &[&str] = &[
+    "a", "an", "the", "of", "with", "in", "on", "and", "at", "to", "for", "from", "by", "its",
+    "his", "her", "their", "is", "are",
+];
+
+/// The ids of `words` in `word_map`, and the words it does not have.
+pub fn word_ids<'w>(
+    word_map: &crate::data::WordMap,
+    words: &'w [String],
+) -> (Vec<u32>, Vec<&'w str>) {
+    let (mut ids, mut missing) = (Vec::new(), Vec::new());
+    for w in words {
+        match word_map.id(w.trim()) {
+            Some(id) => ids.push(id),
+            None => missing.push(w.as_str()),
+        }
+    }
+    (ids, missing)
+}
+
 /// The special ids beam search needs.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecialTokens {
@@ -105,6 +182,9 @@ pub struct BeamResult {
     pub alphas: Vec<Vec<f32>>,
     /// Whether the sequence ended with `<end>`.
     pub finished: bool,
+    /// With diverse beam search (`groups > 1`), each group's best sequence in group order
+    /// (this result is the best of them); empty otherwise.
+    pub groups: Vec<BeamResult>,
 }
 
 /// History of one image's beams as a tree of back-pointers.
@@ -152,13 +232,19 @@ impl Arena {
     }
 }
 
-/// Per-image search state.
-struct ImageBeams {
-    /// Live beams, best first: (cumulative score, history node).
+/// One group of one image's beams.
+struct Group {
+    /// Live beams, best first: (cumulative log-probability, history node).
     live: Vec<(f32, u32)>,
     complete: Vec<(f32, u32)>,
+    /// This group's first slot among the image's `k` decoder-state rows.
+    offset: usize,
+}
+
+/// Per-image search state.
+struct ImageBeams {
+    groups: Vec<Group>,
     arena: Arena,
-    done: bool,
 }
 
 /// A candidate for the top-k heap: higher score first, lower flat index first on ties.
@@ -265,17 +351,27 @@ pub fn beam_search(
     enc = enc.detach();
     let mut proj = decoder.attention.project_encoder(&enc)?.detach();
 
+    let sizes = opts.group_sizes();
     let mut images: Vec<ImageBeams> = (0..b_total)
         .map(|_| ImageBeams {
-            live: vec![(0.0, ROOT); k],
-            complete: Vec::new(),
+            groups: sizes
+                .iter()
+                .scan(0, |offset, &size| {
+                    let group = Group {
+                        live: vec![(0.0, ROOT); size],
+                        complete: Vec::new(),
+                        offset: *offset,
+                    };
+                    *offset += size;
+                    Some(group)
+                })
+                .collect(),
             arena: Arena {
                 parent: Vec::new(),
                 token: Vec::new(),
                 alpha: Vec::new(),
                 pixels: p,
             },
-            done: false,
         })
         .collect();
     // Images still searching, in batch order: `active[i]` is the image at batch row i.
@@ -286,6 +382,7 @@ pub fn beam_search(
     let mut h = h0.unsqueeze(1)?.repeat((1, k, 1))?;
     let mut c = c0.unsqueeze(1)?.repeat((1, k, 1))?;
     let mut prev = u32_tensor(vec![special.start; b_total * k], (b_total, k), &device)?;
+    let forbid = if opts.forbid_unk { special.unk } else { None };
 
     let mut step = 1usize;
     while !active.is_empty() {
@@ -306,76 +403,94 @@ pub fn beam_search(
         let mut still_active: Vec<usize> = Vec::with_capacity(ba);
         let mut keep_rows: Vec<usize> = Vec::with_capacity(ba);
         for (row, &img) in active.iter().enumerate() {
-            let beams = &mut images[img];
-            let live = beams.live.len();
-            let rows = if step == 1 { 1 } else { live };
+            let ImageBeams { groups, arena } = &mut images[img];
             let base = row * k;
-            // Words each expanding row may not emit (trigram blocking).
-            let blocked: Vec<Vec<u32>> = if opts.block_repeated_trigrams {
-                (0..rows)
-                    .map(|r| {
-                        let node = beams.live[r].1;
-                        let mut seq = vec![special.start];
-                        if node != ROOT {
-                            seq.extend(beams.arena.tokens(node));
-                        }
-                        trigram_blocked(&seq)
-                    })
-                    .collect()
-            } else {
-                vec![Vec::new(); rows]
-            };
-            let forbid = if opts.forbid_unk { special.unk } else { None };
-            // Each expanding row's last word (`<start>` at the first step).
-            let last: Vec<u32> = (0..rows)
-                .map(|r| match beams.live[r].1 {
-                    ROOT => special.start,
-                    node => beams.arena.token[node as usize],
-                })
-                .collect();
-            let best = top_k(rows, vocab, live, |r, v| {
-                let v32 = v as u32;
-                if forbid == Some(v32)
-                    || blocked[r].contains(&v32)
-                    || (opts.no_repeat && v32 == last[r])
-                    || (v32 == special.end && opts.bad_endings.contains(&last[r]))
-                {
-                    return f32::NEG_INFINITY;
+            // Per slot of this image: the state row it continues and its word.
+            let mut slot_source: Vec<Option<usize>> = vec![None; k];
+            let mut slot_word: Vec<u32> = vec![special.end; k];
+            // Words the earlier groups chose at this step (diverse beam search).
+            let mut chosen: Vec<u32> = Vec::new();
+            for group in groups.iter_mut() {
+                let live = group.live.len();
+                if live == 0 {
+                    continue;
                 }
-                beams.live[r].0 + logp[(base + r) * vocab + v]
-            });
-            let mut next_live = Vec::with_capacity(live);
-            let mut next_prev = Vec::with_capacity(live);
-            for (score, flat) in best {
-                let (r, v) = (flat / vocab, (flat % vocab) as u32);
-                let a = &alpha[(base + r) * p..(base + r + 1) * p];
-                let node = beams.arena.push(beams.live[r].1, v, a);
-                if v == special.end {
-                    beams.complete.push((score, node));
+                // All beams start equal: the first step expands one of them.
+                let rows = if step == 1 { 1 } else { live };
+                let first = base + group.offset;
+                // Words each expanding row may not emit (trigram blocking).
+                let blocked: Vec<Vec<u32>> = if opts.block_repeated_trigrams {
+                    (0..rows)
+                        .map(|r| {
+                            let mut seq = vec![special.start];
+                            if group.live[r].1 != ROOT {
+                                seq.extend(arena.tokens(group.live[r].1));
+                            }
+                            trigram_blocked(&seq)
+                        })
+                        .collect()
                 } else {
-                    next_live.push((score, node));
-                    next_prev.push(r);
+                    vec![Vec::new(); rows]
+                };
+                // Each expanding row's last word (`<start>` at the first step).
+                let last: Vec<u32> = (0..rows)
+                    .map(|r| match group.live[r].1 {
+                        ROOT => special.start,
+                        node => arena.token[node as usize],
+                    })
+                    .collect();
+                let score_of = |r: usize, v: usize| -> f32 {
+                    let v32 = v as u32;
+                    if forbid == Some(v32)
+                        || blocked[r].contains(&v32)
+                        || (opts.no_repeat && v32 == last[r])
+                        || (v32 == special.end && opts.bad_endings.contains(&last[r]))
+                    {
+                        return f32::NEG_INFINITY;
+                    }
+                    group.live[r].0 + logp[(first + r) * vocab + v]
+                };
+                let best = if chosen.is_empty() {
+                    top_k(rows, vocab, live, score_of)
+                } else {
+                    let mut cost = vec![0f32; vocab];
+                    for &w in &chosen {
+                        cost[w as usize] += opts.diversity;
+                    }
+                    top_k(rows, vocab, live, |r, v| score_of(r, v) - cost[v])
+                        .into_iter()
+                        // Keep the log-probability, not the diversity-adjusted key.
+                        .map(|(_, flat)| (score_of(flat / vocab, flat % vocab), flat))
+                        .collect()
+                };
+                let mut next_live = Vec::with_capacity(live);
+                for (score, flat) in best {
+                    let (r, v) = (flat / vocab, (flat % vocab) as u32);
+                    let a = &alpha[(first + r) * p..(first + r + 1) * p];
+                    let node = arena.push(group.live[r].1, v, a);
+                    chosen.push(v);
+                    if v == special.end {
+                        group.complete.push((score, node));
+                    } else {
+                        let slot = group.offset + next_live.len();
+                        slot_source[slot] = Some(first + r);
+                        slot_word[slot] = v;
+                        next_live.push((score, node));
+                    }
                 }
+                group.live = next_live;
             }
-            beams.live = next_live;
-            if beams.live.is_empty() || step > opts.max_steps {
-                beams.done = true;
+            // Dead slots repeat a live beam; their scores are never read.
+            let Some(any_live) = slot_source.iter().flatten().next().copied() else {
+                continue;
+            };
+            if step > opts.max_steps {
                 continue;
             }
             still_active.push(img);
             keep_rows.push(row);
-            for slot in 0..k {
-                // Dead slots repeat the first live beam; their scores are never read.
-                let src = next_prev.get(slot).copied().unwrap_or(next_prev[0]);
-                gather.push(base + src);
-                next_words.push(
-                    beams
-                        .live
-                        .get(slot)
-                        .map(|&(_, n)| beams.arena.token[n as usize])
-                        .unwrap_or(special.end),
-                );
-            }
+            gather.extend(slot_source.iter().map(|s| s.unwrap_or(any_live)));
+            next_words.extend_from_slice(&slot_word);
         }
         if still_active.is_empty() {
             break;
@@ -408,40 +523,63 @@ pub fn beam_search(
         .collect())
 }
 
-/// The best complete sequence, or the best unfinished one when none completed.
+/// The best complete sequence, or the best unfinished one when none completed; with several
+/// groups, also each group's best.
 fn finish(beams: ImageBeams, special: SpecialTokens, opts: &BeamOptions) -> BeamResult {
+    let arena = &beams.arena;
+    let result = |complete: &mut dyn Iterator<Item = (f32, u32)>,
+                  live: &mut dyn Iterator<Item = (f32, u32)>| {
+        let (finished, (score, node)) = match pick(arena, opts, complete) {
+            Some(c) => (true, c),
+            None => (false, pick(arena, opts, live).unwrap_or((0.0, ROOT))),
+        };
+        let (words, alphas) = arena.path(node);
+        let mut tokens = Vec::with_capacity(words.len() + 1);
+        tokens.push(special.start);
+        tokens.extend(words);
+        BeamResult {
+            tokens,
+            score,
+            alphas,
+            finished,
+            groups: Vec::new(),
+        }
+    };
+    let groups = &beams.groups;
+    let mut best = result(
+        &mut groups.iter().flat_map(|g| g.complete.iter().copied()),
+        &mut groups.iter().flat_map(|g| g.live.iter().copied()),
+    );
+    if groups.len() > 1 {
+        best.groups = groups
+            .iter()
+            .map(|g| result(&mut g.complete.iter().copied(), &mut g.live.iter().copied()))
+            .collect();
+    }
+    best
+}
+
+/// The candidate with the highest length-adjusted score; the first maximum wins, as Python's
+/// `list.index(max(list))`.
+fn pick(
+    arena: &Arena,
+    opts: &BeamOptions,
+    list: &mut dyn Iterator<Item = (f32, u32)>,
+) -> Option<(f32, u32)> {
     let key = |score: f32, node: u32| -> f32 {
         match opts.length_penalty {
             LengthPenalty::None => score,
-            penalty => penalty.apply(score, beams.arena.tokens(node).len()),
+            penalty => penalty.apply(score, arena.tokens(node).len()),
         }
     };
-    // First maximum wins, as Python's `list.index(max(list))`.
-    let pick = |list: &[(f32, u32)]| -> Option<(f32, u32)> {
-        let mut best: Option<(f32, f32, u32)> = None;
-        for &(score, node) in list {
-            let k = key(score, node);
-            if best.is_none_or(|(bk, _, _)| k > bk) {
-                best = Some((k, score, node));
-            }
+    let mut best: Option<(f32, f32, u32)> = None;
+    for (score, node) in list {
+        let k = key(score, node);
+        if best.is_none_or(|(bk, _, _)| k > bk) {
+            best = Some((k, score, node));
         }
-        best.map(|(_, s, n)| (s, n))
-    };
-    let (finished, chosen) = match pick(&beams.complete) {
-        Some(c) => (true, Some(c)),
-        None => (false, pick(&beams.live)),
-    };
-    let (score, node) = chosen.unwrap_or((0.0, ROOT));
-    let (words, alphas) = beams.arena.path(node);
-    let mut tokens = Vec::with_capacity(words.len() + 1);
-    tokens.push(special.start);
-    tokens.extend(words);
-    BeamResult {
-        tokens,
-        score,
-        alphas,
-        finished,
     }
+    best.map(|(_, s, n)| (s, n))
 }
 
 #[cfg(test)]
@@ -470,10 +608,12 @@ mod tests {
             long = arena.push(long, t, &[]);
         }
         ImageBeams {
-            live: Vec::new(),
-            complete: vec![(-1.0, short), (-2.0, long)],
+            groups: vec![Group {
+                live: Vec::new(),
+                complete: vec![(-1.0, short), (-2.0, long)],
+                offset: 0,
+            }],
             arena,
-            done: true,
         }
     }
 
@@ -511,6 +651,20 @@ mod tests {
         assert!((wu.apply(-3.0, 7) - (-3.0 / 2.0)).abs() < 1e-6);
         assert_eq!(LengthPenalty::Average.apply(-3.0, 0), -3.0);
         assert_eq!(LengthPenalty::None.apply(-3.0, 7), -3.0);
+    }
+
+    #[test]
+    fn length_penalties_read_back_what_they_write() {
+        for text in ["none", "avg", "wu:0.7", "power:1.5"] {
+            let p: LengthPenalty = text.parse().unwrap();
+            assert_eq!(p.to_string(), text);
+        }
+        assert!("wu".parse::<LengthPenalty>().is_err());
+        assert!("wu:nan".parse::<LengthPenalty>().is_err());
+        assert!("power:x"
+            .parse::<LengthPenalty>()
+            .unwrap_err()
+            .contains("\"x\""));
     }
 
     #[test]
@@ -623,6 +777,126 @@ mod tests {
         for (i, together) in all.iter().enumerate() {
             let one = beam_search(&decoder, &enc.narrow(0, i, 1).unwrap(), SPECIAL, &opts).unwrap();
             assert_eq!(one[0].tokens, together.tokens, "image {i}");
+        }
+    }
+
+    #[test]
+    fn group_sizes_split_the_beams() {
+        let sizes = |beam_size, groups| {
+            BeamOptions {
+                beam_size,
+                groups,
+                ..Default::default()
+            }
+            .group_sizes()
+        };
+        assert_eq!(sizes(5, 1), vec![5]);
+        assert_eq!(sizes(5, 2), vec![3, 2]);
+        assert_eq!(sizes(6, 3), vec![2, 2, 2]);
+        assert_eq!(sizes(3, 9), vec![1, 1, 1]);
+        assert_eq!(sizes(4, 0), vec![4]);
+    }
+
+    #[test]
+    fn diverse_groups_differ_and_the_first_group_is_the_plain_search() {
+        let plain = BeamOptions {
+            beam_size: 2,
+            max_steps: 10,
+            ..Default::default()
+        };
+        let diverse = BeamOptions {
+            beam_size: 6,
+            groups: 3,
+            diversity: 1e4,
+            ..plain.clone()
+        };
+        let mut differing = 0;
+        for seed in 0..6 {
+            let alone = search(seed, &plain);
+            let grouped = search(seed, &diverse);
+            for (a, g) in alone.iter().zip(&grouped) {
+                assert_eq!(g.groups.len(), 3);
+                // Nothing is taken from the first group, so it is the 2-beam search.
+                assert_eq!(g.groups[0].tokens, a.tokens);
+                assert!((g.groups[0].score - a.score).abs() < 1e-4);
+                // At the first step each group expands one beam into two words, and a cost
+                // of 1e4 a word keeps every group off the words earlier groups took.
+                let firsts: Vec<u32> = g.groups.iter().map(|r| r.tokens[1]).collect();
+                assert!(
+                    firsts[0] != firsts[1] && firsts[1] != firsts[2] && firsts[0] != firsts[2],
+                    "first words {firsts:?}"
+                );
+                differing += usize::from(g.groups[1].tokens != g.groups[0].tokens);
+                // The result is the best group's (finished ones first), scored by
+                // log-probability alone.
+                let any_finished = g.groups.iter().any(|r| r.finished);
+                let best = g
+                    .groups
+                    .iter()
+                    .filter(|r| r.finished == any_finished)
+                    .map(|r| r.score)
+                    .fold(f32::MIN, f32::max);
+                assert_eq!(g.score, best);
+                assert!(g.groups.iter().any(|r| r.tokens == g.tokens));
+            }
+        }
+        assert!(differing > 0);
+    }
+
+    #[test]
+    fn groups_without_diversity_each_repeat_the_plain_search() {
+        let greedy = BeamOptions {
+            beam_size: 1,
+            max_steps: 10,
+            ..Default::default()
+        };
+        let groups = BeamOptions {
+            beam_size: 3,
+            groups: 3,
+            diversity: 0.0,
+            ..greedy.clone()
+        };
+        let one = search(2, &greedy);
+        for (g, r) in search(2, &groups).iter().zip(&one) {
+            for group in &g.groups {
+                assert_eq!(group.tokens, r.tokens);
+                // Equal but for rounding: the state rows are multiplied in another layout.
+                assert!((group.score - r.score).abs() < 1e-4);
+            }
+        }
+        // One group is the plain search, whatever the diversity.
+        let single = BeamOptions {
+            beam_size: 3,
+            diversity: 7.0,
+            ..greedy.clone()
+        };
+        let three = BeamOptions {
+            beam_size: 3,
+            ..greedy
+        };
+        assert_eq!(search(2, &single), search(2, &three));
+        assert!(search(2, &three).iter().all(|r| r.groups.is_empty()));
+    }
+
+    #[test]
+    fn diverse_search_does_not_depend_on_the_batch() {
+        let (decoder, enc) = tiny(4);
+        let opts = BeamOptions {
+            beam_size: 5,
+            max_steps: 10,
+            groups: 2,
+            diversity: 0.8,
+            no_repeat: true,
+            ..Default::default()
+        };
+        let all = beam_search(&decoder, &enc, SPECIAL, &opts).unwrap();
+        for (i, together) in all.iter().enumerate() {
+            let one = beam_search(&decoder, &enc.narrow(0, i, 1).unwrap(), SPECIAL, &opts).unwrap();
+            let tokens = |r: &BeamResult| -> Vec<Vec<u32>> {
+                r.groups.iter().map(|g| g.tokens.clone()).collect()
+            };
+            assert_eq!(one[0].tokens, together.tokens, "image {i}");
+            assert_eq!(tokens(&one[0]), tokens(together), "image {i}");
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct Caption {
     pub grid: usize,
     /// Whether the search reached `<end>` (false: the best unfinished sequence).
     pub finished: bool,
+    /// With diverse beam search, each group's best caption in group order (this caption is
+    /// the best of them); empty otherwise.
+    pub groups: Vec<Caption>,
 }
 
 /// A loaded model: encoder, decoder and word map on one device.
@@ -154,10 +157,20 @@ impl CaptionModel {
         seeds: &[u64],
     ) -> Result<Vec<Caption>> {
         let features = self.encoder.forward(images)?;
+        self.sample_features(&features, opts, seeds)
+    }
+
+    /// [`CaptionModel::sample_images`] from encoder outputs `(N, S, S, E)`.
+    pub fn sample_features(
+        &self,
+        features: &Tensor,
+        opts: &sample::SampleOptions,
+        seeds: &[u64],
+    ) -> Result<Vec<Caption>> {
         let grid = features.dim(1)?;
         let drawn = sample::sample_captions(
             &self.decoder,
-            &features,
+            features,
             self.special_tokens(),
             opts,
             seeds,
@@ -177,6 +190,7 @@ impl CaptionModel {
                     score: s.log_prob,
                     alphas: s.alphas,
                     finished: s.finished,
+                    groups: Vec::new(),
                 };
                 self.to_caption(r, grid)
             })
@@ -185,7 +199,13 @@ impl CaptionModel {
 
     fn to_caption(&self, r: BeamResult, grid: usize) -> Caption {
         let words = self.word_map.decode(&r.tokens);
+        let groups = r
+            .groups
+            .into_iter()
+            .map(|g| self.to_caption(g, grid))
+            .collect();
         Caption {
+            groups,
             text: words.join(" "),
             words,
             tokens: r.tokens,

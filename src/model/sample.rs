@@ -22,6 +22,37 @@ pub enum Truncation {
     TopP(f32),
 }
 
+impl std::str::FromStr for Truncation {
+    type Err = String;
+
+    /// `multinomial`, `top-k:K` or `top-p:P`, as the command line and config.toml write it.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("{text:?}: expected multinomial, top-k:K or top-p:P");
+        match text.split_once(':') {
+            None if text == "multinomial" => Ok(Truncation::None),
+            Some(("top-k", k)) => match k.parse::<usize>() {
+                Ok(k) if k > 0 => Ok(Truncation::TopK(k)),
+                _ => Err(format!("{text:?}: K must be a whole number of at least 1")),
+            },
+            Some(("top-p", p)) => match p.parse::<f32>() {
+                Ok(p) if p > 0.0 && p <= 1.0 => Ok(Truncation::TopP(p)),
+                _ => Err(format!("{text:?}: P must be in (0, 1]")),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Truncation::None => write!(f, "multinomial"),
+            Truncation::TopK(k) => write!(f, "top-k:{k}"),
+            Truncation::TopP(p) => write!(f, "top-p:{p}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleOptions {
     pub truncation: Truncation,
