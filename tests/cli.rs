@@ -365,17 +365,29 @@ fn tiny_model(
     (cfg, tensors)
 }
 
+fn split_word_map(prepared: &Path, base: &str) -> gaze::data::WordMap {
+    gaze::data::WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap()
+}
+
+/// A prepared synthetic dataset and a tiny random model file over its word map:
+/// (prepared folder, base name, model file).
+fn synth_and_tiny_model_file(root: &Path) -> (PathBuf, String, PathBuf) {
+    let (prepared, base) = prepared_synth(root);
+    let word_map = split_word_map(&prepared, &base);
+    let (cfg, tensors) = tiny_model(&word_map);
+    let model = root.join("tiny.safetensors");
+    gaze::model::file::write_model_file(&model, &tensors, &cfg, &word_map, &serde_json::json!({}))
+        .unwrap();
+    (prepared, base, model)
+}
+
 #[test]
 fn eval_prints_the_table_and_writes_report_and_results() {
     use gaze::data::karpathy::Split;
-    use gaze::data::{PreparedSplit, WordMap};
+    use gaze::data::PreparedSplit;
     let tmp = tempfile::tempdir().unwrap();
-    let (prepared, base) = prepared_synth(tmp.path());
-    let word_map = WordMap::load(&prepared.join(format!("WORDMAP_{base}.json"))).unwrap();
-    let (cfg, tensors) = tiny_model(&word_map);
-    let model = tmp.path().join("tiny.safetensors");
-    gaze::model::file::write_model_file(&model, &tensors, &cfg, &word_map, &serde_json::json!({}))
-        .unwrap();
+    let (prepared, base, model) = synth_and_tiny_model_file(tmp.path());
+    let word_map = split_word_map(&prepared, &base);
     let report = tmp.path().join("report.json");
     let results = tmp.path().join("results");
     let out = gaze()
@@ -1016,4 +1028,109 @@ fn sampled_captions_follow_the_seed_not_the_batch() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(0, 1]"));
+}
+
+#[test]
+fn eval_samples_a_row_that_follows_the_seed_not_the_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (prepared, base, model) = synth_and_tiny_model_file(tmp.path());
+    let run = |batch: &str, extra: &[&str]| -> (String, PathBuf, PathBuf) {
+        let dir = tmp.path().join(format!("out-{batch}-{}", extra.len()));
+        let report = dir.join("report.json");
+        let out = gaze()
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--data-folder")
+            .arg(&prepared)
+            .args(["--data-name", &base, "--batch-size", batch])
+            .args(["--max-steps", "12", "--sample", "top-k:3", "--samples", "2"])
+            .args(["--seed", "7", "--temperature", "1.3"])
+            .args(extra)
+            .arg("--report")
+            .arg(&report)
+            .arg("--results-dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (stdout, report, dir.join(format!("{base}_test_sample.json")))
+    };
+    // --sample alone: one sampled row and no beam rows.
+    let (table, report, sampled) = run("4", &[]);
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.contains("BLEU-4t"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("BLEU-1..4"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{table}");
+    assert_eq!(rows[0].split_whitespace().next(), Some("s"), "{table}");
+    assert!(
+        table.contains("sampled, top-k:3 x2, temperature 1.3, seed 7"),
+        "{table}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["search"]["sample"]["method"], "top-k:3");
+    assert_eq!(r["search"]["sample"]["seed"], 7);
+    assert_eq!(r["beams"][0]["beam_size"], serde_json::Value::Null);
+    assert_eq!(r["beams"][0]["decoding"], "top-k:3 x2");
+    // Image i draws from its own stream: another batch size gives the same captions.
+    let (_, _, again) = run("1", &[]);
+    assert_eq!(
+        std::fs::read(&sampled).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+    // With beam sizes, and diverse groups, the beam rows come first.
+    let (table, report, _) = run("4", &["--beam-sizes", "2", "--diverse-groups", "2"]);
+    assert!(table.lines().any(|l| l.starts_with("   2 ")), "{table}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["beams"][0]["beam_size"], 2);
+    assert_eq!(r["search"]["diverse_groups"], 2);
+    assert_eq!(r["beams"][1]["beam_size"], serde_json::Value::Null);
+}
+
+#[test]
+fn caption_json_lists_every_diverse_group() {
+    let out = gaze()
+        .args(["caption", "--weights"])
+        .arg(fixture("parity/weights.safetensors"))
+        .arg("--word-map")
+        .arg(fixture("parity/WORDMAP_parity.json"))
+        .args([
+            "--beam-size",
+            "4",
+            "--diverse-groups",
+            "3",
+            "--diversity",
+            "2",
+        ])
+        .args(["--max-steps", "10", "--json"])
+        .arg(fixture("images/red_circle.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = line["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3);
+    assert!(groups.iter().any(|g| g["caption"] == line["caption"]));
+    let out = gaze()
+        .args(["caption", "--weights"])
+        .arg(fixture("parity/weights.safetensors"))
+        .arg("--word-map")
+        .arg(fixture("parity/WORDMAP_parity.json"))
+        .args(["--diverse-groups", "0"])
+        .arg(fixture("images/red_circle.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--diverse-groups"));
 }

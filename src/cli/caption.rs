@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use gaze::data::image::{self as img, DecodeOptions, TUTORIAL_SIZE};
+use gaze::model::beam::DEFAULT_BAD_ENDINGS;
 use gaze::model::sample::{image_seed, SampleOptions, Truncation};
 use gaze::model::{encoder::images_to_tensor, BeamOptions, LengthPenalty};
 use rayon::prelude::*;
@@ -28,18 +29,11 @@ pub struct CaptionArgs {
     pub max_steps: usize,
     #[command(flatten)]
     pub decoding: DecodingArgs,
-    /// Draw captions instead of searching: multinomial, top-k:K or top-p:P (with
-    /// --temperature; the search options do not apply) [default: off: beam search].
-    #[arg(long, value_name = "METHOD", value_parser = parse_sample)]
-    pub sample: Option<Truncation>,
-    /// Captions drawn per image with --sample; the most likely one is printed [default: 1].
-    #[arg(long, default_value_t = 1)]
-    pub samples: usize,
-    /// Seed of --sample: the same seed, model and image list give the same captions, whatever
-    /// the batch size [default: 0].
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print JSON lines (path, caption, tokens, token_ids, score, finished) instead of `path<TAB>caption`.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print JSON lines (path, caption, tokens, token_ids, score, finished, and with
+    /// --diverse-groups each group's caption, score and finished as groups) instead of
+    /// `path<TAB>caption`.
     #[arg(long)]
     pub json: bool,
     /// Write one attention picture per image (PNG) into this folder.
@@ -48,6 +42,38 @@ pub struct CaptionArgs {
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+/// Sampling instead of beam search, shared by `gaze caption` and `gaze eval`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SamplingArgs {
+    /// Draw captions instead of searching: multinomial, top-k:K or top-p:P (with
+    /// --temperature; the search options do not apply; gaze eval adds them as a row `s`)
+    /// [default: off: beam search].
+    #[arg(long, value_name = "METHOD", value_parser = parse_sample)]
+    pub sample: Option<Truncation>,
+    /// Captions drawn per image with --sample; the most likely one is kept.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Seed of --sample: the same seed, model and images give the same captions, whatever
+    /// the batch size.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampling options, when --sample is given.
+    pub fn options(&self, temperature: f32, max_steps: usize) -> Result<Option<SampleOptions>> {
+        if self.sample.is_some() && self.samples == 0 {
+            anyhow::bail!("--samples must be at least 1");
+        }
+        Ok(self.sample.map(|truncation| SampleOptions {
+            truncation,
+            temperature,
+            samples: self.samples,
+            max_steps,
+        }))
+    }
 }
 
 /// Beam-search options shared by `gaze caption` and `gaze eval`; all off by default, so the
@@ -76,49 +102,28 @@ pub struct DecodingArgs {
     pub bad_endings: bool,
     /// The words a caption may not end on, with --bad-endings; words missing from the word
     /// map are ignored.
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_BAD_ENDINGS)]
+    #[arg(long, value_delimiter = ',', default_values = DEFAULT_BAD_ENDINGS)]
     pub bad_ending_words: Vec<String>,
     /// Divide the scores by T before the log-softmax (1: the model's distribution).
     #[arg(long, value_name = "T", default_value_t = 1.0)]
     pub temperature: f32,
+    /// Diverse beam search: split the beams into G groups, searched one after another at each
+    /// step (at most the beam size; gaze caption --json prints every group's caption); 1 is
+    /// the plain search.
+    #[arg(long, value_name = "G", default_value_t = 1)]
+    pub diverse_groups: usize,
+    /// Diverse beam search: the log-probability a word costs a group for each earlier group
+    /// that chose it at the same step.
+    #[arg(long, value_name = "LAMBDA", default_value_t = 0.5)]
+    pub diversity: f32,
 }
 
-/// Function words a real caption does not end on.
-pub const DEFAULT_BAD_ENDINGS: &str =
-    "a,an,the,of,with,in,on,and,at,to,for,from,by,its,his,her,their,is,are";
-
-fn parse_sample(text: &str) -> Result<Truncation, String> {
-    let bad = || format!("{text:?}: expected multinomial, top-k:K or top-p:P");
-    match text.split_once(':') {
-        None if text == "multinomial" => Ok(Truncation::None),
-        Some(("top-k", k)) => match k.parse::<usize>() {
-            Ok(k) if k > 0 => Ok(Truncation::TopK(k)),
-            _ => Err(bad()),
-        },
-        Some(("top-p", p)) => match p.parse::<f32>() {
-            Ok(p) if p > 0.0 && p <= 1.0 => Ok(Truncation::TopP(p)),
-            _ => Err(format!("{text:?}: P must be in (0, 1]")),
-        },
-        _ => Err(bad()),
-    }
+pub fn parse_sample(text: &str) -> Result<Truncation, String> {
+    text.parse()
 }
 
 fn parse_length_penalty(text: &str) -> Result<LengthPenalty, String> {
-    let alpha = |v: &str| -> Result<f32, String> {
-        v.parse::<f32>()
-            .ok()
-            .filter(|a| a.is_finite())
-            .ok_or_else(|| format!("{v:?} is not a number"))
-    };
-    match text.split_once(':') {
-        None if text == "none" => Ok(LengthPenalty::None),
-        None if text == "avg" => Ok(LengthPenalty::Average),
-        Some(("wu", a)) => Ok(LengthPenalty::Wu { alpha: alpha(a)? }),
-        Some(("power", a)) => Ok(LengthPenalty::Power { alpha: alpha(a)? }),
-        _ => Err(format!(
-            "{text:?}: expected none, avg, wu:ALPHA or power:ALPHA"
-        )),
-    }
+    text.parse()
 }
 
 impl DecodingArgs {
@@ -135,15 +140,19 @@ impl DecodingArgs {
                 self.temperature
             );
         }
+        if !(self.diversity >= 0.0 && self.diversity.is_finite()) {
+            anyhow::bail!(
+                "--diversity must be a number of at least 0, got {}",
+                self.diversity
+            );
+        }
+        if self.diverse_groups == 0 {
+            anyhow::bail!("--diverse-groups must be at least 1");
+        }
         let bad_endings = if self.bad_endings {
-            let mut ids = Vec::new();
-            for w in &self.bad_ending_words {
-                match word_map.id(w.trim()) {
-                    Some(id) => ids.push(id),
-                    None => {
-                        tracing::warn!(word = %w, "--bad-ending-words: not in the word map, ignored")
-                    }
-                }
+            let (ids, missing) = gaze::model::beam::word_ids(word_map, &self.bad_ending_words);
+            for w in missing {
+                tracing::warn!(word = %w, "--bad-ending-words: not in the word map, ignored");
             }
             ids
         } else {
@@ -162,6 +171,8 @@ impl DecodingArgs {
             temperature: self.temperature,
             no_repeat: self.no_repeat,
             bad_endings,
+            groups: self.diverse_groups,
+            diversity: self.diversity,
         })
     }
 }
@@ -192,12 +203,7 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.attention_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let sampling = args.sample.map(|truncation| SampleOptions {
-        truncation,
-        temperature: opts.temperature,
-        samples: args.samples.max(1),
-        max_steps: args.max_steps,
-    });
+    let sampling = args.sampling.options(opts.temperature, args.max_steps)?;
     let mut failed = 0usize;
     let stdout = std::io::stdout();
     let batch_size = args.batch_size.max(1);
@@ -210,7 +216,7 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
             match d {
                 Ok(d) => {
                     good.push(d);
-                    seeds.push(image_seed(args.seed, (c * batch_size + k) as u64));
+                    seeds.push(image_seed(args.sampling.seed, (c * batch_size + k) as u64));
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -233,7 +239,7 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
         let mut out = stdout.lock();
         for (d, cap) in good.iter().zip(&captions) {
             if args.json {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "path": d.path.display().to_string(),
                     "caption": cap.text,
                     "tokens": cap.words,
@@ -241,6 +247,19 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
                     "score": cap.score,
                     "finished": cap.finished,
                 });
+                if !cap.groups.is_empty() {
+                    line["groups"] = cap
+                        .groups
+                        .iter()
+                        .map(|g| {
+                            serde_json::json!({
+                                "caption": g.text,
+                                "score": g.score,
+                                "finished": g.finished,
+                            })
+                        })
+                        .collect();
+                }
                 writeln!(out, "{line}")?;
             } else {
                 writeln!(out, "{}\t{}", d.path.display(), cap.text)?;

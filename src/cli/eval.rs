@@ -36,9 +36,10 @@ pub struct EvalArgs {
     /// Which prepared split to evaluate.
     #[arg(long, default_value = "test")]
     pub split: Split,
-    /// Beam sizes, comma-separated; one table row and one results file each.
-    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
-    pub beam_sizes: Vec<usize>,
+    /// Beam sizes, comma-separated; one table row and one results file each [default: 1,3,5;
+    /// none with --sample].
+    #[arg(long, value_delimiter = ',')]
+    pub beam_sizes: Option<Vec<usize>>,
     /// Images encoded and searched together.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -50,6 +51,10 @@ pub struct EvalArgs {
     pub max_images: Option<usize>,
     #[command(flatten)]
     pub decoding: super::caption::DecodingArgs,
+    // With --sample, one more row (s) of sampled captions: image i of the split draws from its
+    // own stream of --seed.
+    #[command(flatten)]
+    pub sampling: super::caption::SamplingArgs,
     /// Write every number at full precision, with model and data details, to this JSON file.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -62,13 +67,27 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let model = args.source.load()?;
     let split = PreparedSplit::open(&args.data_folder, &args.data_name, args.split)?;
     let split_name = args.split.to_string().to_lowercase();
+    let search = args
+        .decoding
+        .beam_options(1, args.max_steps, &model.word_map)?;
+    let sample = args
+        .sampling
+        .options(search.temperature, args.max_steps)?
+        .map(|options| eval::SampledEval {
+            options,
+            seed: args.sampling.seed,
+        });
+    let beam_sizes = match (&args.beam_sizes, &sample) {
+        (Some(sizes), _) => sizes.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => vec![1, 3, 5],
+    };
     let opts = EvalOptions {
-        beam_sizes: args.beam_sizes.clone(),
+        beam_sizes,
         batch_size: args.batch_size,
-        search: args
-            .decoding
-            .beam_options(1, args.max_steps, &model.word_map)?,
+        search,
         max_images: args.max_images,
+        sample,
     };
     if model.word_map.words() != split.word_map().words() {
         eprintln!(
@@ -87,7 +106,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     bar.set_message(format!("beams {:?}", opts.beam_sizes));
     let evaluation = eval::evaluate(&model, &split, &opts, &mut |p| match p {
         EvalProgress::Captioned { done, .. } => bar.set_position(done as u64),
-        EvalProgress::Scoring { beam_size } => bar.set_message(format!("scoring beam {beam_size}")),
+        EvalProgress::Scoring { row } => bar.set_message(format!("scoring row {}", row + 1)),
     });
     bar.finish_and_clear();
     let evaluation = evaluation.with_context(|| {

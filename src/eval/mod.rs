@@ -43,7 +43,8 @@ use crate::data::hdf5::IMAGE_BYTES;
 use crate::data::image::{normalize_chw, TUTORIAL_SIZE};
 use crate::data::{DataError, PreparedSplit, WordMap};
 use crate::metrics::{self, bleu_nltk, CorpusScores, MetricsError};
-use crate::model::{BeamOptions, CaptionModel, ModelError};
+use crate::model::sample::{image_seed, SampleOptions};
+use crate::model::{BeamOptions, Caption, CaptionModel, ModelError};
 
 /// Why an evaluation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +59,9 @@ pub enum EvalError {
     Model(#[from] ModelError),
     #[error("building an image batch: {0}")]
     Tensor(#[from] candle_core::Error),
-    #[error("scoring the captions of beam size {beam_size}: {source}")]
+    #[error("scoring the captions of {row}: {source}")]
     Metrics {
-        beam_size: usize,
+        row: String,
         #[source]
         source: MetricsError,
     },
@@ -77,6 +78,8 @@ pub struct EvalOptions {
     pub search: BeamOptions,
     /// Evaluate only the first `n` images of the split.
     pub max_images: Option<usize>,
+    /// Also caption by sampling (one more row, after the beam sizes).
+    pub sample: Option<SampledEval>,
 }
 
 impl Default for EvalOptions {
@@ -86,6 +89,50 @@ impl Default for EvalOptions {
             batch_size: 16,
             search: BeamOptions::default(),
             max_images: None,
+            sample: None,
+        }
+    }
+}
+
+/// Captions drawn instead of searched: per image the most likely of `options.samples` draws,
+/// image `i` of the split drawing from stream `image_seed(seed, i)` (so the batch size does
+/// not change them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledEval {
+    pub options: SampleOptions,
+    pub seed: u64,
+}
+
+/// How one row of an evaluation was decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowDecoding {
+    /// Beam search with this many beams and [`EvalOptions::search`]'s other settings.
+    Beam(usize),
+    /// Sampling.
+    Sample(SampledEval),
+}
+
+impl RowDecoding {
+    pub fn beam_size(&self) -> Option<usize> {
+        match self {
+            RowDecoding::Beam(k) => Some(*k),
+            RowDecoding::Sample(_) => None,
+        }
+    }
+
+    /// How the table and messages name the row: `beam 3`, `top-p:0.9 x5`.
+    pub fn label(&self) -> String {
+        match self {
+            RowDecoding::Beam(k) => format!("beam {k}"),
+            RowDecoding::Sample(s) => format!("{} x{}", s.options.truncation, s.options.samples),
+        }
+    }
+
+    /// The row's part of a results file name: `beam3`, `sample`.
+    pub fn file_tag(&self) -> String {
+        match self {
+            RowDecoding::Beam(k) => format!("beam{k}"),
+            RowDecoding::Sample(_) => "sample".into(),
         }
     }
 }
@@ -95,8 +142,8 @@ impl Default for EvalOptions {
 pub enum EvalProgress {
     /// `done` of `total` images have been captioned at every beam size.
     Captioned { done: usize, total: usize },
-    /// The captions of `beam_size` are being scored.
-    Scoring { beam_size: usize },
+    /// The captions of row `row` (in [`Evaluation::beams`] order) are being scored.
+    Scoring { row: usize },
 }
 
 /// One image's caption from the search.
@@ -121,10 +168,10 @@ pub struct CaptionScores {
     pub bleu_4_tutorial: f64,
 }
 
-/// Results at one beam size.
+/// Results of one row: a beam size, or sampling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BeamEvaluation {
-    pub beam_size: usize,
+    pub decoding: RowDecoding,
     /// One caption per image, in split order.
     pub captions: Vec<EvaluatedCaption>,
     pub scores: CaptionScores,
@@ -299,17 +346,15 @@ pub fn evaluate(
         });
     }
     let word_maps_match = model.word_map.words() == split.word_map().words();
-    let searches: Vec<BeamOptions> = opts
+    let mut rows: Vec<RowDecoding> = opts
         .beam_sizes
         .iter()
-        .map(|&beam_size| BeamOptions {
-            beam_size,
-            ..opts.search.clone()
-        })
+        .map(|&k| RowDecoding::Beam(k))
         .collect();
+    rows.extend(opts.sample.clone().map(RowDecoding::Sample));
     let mut captions: Vec<Vec<EvaluatedCaption>> =
-        searches.iter().map(|_| Vec::with_capacity(total)).collect();
-    let mut search_seconds = vec![0.0f64; searches.len()];
+        rows.iter().map(|_| Vec::with_capacity(total)).collect();
+    let mut search_seconds = vec![0.0f64; rows.len()];
     let mut encode_seconds = 0.0f64;
 
     let batch = opts.batch_size;
@@ -336,9 +381,23 @@ pub fn evaluate(
         // Kernels on an accelerator run asynchronously: wait, so encoding is timed as such.
         model.device.synchronize()?;
         encode_seconds += started.elapsed().as_secs_f64();
-        for (k, search) in searches.iter().enumerate() {
+        for (k, row) in rows.iter().enumerate() {
             let started = Instant::now();
-            let found = model.caption_features(&features, search)?;
+            let found: Vec<Caption> = match row {
+                RowDecoding::Beam(beam_size) => {
+                    let search = BeamOptions {
+                        beam_size: *beam_size,
+                        ..opts.search.clone()
+                    };
+                    model.caption_features(&features, &search)?
+                }
+                RowDecoding::Sample(s) => {
+                    let seeds: Vec<u64> = (start..start + count)
+                        .map(|i| image_seed(s.seed, i as u64))
+                        .collect();
+                    model.sample_features(&features, &s.options, &seeds)?
+                }
+            };
             search_seconds[k] += started.elapsed().as_secs_f64();
             captions[k].extend(found.into_iter().map(|c| EvaluatedCaption {
                 text: c.text,
@@ -354,17 +413,24 @@ pub fn evaluate(
     }
 
     let references = References::from_split(split, total);
-    let mut beams = Vec::with_capacity(searches.len());
-    for ((search, captions), search_seconds) in searches.iter().zip(captions).zip(search_seconds) {
-        let beam_size = search.beam_size;
-        progress(EvalProgress::Scoring { beam_size });
+    let mut beams = Vec::with_capacity(rows.len());
+    for (row, ((decoding, captions), search_seconds)) in rows
+        .into_iter()
+        .zip(captions)
+        .zip(search_seconds)
+        .enumerate()
+    {
+        progress(EvalProgress::Scoring { row });
         let started = Instant::now();
         let tokens: Vec<Vec<u32>> = captions.iter().map(|c| c.tokens.clone()).collect();
         let scores = references
             .score(&model.word_map, &tokens)
-            .map_err(|source| EvalError::Metrics { beam_size, source })?;
+            .map_err(|source| EvalError::Metrics {
+                row: decoding.label(),
+                source,
+            })?;
         beams.push(BeamEvaluation {
-            beam_size,
+            decoding,
             captions,
             scores,
             search_seconds,
@@ -381,8 +447,19 @@ pub fn evaluate(
 }
 
 fn check_options(opts: &EvalOptions) -> Result<(), EvalError> {
-    if opts.beam_sizes.is_empty() {
+    if opts.beam_sizes.is_empty() && opts.sample.is_none() {
         return Err(EvalError::Options("no beam sizes given".into()));
+    }
+    if let Some(s) = &opts.sample {
+        if s.options.samples == 0 {
+            return Err(EvalError::Options("at least one sample per image".into()));
+        }
+        if !(s.options.temperature > 0.0 && s.options.temperature.is_finite()) {
+            return Err(EvalError::Options(format!(
+                "the sampling temperature must be a positive number, got {}",
+                s.options.temperature
+            )));
+        }
     }
     if opts.beam_sizes.contains(&0) {
         return Err(EvalError::Options("a beam size must be at least 1".into()));

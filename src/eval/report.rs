@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{BeamEvaluation, EvalOptions, Evaluation};
+use super::{BeamEvaluation, EvalOptions, Evaluation, RowDecoding};
 use crate::data::PreparedSplit;
 use crate::metrics::{CorpusMetrics, ImageMetrics};
 use crate::model::{CaptionModel, LengthPenalty, ModelConfig};
@@ -114,7 +114,21 @@ pub struct SearchReport {
     pub no_repeat: bool,
     /// Word ids a caption may not end on.
     pub bad_endings: Vec<u32>,
+    /// Diverse beam search: groups (1: off) and the cost of a word per earlier group.
+    pub diverse_groups: usize,
+    pub diversity: f32,
+    /// The sampled row, if any.
+    pub sample: Option<SampleReport>,
     pub batch_size: usize,
+}
+
+#[derive(Serialize)]
+pub struct SampleReport {
+    /// multinomial, top-k:K or top-p:P.
+    pub method: String,
+    pub samples: usize,
+    pub temperature: f32,
+    pub seed: u64,
 }
 
 impl SearchReport {
@@ -126,12 +140,20 @@ impl SearchReport {
                 LengthPenalty::Power { alpha } => Some(alpha),
                 _ => None,
             },
-            length_penalty: format!("{:?}", opts.search.length_penalty),
+            length_penalty: opts.search.length_penalty.to_string(),
             forbid_unk: opts.search.forbid_unk,
             block_repeated_trigrams: opts.search.block_repeated_trigrams,
             temperature: opts.search.temperature,
             no_repeat: opts.search.no_repeat,
             bad_endings: opts.search.bad_endings.clone(),
+            diverse_groups: opts.search.groups,
+            diversity: opts.search.diversity,
+            sample: opts.sample.as_ref().map(|s| SampleReport {
+                method: s.options.truncation.to_string(),
+                samples: s.options.samples,
+                temperature: s.options.temperature,
+                seed: s.seed,
+            }),
             batch_size: opts.batch_size,
         }
     }
@@ -156,7 +178,10 @@ pub struct ImageReport<'a> {
 
 #[derive(Serialize)]
 pub struct BeamReport<'a> {
-    pub beam_size: usize,
+    /// Null for the sampled row.
+    pub beam_size: Option<usize>,
+    /// `beam N` or the sampling method and count.
+    pub decoding: String,
     pub metrics: BeamMetrics<'a>,
     pub nltk_bleu_integer_zero: bool,
     pub nltk_bleu_zero_count_orders: &'a [usize],
@@ -177,7 +202,8 @@ impl<'a> BeamReport<'a> {
     ) -> Self {
         let scores = &beam.scores.metrics;
         BeamReport {
-            beam_size: beam.beam_size,
+            beam_size: beam.decoding.beam_size(),
+            decoding: beam.decoding.label(),
             metrics: BeamMetrics {
                 words: &scores.corpus,
                 bleu_4_tutorial: beam.scores.bleu_4_tutorial,
@@ -266,7 +292,10 @@ pub fn write_results_files(
 ) -> Result<Vec<PathBuf>, ReportError> {
     let mut paths = Vec::with_capacity(evaluation.beams.len());
     for beam in &evaluation.beams {
-        let path = dir.join(format!("{data_name}_{split}_beam{}.json", beam.beam_size));
+        let path = dir.join(format!(
+            "{data_name}_{split}_{}.json",
+            beam.decoding.file_tag()
+        ));
         write_results(&path, beam)?;
         paths.push(path);
     }
@@ -321,7 +350,10 @@ pub fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> String {
         let c = &beam.scores.metrics.corpus;
         out.push_str(&format!(
             "{:>4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9.2}\n",
-            beam.beam_size,
+            match beam.decoding.beam_size() {
+                Some(k) => k.to_string(),
+                None => "s".into(),
+            },
             c.bleu_1_nltk,
             c.bleu_2_nltk,
             c.bleu_3_nltk,
@@ -339,17 +371,25 @@ pub fn table(evaluation: &Evaluation, data_name: &str, split: &str) -> String {
          BLEU-4t: the tutorial's (word ids, <unk> kept); SPICE: not computed\n",
     );
     for beam in &evaluation.beams {
+        if let RowDecoding::Sample(s) = &beam.decoding {
+            out.push_str(&format!(
+                "note: row s: sampled, {}, temperature {}, seed {}; the most likely draw per image\n",
+                beam.decoding.label(),
+                s.options.temperature,
+                s.seed
+            ));
+        }
         let unfinished = beam.unfinished();
         if unfinished > 0 {
             out.push_str(&format!(
-                "note: beam {}: {unfinished} caption(s) did not reach <end> within the step limit\n",
-                beam.beam_size
+                "note: {}: {unfinished} caption(s) did not reach <end> within the step limit\n",
+                beam.decoding.label()
             ));
         }
         if beam.scores.metrics.nltk_bleu_integer_zero {
             out.push_str(&format!(
-                "note: beam {}: no unigram matched; NLTK would return the integer 0 for BLEU\n",
-                beam.beam_size
+                "note: {}: no unigram matched; NLTK would return the integer 0 for BLEU\n",
+                beam.decoding.label()
             ));
         }
     }
@@ -394,7 +434,7 @@ mod tests {
             word_maps_match: true,
             encode_seconds: 1.0,
             beams: vec![BeamEvaluation {
-                beam_size: 3,
+                decoding: RowDecoding::Beam(3),
                 captions,
                 scores,
                 search_seconds: 1.0,

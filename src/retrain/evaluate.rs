@@ -84,7 +84,7 @@ pub fn score_split(
         }
         .into(),
         images: evaluation.images,
-        beam_size: beam.beam_size,
+        beam_size: beam.decoding.beam_size().unwrap_or(beam_size),
         corpus: beam.scores.metrics.corpus,
         seconds: started.elapsed().as_secs_f64(),
     })
