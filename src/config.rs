@@ -310,41 +310,6 @@ impl Default for ModelSection {
     }
 }
 
-impl ModelSection {
-    /// The search these settings ask for, bad endings still as words (a model's word map
-    /// turns them into ids: [`crate::model::beam::word_ids`]). `length_penalty` must have
-    /// passed [`Config::check_settings`].
-    pub fn search(&self) -> Result<(BeamOptions, Vec<String>), ConfigError> {
-        let length_penalty: LengthPenalty =
-            self.length_penalty
-                .parse()
-                .map_err(|reason| ConfigError::BadValue {
-                    key: "model.length_penalty".into(),
-                    value: self.length_penalty.clone(),
-                    origin: Origin(None),
-                    reason,
-                })?;
-        let search = BeamOptions {
-            beam_size: self.beam_size.max(1),
-            max_steps: self.max_steps,
-            length_penalty,
-            forbid_unk: self.forbid_unk,
-            block_repeated_trigrams: self.block_trigrams,
-            temperature: self.temperature as f32,
-            no_repeat: self.no_repeat,
-            bad_endings: Vec::new(),
-            groups: self.diverse_groups,
-            diversity: self.diversity as f32,
-        };
-        let words = if self.bad_endings {
-            self.bad_ending_words.clone()
-        } else {
-            Vec::new()
-        };
-        Ok((search, words))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineSection {
@@ -866,15 +831,42 @@ impl Config {
                 ));
             }
         }
-        if let Err(reason) = m.length_penalty.parse::<LengthPenalty>() {
-            return Err(ConfigError::BadValue {
-                key: "model.length_penalty".into(),
-                value: m.length_penalty.clone(),
-                origin: Origin(self.source("model.length_penalty").cloned()),
-                reason,
-            });
-        }
+        self.search()?;
         self.log_filter().map(drop)
+    }
+
+    /// The search `[model]` asks for, bad endings still as words (a model's word map turns
+    /// them into ids: [`crate::model::beam::word_ids`]); an error names a bad
+    /// `model.length_penalty` and where it came from.
+    pub fn search(&self) -> Result<(BeamOptions, Vec<String>), ConfigError> {
+        let m = &self.model;
+        let length_penalty: LengthPenalty =
+            m.length_penalty
+                .parse()
+                .map_err(|reason| ConfigError::BadValue {
+                    key: "model.length_penalty".into(),
+                    value: m.length_penalty.clone(),
+                    origin: Origin(self.source("model.length_penalty").cloned()),
+                    reason,
+                })?;
+        let search = BeamOptions {
+            beam_size: m.beam_size.max(1),
+            max_steps: m.max_steps,
+            length_penalty,
+            forbid_unk: m.forbid_unk,
+            block_repeated_trigrams: m.block_trigrams,
+            temperature: m.temperature as f32,
+            no_repeat: m.no_repeat,
+            bad_endings: Vec::new(),
+            groups: m.diverse_groups,
+            diversity: m.diversity as f32,
+        };
+        let words = if m.bad_endings {
+            m.bad_ending_words.clone()
+        } else {
+            Vec::new()
+        };
+        Ok((search, words))
     }
 
     fn out_of_range(&self, key: &str, value: String, allowed: String) -> ConfigError {
@@ -1243,7 +1235,7 @@ mod tests {
         )
         .unwrap();
         cfg.check_settings().unwrap();
-        let (search, words) = cfg.model.search().unwrap();
+        let (search, words) = cfg.search().unwrap();
         assert_eq!(search.beam_size, 4);
         assert_eq!(search.length_penalty, LengthPenalty::Wu { alpha: 0.7 });
         assert!(search.no_repeat && !search.forbid_unk && !search.block_repeated_trigrams);
@@ -1253,7 +1245,7 @@ mod tests {
         );
         assert_eq!(words, vec!["a".to_string(), "of".to_string()]);
         // Off by default: the tutorial's search.
-        let (plain, words) = Config::default().model.search().unwrap();
+        let (plain, words) = Config::default().search().unwrap();
         assert_eq!(
             plain,
             BeamOptions {

@@ -7,6 +7,16 @@ fn gaze() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gaze"))
 }
 
+/// `gaze caption` with the committed parity model and its word map; add flags and images.
+fn caption_with_parity_model() -> Command {
+    let mut cmd = gaze();
+    cmd.args(["caption", "--weights"])
+        .arg(fixture("parity/weights.safetensors"))
+        .arg("--word-map")
+        .arg(fixture("parity/WORDMAP_parity.json"));
+    cmd
+}
+
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -16,11 +26,7 @@ fn fixture(rel: &str) -> PathBuf {
 #[test]
 fn caption_reports_bad_files_and_captions_the_rest() {
     let att = tempfile::tempdir().unwrap();
-    let out = gaze()
-        .args(["caption", "--weights"])
-        .arg(fixture("parity/weights.safetensors"))
-        .arg("--word-map")
-        .arg(fixture("parity/WORDMAP_parity.json"))
+    let out = caption_with_parity_model()
         .args(["--beam-size", "3", "--json", "--attention-dir"])
         .arg(att.path())
         .arg(fixture("images/red_circle.png"))
@@ -74,11 +80,8 @@ fn caption_refuses_pipes_and_endless_devices_at_once_and_captions_the_rest() {
     let zero = dir.path().join("zero.png");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let start = std::time::Instant::now();
-    let out = gaze()
-        .args(["caption", "--beam-size", "1", "--weights"])
-        .arg(fixture("parity/weights.safetensors"))
-        .arg("--word-map")
-        .arg(fixture("parity/WORDMAP_parity.json"))
+    let out = caption_with_parity_model()
+        .args(["--beam-size", "1"])
         .arg(&pipe)
         .arg(fixture("images/red_circle.png"))
         .arg(&zero)
@@ -158,11 +161,8 @@ fn model_checkpoint_and_word_map_paths_that_are_pipes_fail_at_once() {
 
 #[test]
 fn caption_plain_output_and_missing_word_map() {
-    let out = gaze()
-        .args(["caption", "--beam-size", "1", "--weights"])
-        .arg(fixture("parity/weights.safetensors"))
-        .arg("--word-map")
-        .arg(fixture("parity/WORDMAP_parity.json"))
+    let out = caption_with_parity_model()
+        .args(["--beam-size", "1"])
         .arg(fixture("images/red_circle.png"))
         .output()
         .unwrap();
@@ -986,11 +986,7 @@ fn score_gives_nltk_the_karpathy_tokens_and_coco_the_ptb_tokens() {
 #[test]
 fn sampled_captions_follow_the_seed_not_the_batch() {
     let run = |extra: &[&str]| -> String {
-        let out = gaze()
-            .args(["caption", "--weights"])
-            .arg(fixture("parity/weights.safetensors"))
-            .arg("--word-map")
-            .arg(fixture("parity/WORDMAP_parity.json"))
+        let out = caption_with_parity_model()
             .args(extra)
             .arg(fixture("images/red_circle.png"))
             .arg(fixture("images/blue_square.jpg"))
@@ -1096,11 +1092,7 @@ fn eval_samples_a_row_that_follows_the_seed_not_the_batch() {
 
 #[test]
 fn caption_json_lists_every_diverse_group() {
-    let out = gaze()
-        .args(["caption", "--weights"])
-        .arg(fixture("parity/weights.safetensors"))
-        .arg("--word-map")
-        .arg(fixture("parity/WORDMAP_parity.json"))
+    let out = caption_with_parity_model()
         .args([
             "--beam-size",
             "4",
@@ -1122,11 +1114,7 @@ fn caption_json_lists_every_diverse_group() {
     let groups = line["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 3);
     assert!(groups.iter().any(|g| g["caption"] == line["caption"]));
-    let out = gaze()
-        .args(["caption", "--weights"])
-        .arg(fixture("parity/weights.safetensors"))
-        .arg("--word-map")
-        .arg(fixture("parity/WORDMAP_parity.json"))
+    let out = caption_with_parity_model()
         .args(["--diverse-groups", "0"])
         .arg(fixture("images/red_circle.png"))
         .output()

@@ -50,7 +50,7 @@ pub struct SamplingArgs {
     /// Draw captions instead of searching: multinomial, top-k:K or top-p:P (with
     /// --temperature; the search options do not apply; gaze eval adds them as a row `s`)
     /// [default: off: beam search].
-    #[arg(long, value_name = "METHOD", value_parser = parse_sample)]
+    #[arg(long, value_name = "METHOD")]
     pub sample: Option<Truncation>,
     /// Captions drawn per image with --sample; the most likely one is kept.
     #[arg(long, default_value_t = 1)]
@@ -86,7 +86,7 @@ pub struct DecodingArgs {
     /// How the final beam is picked: none (raw summed log-probability), avg (per word),
     /// wu:ALPHA (score / ((5 + length) / 6)^ALPHA, Wu et al. 2016) or power:ALPHA
     /// (score / length^ALPHA) [default: none].
-    #[arg(long, value_name = "PENALTY", value_parser = parse_length_penalty)]
+    #[arg(long, value_name = "PENALTY")]
     pub length_penalty: Option<LengthPenalty>,
     /// Never emit <unk> [default: off].
     #[arg(long)]
@@ -116,14 +116,6 @@ pub struct DecodingArgs {
     /// that chose it at the same step.
     #[arg(long, value_name = "LAMBDA", default_value_t = 0.5)]
     pub diversity: f32,
-}
-
-pub fn parse_sample(text: &str) -> Result<Truncation, String> {
-    text.parse()
-}
-
-fn parse_length_penalty(text: &str) -> Result<LengthPenalty, String> {
-    text.parse()
 }
 
 impl DecodingArgs {

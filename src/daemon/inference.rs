@@ -49,40 +49,58 @@ impl ModelSwap {
 const SWAP_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) struct Worker {
-    pub rx: Receiver<Vec<Decoded>>,
-    pub tx: Sender<WriterMsg>,
-    pub current: ActiveModel,
-    pub swap: ModelSwap,
+    rx: Receiver<Vec<Decoded>>,
+    tx: Sender<WriterMsg>,
+    current: ActiveModel,
+    swap: ModelSwap,
     /// The configured search (bad endings not yet resolved).
-    pub beam: BeamOptions,
-    pub bad_ending_words: Vec<String>,
-    /// `beam` for the current model: its bad endings as that model's word ids. Set by
-    /// [`Worker::run`].
-    pub search: BeamOptions,
+    beam: BeamOptions,
+    bad_ending_words: Vec<String>,
+    /// `beam` for the current model: its bad endings as that model's word ids.
+    search: BeamOptions,
     /// A read-only store, to skip content the current model has captioned already.
-    pub db: BoxedStore,
+    db: BoxedStore,
+}
+
+/// `beam` with `bad_ending_words` as ids of `model`'s word map.
+fn search_for(model: &ActiveModel, beam: &BeamOptions, bad_ending_words: &[String]) -> BeamOptions {
+    let (ids, missing) = crate::model::beam::word_ids(&model.model.word_map, bad_ending_words);
+    if !missing.is_empty() {
+        tracing::warn!(
+            model = %model.name,
+            words = ?missing,
+            "model.bad_ending_words: not in the model's word map, ignored"
+        );
+    }
+    BeamOptions {
+        bad_endings: ids,
+        ..beam.clone()
+    }
 }
 
 impl Worker {
-    /// `beam` with the bad ending words as ids of the current model's word map.
-    fn resolve_search(&mut self) {
-        let (ids, missing) =
-            crate::model::beam::word_ids(&self.current.model.word_map, &self.bad_ending_words);
-        if !missing.is_empty() {
-            tracing::warn!(
-                model = %self.current.name,
-                words = ?missing,
-                "model.bad_ending_words: not in the model's word map, ignored"
-            );
+    pub fn new(
+        rx: Receiver<Vec<Decoded>>,
+        tx: Sender<WriterMsg>,
+        current: ActiveModel,
+        swap: ModelSwap,
+        opts: &super::DaemonOptions,
+        db: BoxedStore,
+    ) -> Self {
+        let search = search_for(&current, &opts.beam, &opts.bad_ending_words);
+        Worker {
+            rx,
+            tx,
+            current,
+            swap,
+            beam: opts.beam.clone(),
+            bad_ending_words: opts.bad_ending_words.clone(),
+            search,
+            db,
         }
-        self.search = BeamOptions {
-            bad_endings: ids,
-            ..self.beam.clone()
-        };
     }
 
     pub fn run(mut self) -> Result<(), DaemonError> {
-        self.resolve_search();
         loop {
             // Wake now and then while idle, so a promoted model is taken (and its recaption
             // queued) without waiting for the next image.
@@ -99,7 +117,7 @@ impl Worker {
                     "model swapped; later batches use the new model"
                 );
                 self.current = next;
-                self.resolve_search();
+                self.search = search_for(&self.current, &self.beam, &self.bad_ending_words);
                 // Behind every batch of the old model on the writer's queue.
                 let msg = WriterMsg::Swapped {
                     model_id: self.current.id,

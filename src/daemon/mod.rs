@@ -145,7 +145,7 @@ impl DaemonOptions {
     /// when retraining is enabled).
     pub fn from_config(cfg: &Config) -> Result<Self, crate::config::ConfigError> {
         let ms = Duration::from_millis;
-        let (beam, bad_ending_words) = cfg.model.search()?;
+        let (beam, bad_ending_words) = cfg.search()?;
         Ok(DaemonOptions {
             folders: cfg.watch.folders.clone(),
             include: cfg.watch.include.clone(),
@@ -375,16 +375,14 @@ impl CaptionStages {
     pub fn spawn(self, opts: &DaemonOptions) -> Result<Vec<Thread>, DaemonError> {
         let (decoded_tx, decoded_rx) = bounded::<Decoded>(opts.batch_size);
         let (batch_tx, batch_rx) = bounded::<Vec<Decoded>>(1);
-        let inference = inference::Worker {
-            rx: batch_rx,
-            tx: self.write_tx.clone(),
-            current: self.active,
-            swap: self.swap,
-            beam: opts.beam.clone(),
-            bad_ending_words: opts.bad_ending_words.clone(),
-            search: opts.beam.clone(),
-            db: open_reader(&self.db)?,
-        };
+        let inference = inference::Worker::new(
+            batch_rx,
+            self.write_tx.clone(),
+            self.active,
+            self.swap,
+            opts,
+            open_reader(&self.db)?,
+        );
         let mut threads = vec![spawn("inference", move || inference.run())?];
         let (batch_size, max_wait) = (opts.batch_size, opts.max_wait);
         threads.push(spawn("batcher", move || {
