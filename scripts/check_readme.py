@@ -203,6 +203,42 @@ class Checker:
             time.sleep(0.5)
         self.report("FAIL", command, "did not start watching within 10 minutes")
 
+    # -- the server that the "Serve over HTTP" section leaves running
+    def start_server(self, command):
+        self.server_log = open(self.logs / "serve.log", "w")
+        self.server = subprocess.Popen(command, shell=True, cwd=self.work, stdout=self.server_log,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       executable="/bin/bash")
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if self.server.poll() is not None:
+                self.report("FAIL", command, f"exited at once with {self.server.returncode} "
+                            f"(log {self.logs / 'serve.log'})")
+                self.server = None
+                return
+            if "HTTP server listening" in (self.logs / "serve.log").read_text():
+                self.report("ok", command, "serving in the background")
+                return
+            time.sleep(0.5)
+        self.report("FAIL", command, "did not start serving within 10 minutes")
+
+    def stop_server(self):
+        if not getattr(self, "server", None):
+            return
+        os.killpg(self.server.pid, signal.SIGINT)
+        try:
+            code = self.server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            code = "killed after 120 s"
+        self.server_log.close()
+        what = "Ctrl-C (SIGINT) to gaze serve"
+        if code == 0:
+            self.report("ok", what, "exit 0")
+        else:
+            self.report("FAIL", what, f"exit {code} (log {self.logs / 'serve.log'})")
+        self.server = None
+
     def wait_daemon_idle(self, images):
         """Until the database holds `images` images and none is pending."""
         db = self.work / "captions.db"
@@ -328,6 +364,28 @@ def check_command(c, command, toml_block):
 
     if " -- watch " in command and command.endswith(" photos"):
         c.start_daemon(command)
+        return
+
+    if " -- serve " in command:
+        c.start_server(command)
+        return
+
+    if command.startswith("curl "):
+        if not getattr(c, "server", None):
+            c.report("FAIL", command, "gaze serve is not running")
+            return
+        if "-o attention.png" in command:
+            check = c.must_exist("attention.png")
+        elif "/metrics" in command:
+            check = lambda out: None if "gaze_images{" in out else "no gaze_images metric"
+        elif "/v1/caption" in command:
+            check = lambda out: None if '"caption"' in out else f"no caption: {out[:200]}"
+        else:
+            check = lambda out: None if out.strip().startswith("{") and '"error"' not in out \
+                else f"not an answer: {out[:200]}"
+        c.run(command, check=check)
+        if "/metrics" in command:
+            c.stop_server()
         return
 
     if command.startswith("cp tests/fixtures/images/"):

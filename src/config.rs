@@ -172,6 +172,7 @@ pub struct Config {
     pub log: LogSection,
     pub retrain: RetrainSection,
     pub worker: WorkerSection,
+    pub http: HttpSection,
     /// Where each key's value came from, for error messages.
     #[serde(skip)]
     pub sources: Sources,
@@ -243,6 +244,41 @@ impl Default for WorkerSection {
         WorkerSection {
             lease_seconds: 60,
             models_dir: None,
+        }
+    }
+}
+
+/// `gaze serve` and `gaze watch --http`: the HTTP API, metrics and web page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// The address to bind, `host:port`.
+    pub listen: String,
+    /// The bearer token every route but `/healthz` needs; required off loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Larger request bodies are refused (413).
+    pub max_body_bytes: u64,
+    /// Uploads being read or decoded at once; more are refused (503).
+    pub max_concurrent_uploads: usize,
+    /// Decoded uploads waiting for a batch; a full queue refuses more (503, Retry-After).
+    pub queue_depth: usize,
+    /// The longest wait for a caption (504 after it).
+    pub request_timeout_ms: u64,
+    /// Threads of the HTTP runtime.
+    pub threads: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+            max_body_bytes: 32 << 20,
+            max_concurrent_uploads: 64,
+            queue_depth: 64,
+            request_timeout_ms: 60_000,
+            threads: 2,
         }
     }
 }
@@ -478,6 +514,8 @@ const ENV_VARS: &[EnvVar] = &[
     env_var!("GAZE_RESCAN_INTERVAL_SECS" => watch.rescan_interval_secs, parse),
     env_var!("GAZE_STABLE_MS" => watch.stable_ms, parse),
     env_var!("GAZE_LEASE_SECONDS" => worker.lease_seconds, parse),
+    env_var!("GAZE_HTTP_LISTEN" => http.listen, text),
+    env_var!("GAZE_HTTP_TOKEN" => http.token, some_text),
     env_var!("GAZE_DB" => database.path, path),
     env_var!("GAZE_MODEL" => model.path, some_path),
     env_var!("GAZE_WORD_MAP" => model.word_map, some_path),
@@ -759,7 +797,17 @@ impl Config {
             &self.limits,
             &self.retrain,
         );
-        let counts: [(&str, u64, RangeInclusive<u64>); 20] = [
+        let h = &self.http;
+        let counts: [(&str, u64, RangeInclusive<u64>); 25] = [
+            ("http.max_body_bytes", h.max_body_bytes, 1..=16 << 30),
+            (
+                "http.max_concurrent_uploads",
+                h.max_concurrent_uploads as u64,
+                1..=100_000,
+            ),
+            ("http.queue_depth", h.queue_depth as u64, 1..=1_000_000),
+            ("http.request_timeout_ms", h.request_timeout_ms, 1..=HOUR_MS),
+            ("http.threads", h.threads as u64, 1..=1024),
             ("watch.poll_interval_ms", w.poll_interval_ms, 1..=DAY_MS),
             (
                 "watch.rescan_interval_secs",
@@ -900,6 +948,18 @@ impl Config {
         Ok(())
     }
 
+    /// [`Config::validate`] for `gaze serve`: a model is needed, folders are not (uploads are
+    /// captioned with none watched).
+    pub fn validate_serve(&self) -> Result<(), ConfigError> {
+        self.check_settings()?;
+        if self.model.path.is_none() {
+            return Err(ConfigError::Invalid(
+                "no model: set [model] path in the config file, GAZE_MODEL, or --model".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// [`Config::validate`] for a daemon that only discovers files (`--no-caption`): every
     /// setting in range and something to watch; no model needed.
     pub fn validate_scan(&self) -> Result<(), ConfigError> {
@@ -932,6 +992,7 @@ mod tests {
         full.retrain.data_name = Some("d".into());
         full.retrain.images = Some("i".into());
         full.retrain.train_config = Some("t".into());
+        full.http.token = Some("s".into());
         let value = toml::Value::try_from(&full).unwrap();
         for (section, table) in value.as_table().unwrap() {
             assert!(
@@ -1096,7 +1157,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 24);
+        assert_eq!(checked, 29);
         Config::default().check_settings().unwrap();
     }
 
@@ -1223,7 +1284,7 @@ mod tests {
                 e.var
             );
         }
-        assert_eq!(ENV_VARS.len(), 35);
+        assert_eq!(ENV_VARS.len(), 37);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - [`eval`]: a model judged on a prepared split (beam search at several sizes, every metric).
 //! - [`train`]: the training loop, optimiser state, schedules and checkpoints.
 //! - [`store`]: the SQLite store (migrations, queries).
-//! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings.
+//! - [`daemon`]: the folder-watching captioning pipeline; [`config`]: its layered settings;
+//!   [`telemetry`]: what its stages measure; [`http`]: the HTTP API, metrics and web page
+//!   (`gaze serve`, `gaze watch --http`).
 //! - [`retrain`]: scheduled retraining, promotion by held-out scores, the model registry.
 //! - [`viz`]: attention pictures; [`files`]: opening user-named files safely (no FIFOs,
 //!   devices or endless reads).
@@ -27,6 +29,7 @@ pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod files;
+pub mod http;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
@@ -36,5 +39,6 @@ pub mod pth;
 pub mod retrain;
 pub mod rng;
 pub mod store;
+pub mod telemetry;
 pub mod train;
 pub mod viz;

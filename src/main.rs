@@ -51,6 +51,8 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Watch folders and caption images as they arrive, into SQLite or PostgreSQL.
     Watch(cli::watch::WatchArgs),
+    /// The daemon with an HTTP API, Prometheus metrics and a web page (docs/HTTP.md).
+    Serve(cli::serve::ServeArgs),
     /// Caption images from a shared PostgreSQL store, beside workers on other machines.
     Worker(cli::worker::WorkerArgs),
     /// Show the captioning store's counts, rate, backlog and active model.
@@ -70,7 +72,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `watch` sets up logging itself, from its layered settings.
-    if !matches!(cli.command, Command::Watch(_) | Command::Worker(_)) {
+    if !matches!(
+        cli.command,
+        Command::Watch(_) | Command::Worker(_) | Command::Serve(_)
+    ) {
         // The demo prints its own story; the daemon's per-caption log lines would drown it.
         let default = if matches!(cli.command, Command::Demo(_)) {
             "warn"
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Watch(args) => cli::watch::run(args, cli.log_level.as_deref()),
         Command::Worker(args) => cli::worker::run(args, cli.log_level.as_deref()),
+        Command::Serve(args) => cli::serve::run(args, cli.log_level.as_deref()),
         Command::Status(args) => cli::status::run(args),
         Command::Query(args) => cli::query::run(args),
         Command::Models(cmd) => cli::models::run(cmd),

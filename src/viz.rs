@@ -167,6 +167,33 @@ pub fn render(
     grid: usize,
     opts: &PictureOptions,
 ) -> RgbImage {
+    let map = |t: usize| match t {
+        0 => None,
+        _ => alphas.get(t - 1).map(Vec::as_slice),
+    };
+    panels(image, words, map, grid, opts)
+}
+
+/// One word's panel: the word above the image with that word's `grid * grid` map over it.
+pub fn word_panel(
+    image: &RgbImage,
+    word: &str,
+    alpha: &[f32],
+    grid: usize,
+    opts: &PictureOptions,
+) -> RgbImage {
+    panels(image, &[word.to_string()], |_| Some(alpha), grid, opts)
+}
+
+/// A grid of panels, each a word over the image with `map(t)` (the t-th panel's map, if any)
+/// over it.
+fn panels<'a>(
+    image: &RgbImage,
+    words: &[String],
+    map: impl Fn(usize) -> Option<&'a [f32]>,
+    grid: usize,
+    opts: &PictureOptions,
+) -> RgbImage {
     let n = words.len().clamp(1, opts.max_words.max(1));
     let cols = opts.columns.max(1).min(n as u32);
     let rows = (n as u32).div_ceil(cols);
@@ -188,9 +215,9 @@ pub fn render(
         let x0 = GAP + (t as u32 % cols) * cell_w;
         let y0 = GAP + (t as u32 / cols) * cell_h;
         draw_text(&mut out, &font, word, x0 + 2, y0 + 4, 20.0);
-        let panel = match (t, alphas.get(t.wrapping_sub(1))) {
-            (0, _) | (_, None) => base.clone(),
-            (_, Some(alpha)) => overlay(&base, &upsample(alpha, grid, opts.panel, opts.smooth)),
+        let panel = match map(t) {
+            None => base.clone(),
+            Some(alpha) => overlay(&base, &upsample(alpha, grid, opts.panel, opts.smooth)),
         };
         imageops::replace(&mut out, &panel, x0 as i64, (y0 + TEXT_BAND) as i64);
     }

@@ -13,6 +13,7 @@ pub mod prepare;
 pub mod query;
 pub mod retrain;
 pub mod score;
+pub mod serve;
 pub mod signal;
 pub mod status;
 pub mod store;

@@ -32,15 +32,9 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
     let store = gaze::store::open_read_only(&location)?;
     let report = store.status(unix_now())?;
     if args.json {
-        let mut v = serde_json::to_value(&report)?;
+        let mut v = report.to_json();
         v["db"] = location.to_string().into();
         v["daemon_running"] = running.into();
-        v["by_status"] = report
-            .by_status
-            .iter()
-            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -70,10 +70,9 @@ impl CaptionFlags {
     }
 }
 
+/// The flags of a daemon that watches folders, shared by `gaze watch` and `gaze serve`.
 #[derive(Args, Debug)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    pub common: CaptionFlags,
+pub struct DaemonFlags {
     /// The store: a SQLite file, or a PostgreSQL URL (postgres://user@host/db) [database.path].
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
@@ -89,30 +88,21 @@ pub struct WatchArgs {
     /// Longest wait for a batch to fill, in milliseconds [pipeline.max_wait_ms].
     #[arg(long, value_name = "MS")]
     pub max_wait_ms: Option<u64>,
-    /// Retrain on the [retrain] schedule while watching [retrain.enabled].
+    /// Retrain on the [retrain] schedule while running [retrain.enabled].
     #[arg(long)]
     pub retrain: bool,
     /// The retraining schedule: an interval ("6h") or a cron expression [retrain.schedule].
     #[arg(long, value_name = "WHEN")]
     pub retrain_schedule: Option<String>,
-    /// Caption what is there (and what arrives meanwhile), then exit: 0, or 2 if some
-    /// images failed.
-    #[arg(long, visible_alias = "once")]
-    pub exit_when_idle: bool,
-    /// Only discover files and record them pending, for `gaze worker`s to caption (a shared
-    /// PostgreSQL store); no model is loaded.
-    #[arg(long, conflicts_with_all = ["model", "word_map", "retrain"])]
-    pub no_caption: bool,
     /// Folders to watch (replace [watch] folders).
     #[arg(value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
 }
 
-impl WatchArgs {
-    /// The command-line layer: each flag given replaces its key and becomes its source.
-    fn flags(&self, log_level: Option<&str>) -> Flags {
-        self.common
-            .add_to(Flags::new())
+impl DaemonFlags {
+    /// Adds these flags to the command-line layer.
+    pub fn add_to(&self, flags: Flags) -> Flags {
+        flags
             .folders(&self.dirs)
             .path("--db", "database.path", self.db.as_deref())
             .path("--model", "model.path", self.model.as_deref())
@@ -125,6 +115,35 @@ impl WatchArgs {
                 "retrain.schedule",
                 self.retrain_schedule.as_deref(),
             )
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CaptionFlags,
+    #[command(flatten)]
+    pub daemon: DaemonFlags,
+    /// Caption what is there (and what arrives meanwhile), then exit: 0, or 2 if some
+    /// images failed.
+    #[arg(long, visible_alias = "once")]
+    pub exit_when_idle: bool,
+    /// Serve the HTTP API, metrics and web page on ADDR (host:port) while watching
+    /// [http.listen]; see docs/HTTP.md.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Only discover files and record them pending, for `gaze worker`s to caption (a shared
+    /// PostgreSQL store); no model is loaded.
+    #[arg(long, conflicts_with_all = ["model", "word_map", "retrain"])]
+    pub no_caption: bool,
+}
+
+impl WatchArgs {
+    /// The command-line layer: each flag given replaces its key and becomes its source.
+    fn flags(&self, log_level: Option<&str>) -> Flags {
+        let flags = self.daemon.add_to(self.common.add_to(Flags::new()));
+        flags
+            .value("--http", "http.listen", self.http.as_deref())
             .value("--log-level", "log.level", log_level)
     }
 }
@@ -150,24 +169,57 @@ pub fn run(args: WatchArgs, log_level_flag: Option<&str>) -> Result<ExitCode> {
     let mut opts = DaemonOptions::from_config(&cfg)?;
     opts.exit_when_idle = args.exit_when_idle;
 
-    let daemon = Daemon::start(&location, model.map(Arc::new), opts)?;
+    let http = match &args.http {
+        Some(_) => Some(gaze::http::HttpOptions::from_config(&cfg)?),
+        None => None,
+    };
+    let summary = run_daemon(&location, model, opts, http)?;
+    if args.exit_when_idle && summary.failed > 0 {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the daemon (and the HTTP server beside it, when asked), stops both on SIGINT or
+/// SIGTERM, and waits for the daemon to drain.
+pub(crate) fn run_daemon(
+    location: &gaze::store::Location,
+    model: Option<CaptionModel>,
+    opts: DaemonOptions,
+    http: Option<gaze::http::HttpOptions>,
+) -> Result<gaze::daemon::RunSummary> {
+    let daemon = Daemon::start(location, model.map(Arc::new), opts)?;
+    let server = match http {
+        Some(http) => match gaze::http::Server::start(http, gaze::http::DaemonLink::of(&daemon)) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                // Nothing is lost: stop the pipeline cleanly, then report.
+                daemon.shutdown_handle().request();
+                let _ = daemon.wait();
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let shutdown = daemon.shutdown_handle();
     super::signal::on_interrupt(move || {
         tracing::info!("stopping: finishing the batches in flight (signal again to stop at once)");
         shutdown.request();
     })?;
 
-    let summary = daemon.wait()?;
+    let summary = daemon.wait();
+    // After the pipeline: uploads waiting for a caption got theirs, or a 503.
+    if let Some(server) = server {
+        server.stop();
+    }
+    let summary = summary?;
     tracing::info!(
         captioned = summary.captioned,
         reused = summary.reused,
         failed = summary.failed,
         "stopped"
     );
-    if args.exit_when_idle && summary.failed > 0 {
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(summary)
 }
 
 /// The configured model, loaded on the configured device.

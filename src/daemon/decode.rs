@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::msg::{Decoded, Job, WriterMsg};
 use super::Shutdown;
 use crate::data::image::{self as img, DecodeOptions, TUTORIAL_SIZE};
+use crate::telemetry::{FailureKind, Telemetry};
 
 pub(crate) struct Worker {
     pub rx: Receiver<Job>,
@@ -19,6 +20,7 @@ pub(crate) struct Worker {
     pub max_file_bytes: u64,
     pub follow_symlinks: bool,
     pub shutdown: Shutdown,
+    pub telemetry: std::sync::Arc<Telemetry>,
 }
 
 /// Why a file did not decode.
@@ -38,16 +40,30 @@ impl Worker {
             if self.shutdown.is_requested() {
                 continue;
             }
-            let msg = match decode_job(job, &self.decode, self.max_file_bytes, self.follow_symlinks)
-            {
+            let started = std::time::Instant::now();
+            let decoded = decode_job(job, &self.decode, self.max_file_bytes, self.follow_symlinks);
+            self.telemetry
+                .decode_seconds
+                .observe_duration(started.elapsed());
+            let msg = match decoded {
                 Ok(decoded) => {
                     if self.tx.send(decoded).is_err() {
                         return;
                     }
                     continue;
                 }
-                Err((job, Failure::Vanished)) => WriterMsg::Vanished { job },
-                Err((job, Failure::Bad { hash, error })) => WriterMsg::Failed { job, hash, error },
+                Err((job, Failure::Vanished)) => {
+                    self.telemetry.failed(FailureKind::Vanished);
+                    WriterMsg::Vanished { job }
+                }
+                Err((job, Failure::Bad { hash, error })) => {
+                    // Read but not decoded, or not read at all.
+                    self.telemetry.failed(match hash {
+                        Some(_) => FailureKind::Undecodable,
+                        None => FailureKind::Unreadable,
+                    });
+                    WriterMsg::Failed { job, hash, error }
+                }
             };
             if self.writer.send(msg).is_err() {
                 return;
@@ -91,8 +107,29 @@ pub(crate) fn decode_job(
         job.mtime_ns = t.as_nanos().min(i64::MAX as u128) as i64;
     }
     let hash = blake3::hash(&bytes).to_hex().to_string();
+    match prepare(&bytes, &job.path, opts) {
+        Ok((width, height, pixels)) => Ok(Decoded {
+            job,
+            hash,
+            width,
+            height,
+            pixels,
+            reply: None,
+        }),
+        Err(error) => Err((job, bad(Some(hash), error))),
+    }
+}
+
+/// Decodes image bytes (`path` names them in errors) and makes the model's input: the
+/// original width and height, and the 3 x 256 x 256 normalised pixels. A decoder panic is
+/// caught and reported as an error.
+pub(crate) fn prepare(
+    bytes: &[u8],
+    path: &std::path::Path,
+    opts: &DecodeOptions,
+) -> Result<(u32, u32, Vec<f32>), String> {
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        img::decode_bytes(&bytes, &job.path, opts).map(|image| {
+        img::decode_bytes(bytes, path, opts).map(|image| {
             let (width, height) = (image.width(), image.height());
             let chw = img::rgb_to_chw(&img::to_rgb_resized(&image, TUTORIAL_SIZE));
             let mut pixels = vec![0f32; chw.len()];
@@ -101,18 +138,9 @@ pub(crate) fn decode_job(
         })
     }));
     match decoded {
-        Ok(Ok((width, height, pixels))) => Ok(Decoded {
-            job,
-            hash,
-            width,
-            height,
-            pixels,
-        }),
-        Ok(Err(e)) => Err((job, bad(Some(hash), e.to_string().trim_end().to_string()))),
-        Err(_) => Err((
-            job,
-            bad(Some(hash), "the image decoder crashed on this file".into()),
-        )),
+        Ok(Ok(prepared)) => Ok(prepared),
+        Ok(Err(e)) => Err(e.to_string().trim_end().to_string()),
+        Err(_) => Err("the image decoder crashed on this file".into()),
     }
 }
 

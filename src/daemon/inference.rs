@@ -8,20 +8,21 @@
 //! Content already captioned by the current model (the same bytes under another name, or a
 //! file touched without changing) is not run again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::models::ActiveModel;
-use super::msg::{BatchResult, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
+use super::msg::{Answer, BatchResult, Decoded, ItemResult, Outcome, StoredCaption, WriterMsg};
 use super::DaemonError;
 use crate::config::Recaption;
 use crate::data::image::TUTORIAL_SIZE;
 use crate::model::encoder::images_to_tensor;
 use crate::model::{BeamOptions, Caption};
 use crate::store::BoxedStore;
+use crate::telemetry::{FailureKind, Telemetry};
 
 /// The slot through which a new model is promoted into a running daemon.
 #[derive(Clone, Default)]
@@ -60,6 +61,7 @@ pub(crate) struct Worker {
     search: BeamOptions,
     /// A read-only store, to skip content the current model has captioned already.
     db: BoxedStore,
+    telemetry: Arc<Telemetry>,
 }
 
 /// `beam` with `bad_ending_words` as ids of `model`'s word map.
@@ -86,8 +88,10 @@ impl Worker {
         swap: ModelSwap,
         opts: &super::DaemonOptions,
         db: BoxedStore,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         let search = search_for(&current, &opts.beam, &opts.bad_ending_words);
+        telemetry.set_active_model(current.id, &current.name);
         Worker {
             rx,
             tx,
@@ -97,6 +101,7 @@ impl Worker {
             bad_ending_words: opts.bad_ending_words.clone(),
             search,
             db,
+            telemetry,
         }
     }
 
@@ -117,6 +122,8 @@ impl Worker {
                     "model swapped; later batches use the new model"
                 );
                 self.current = next;
+                self.telemetry
+                    .set_active_model(self.current.id, &self.current.name);
                 self.search = search_for(&self.current, &self.beam, &self.bad_ending_words);
                 // Behind every batch of the old model on the writer's queue.
                 let msg = WriterMsg::Swapped {
@@ -128,7 +135,9 @@ impl Worker {
                 }
             }
             let Some(batch) = batch else { continue };
-            let result = self.caption_batch(batch);
+            let Some(result) = self.caption_batch(batch) else {
+                continue;
+            };
             if self.tx.send(WriterMsg::Batch(result)).is_err() {
                 break;
             }
@@ -136,82 +145,131 @@ impl Worker {
         Ok(())
     }
 
-    fn caption_batch(&self, mut batch: Vec<Decoded>) -> BatchResult {
+    fn caption_batch(&self, mut batch: Vec<Decoded>) -> Option<BatchResult> {
         let started = Instant::now();
         let model_id = self.current.id;
-        // Which images need the model: the first of each content not captioned yet.
+        // Which images need the model, by beam size: every upload (its client waits for a
+        // caption), and the first watched file of each content not captioned yet.
         let mut seen = HashSet::new();
-        let mut run: Vec<usize> = Vec::new();
+        let mut runs: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         let mut stored_before = vec![false; batch.len()];
         for (i, d) in batch.iter().enumerate() {
+            if let Some(reply) = &d.reply {
+                let beam = reply.beam_size.unwrap_or(self.search.beam_size);
+                runs.entry(beam).or_default().push(i);
+                continue;
+            }
             if !seen.insert(d.hash.clone()) {
                 continue;
             }
             stored_before[i] = self.db.caption_exists(&d.hash, model_id).unwrap_or(false);
             if !stored_before[i] {
-                run.push(i);
+                runs.entry(self.search.beam_size).or_default().push(i);
             }
         }
-        let captions: Result<Vec<Caption>, String> = if run.is_empty() {
-            Ok(Vec::new())
-        } else {
+        let mut by_index: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
+        let ran: usize = runs.values().map(Vec::len).sum();
+        for (beam_size, run) in runs {
+            let search = BeamOptions {
+                beam_size,
+                groups: self.search.groups.min(beam_size),
+                ..self.search.clone()
+            };
             let pixels: Vec<Vec<f32>> = run
                 .iter()
                 .map(|&i| std::mem::take(&mut batch[i].pixels))
                 .collect();
             let model = &self.current.model;
-            images_to_tensor(&pixels, TUTORIAL_SIZE as usize, &model.device)
+            let captions = images_to_tensor(&pixels, TUTORIAL_SIZE as usize, &model.device)
                 .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    model
-                        .caption_images(&t, &self.search)
-                        .map_err(|e| e.to_string())
-                })
-        };
-        let mut by_index: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
-        match captions {
-            Ok(caps) => {
-                for (&i, cap) in run.iter().zip(caps) {
-                    by_index[i] = Some(Outcome::Captioned(self.stored(cap)));
+                .and_then(|t| model.caption_images(&t, &search).map_err(|e| e.to_string()));
+            match captions {
+                Ok(caps) => {
+                    for (&i, cap) in run.iter().zip(caps) {
+                        by_index[i] = Some(Outcome::Captioned(self.stored(cap, beam_size)));
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, images = run.len(), "captioning a batch failed");
-                // Every image whose content has no stored caption failed, repeats included.
-                let stored: HashSet<&str> = batch
-                    .iter()
-                    .zip(&stored_before)
-                    .filter(|(_, &s)| s)
-                    .map(|(d, _)| d.hash.as_str())
-                    .collect();
-                for (i, d) in batch.iter().enumerate() {
-                    if !stored.contains(d.hash.as_str()) {
+                Err(e) => {
+                    tracing::error!(error = %e, images = run.len(), "captioning a batch failed");
+                    for &i in &run {
                         by_index[i] = Some(Outcome::Failed(format!("captioning failed: {e}")));
                     }
                 }
             }
         }
-        let items = batch
-            .into_iter()
-            .zip(by_index)
-            .map(|(d, outcome)| ItemResult {
+        // A watched file repeating content whose caption failed in this batch failed too.
+        let failed: HashSet<&str> = batch
+            .iter()
+            .zip(&by_index)
+            .filter(|(d, o)| d.reply.is_none() && matches!(o, Some(Outcome::Failed(_))))
+            .map(|(d, _)| d.hash.as_str())
+            .collect();
+        let repeats_failed: Vec<bool> = batch
+            .iter()
+            .zip(&by_index)
+            .zip(&stored_before)
+            .map(|((d, o), &stored)| {
+                d.reply.is_none() && o.is_none() && !stored && failed.contains(d.hash.as_str())
+            })
+            .collect();
+        for (o, repeat) in by_index.iter_mut().zip(repeats_failed) {
+            if repeat {
+                *o = Some(Outcome::Failed(
+                    "captioning failed (see the same content)".into(),
+                ));
+            }
+        }
+        let infer_time = started.elapsed();
+        if ran > 0 {
+            self.telemetry.batch_size.observe(ran as f64);
+            self.telemetry
+                .inference_seconds
+                .observe_duration(infer_time);
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        for (d, outcome) in batch.into_iter().zip(by_index) {
+            let outcome = outcome.unwrap_or(Outcome::AlreadyCaptioned);
+            if matches!(outcome, Outcome::Failed(_)) {
+                self.telemetry.failed(FailureKind::Inference);
+            }
+            let mut reply = d.reply;
+            // An upload not to be recorded is answered now and goes no further.
+            if let Some(r) = reply.take_if(|r| !r.store) {
+                r.send(self.answer(&outcome, None));
+                continue;
+            }
+            items.push(ItemResult {
                 job: d.job,
                 hash: d.hash,
                 width: d.width,
                 height: d.height,
-                outcome: outcome.unwrap_or(Outcome::AlreadyCaptioned),
-            })
-            .collect();
-        BatchResult {
+                outcome,
+                reply,
+            });
+        }
+        (!items.is_empty()).then(|| BatchResult {
             model_id,
             model_name: self.current.name.clone(),
-            beam_size: self.beam.beam_size,
-            infer_time: started.elapsed(),
+            infer_time,
             items,
+        })
+    }
+
+    /// What the client of an upload is told.
+    fn answer(&self, outcome: &Outcome, image_id: Option<i64>) -> Result<Answer, String> {
+        match outcome {
+            Outcome::Captioned(c) => Ok(Answer {
+                model_id: self.current.id,
+                model_name: self.current.name.clone(),
+                caption: c.clone(),
+                image_id,
+            }),
+            Outcome::Failed(e) => Err(e.clone()),
+            Outcome::AlreadyCaptioned => Err("the image was not captioned".into()),
         }
     }
 
-    fn stored(&self, cap: Caption) -> StoredCaption {
+    fn stored(&self, cap: Caption, beam_size: usize) -> StoredCaption {
         let wm = &self.current.model.word_map;
         StoredCaption {
             tokens: cap
@@ -225,6 +283,7 @@ impl Worker {
             finished: cap.finished,
             alphas: cap.alphas,
             grid: cap.grid,
+            beam_size,
         }
     }
 }

@@ -48,9 +48,12 @@ mod retrainer;
 pub mod worker;
 mod writer;
 
+pub(crate) use decode::prepare as prepare_image;
 pub use discover::PathFilter;
 pub use inference::ModelSwap;
+pub(crate) use models::load_registered as load_registered_model;
 pub use models::{register_model, ActiveModel};
+pub(crate) use msg::{Answer, Decoded, Job, Reply};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -66,7 +69,7 @@ use crate::data::image::DecodeOptions;
 use crate::model::BeamOptions;
 use crate::store::path_key::Roots;
 use crate::store::{BoxedStore, Location, Store, StoreError};
-use msg::{Ack, Decoded, Found, Job, WriterMsg};
+use msg::{Ack, Found, WriterMsg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -132,6 +135,8 @@ pub struct DaemonOptions {
     pub max_attempts: u32,
     /// Stop once every file found has been captioned or has failed.
     pub exit_when_idle: bool,
+    /// Decoded HTTP uploads waiting for a batch (`[http] queue_depth`).
+    pub upload_queue: usize,
     /// Scheduled retraining, when enabled.
     pub retrain: Option<crate::retrain::RetrainOptions>,
     /// Where retraining runs (cpu, cuda, cuda:N).
@@ -168,6 +173,7 @@ impl DaemonOptions {
             max_file_bytes: cfg.limits.max_file_bytes,
             max_attempts: cfg.limits.max_attempts.max(1),
             exit_when_idle: false,
+            upload_queue: cfg.http.queue_depth.max(1),
             retrain: cfg
                 .retrain
                 .enabled
@@ -228,6 +234,12 @@ pub struct Daemon {
     shutdown: Shutdown,
     swap: ModelSwap,
     counters: Arc<Counters>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Where HTTP uploads join the batches; `None` without a model.
+    uploads: Option<Uploads>,
+    /// The model captioning at start, its device, and the options it runs with.
+    active: Option<ActiveModel>,
+    opts: DaemonOptions,
     db: Location,
     /// The single-writer lock of a SQLite file (a shared server needs none).
     _lock: Option<File>,
@@ -359,6 +371,28 @@ fn start_retrainer(
     Ok(Some(spawn("retrain", move || parts.run())?.1))
 }
 
+/// Where images uploaded over HTTP join the batches of watched files: a bounded queue, so a
+/// burst of uploads meets a full queue (and the client a 503) instead of growing a backlog.
+#[derive(Clone)]
+pub struct Uploads(crossbeam_channel::Sender<Decoded>);
+
+/// Why an upload was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    Full,
+    /// The pipeline is stopping.
+    Closed,
+}
+
+impl Uploads {
+    pub(crate) fn try_send(&self, d: Decoded) -> Result<(), QueueRefusal> {
+        self.0.try_send(d).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => QueueRefusal::Full,
+            crossbeam_channel::TrySendError::Disconnected(_) => QueueRefusal::Closed,
+        })
+    }
+}
+
 /// The stages that caption: the decode pool, the batcher and the inference worker, between
 /// the queue of jobs (from admission, or from a worker's claims) and the writer.
 pub(crate) struct CaptionStages {
@@ -366,8 +400,11 @@ pub(crate) struct CaptionStages {
     pub swap: ModelSwap,
     pub db: Location,
     pub job_rx: crossbeam_channel::Receiver<Job>,
+    /// HTTP uploads, decoded by the server (`gaze watch --http`, `gaze serve`).
+    pub uploads: Option<crossbeam_channel::Receiver<Decoded>>,
     pub write_tx: crossbeam_channel::Sender<WriterMsg>,
     pub shutdown: Shutdown,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl CaptionStages {
@@ -382,11 +419,13 @@ impl CaptionStages {
             self.swap,
             opts,
             open_reader(&self.db)?,
+            self.telemetry.clone(),
         );
         let mut threads = vec![spawn("inference", move || inference.run())?];
         let (batch_size, max_wait) = (opts.batch_size, opts.max_wait);
+        let uploads = self.uploads;
         threads.push(spawn("batcher", move || {
-            batcher::run(decoded_rx, batch_tx, batch_size, max_wait);
+            batcher::run(decoded_rx, uploads, batch_tx, batch_size, max_wait);
             Ok(())
         })?);
         for i in 0..opts.decode_threads {
@@ -398,6 +437,7 @@ impl CaptionStages {
                 max_file_bytes: opts.max_file_bytes,
                 follow_symlinks: opts.follow_symlinks,
                 shutdown: self.shutdown.clone(),
+                telemetry: self.telemetry.clone(),
             };
             threads.push(spawn(&format!("decode-{i}"), move || {
                 worker.run();
@@ -441,6 +481,7 @@ impl Daemon {
         let shutdown = Shutdown::default();
         let swap = ModelSwap::default();
         let counters = Arc::new(Counters::default());
+        let telemetry = Arc::new(crate::telemetry::Telemetry::default());
 
         let (found_tx, found_rx) = bounded::<Found>(FOUND_QUEUE);
         let (job_tx, job_rx) = bounded::<Job>(opts.queue_depth);
@@ -484,20 +525,26 @@ impl Daemon {
             counters: counters.clone(),
             shutdown: shutdown.clone(),
             leases: None,
+            telemetry: telemetry.clone(),
         };
         // Downstream first, so every stage's consumer runs before it does.
         let mut threads = vec![spawn("writer", move || writer.run())?];
         let mut retrainer = None;
+        let mut uploads = None;
         match &active {
             Some(active) => {
                 retrainer = start_retrainer(db, &opts, active, &swap, &shutdown)?;
+                let (upload_tx, upload_rx) = bounded::<Decoded>(opts.upload_queue.max(1));
+                uploads = Some(Uploads(upload_tx));
                 let stages = CaptionStages {
                     active: active.clone(),
                     swap: swap.clone(),
                     db: db.clone(),
                     job_rx: job_rx.clone(),
+                    uploads: Some(upload_rx),
                     write_tx: write_tx.clone(),
                     shutdown: shutdown.clone(),
+                    telemetry: telemetry.clone(),
                 };
                 threads.extend(stages.spawn(&opts)?);
             }
@@ -523,9 +570,38 @@ impl Daemon {
             shutdown,
             swap,
             counters,
+            telemetry,
+            uploads,
+            active,
+            opts,
             db: db.clone(),
             _lock: lock,
         })
+    }
+
+    /// What the stages measure (for `GET /metrics`).
+    pub fn telemetry(&self) -> Arc<crate::telemetry::Telemetry> {
+        self.telemetry.clone()
+    }
+
+    /// Where HTTP uploads join the batches; `None` when no model captions (`--no-caption`).
+    pub fn uploads(&self) -> Option<Uploads> {
+        self.uploads.clone()
+    }
+
+    /// The model captioning at start (the running one may since have been swapped).
+    pub fn started_with(&self) -> Option<&ActiveModel> {
+        self.active.as_ref()
+    }
+
+    /// The options the daemon runs with.
+    pub fn options(&self) -> &DaemonOptions {
+        &self.opts
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &Location {
+        &self.db
     }
 
     /// A handle that stops the daemon (for signal handlers).

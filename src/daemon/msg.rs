@@ -8,6 +8,9 @@
 //!                       `<------------Ack------------ writer
 //! ```
 //!
+//! HTTP uploads (`gaze serve`) arrive decoded, with a [`Reply`], on a queue of their own into
+//! the batcher; their answer goes back on the reply's channel.
+//!
 //! Each type says what one stage hands the next; no stage reads another's state.
 
 use std::path::PathBuf;
@@ -63,6 +66,35 @@ pub(crate) struct Decoded {
     pub height: u32,
     /// CHW, 3 x 256 x 256, normalised.
     pub pixels: Vec<f32>,
+    /// An image uploaded over HTTP: who waits for its caption, and how it is wanted.
+    pub reply: Option<Reply>,
+}
+
+/// What an HTTP client asked of an uploaded image, and where its answer goes.
+pub(crate) struct Reply {
+    /// Beams for this image; `None`: the configured search.
+    pub beam_size: Option<usize>,
+    /// Record the image and its caption in the store (then the writer answers, after the
+    /// commit, with the stored image's id).
+    pub store: bool,
+    pub tx: tokio::sync::oneshot::Sender<Result<Answer, String>>,
+}
+
+/// The caption of an uploaded image.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub model_id: i64,
+    pub model_name: String,
+    pub caption: StoredCaption,
+    /// The stored image, when the client asked for it to be recorded.
+    pub image_id: Option<i64>,
+}
+
+impl Reply {
+    /// Answers the client; one that stopped waiting is no one's concern.
+    pub fn send(self, answer: Result<Answer, String>) {
+        let _ = self.tx.send(answer);
+    }
 }
 
 /// A caption as the writer stores it.
@@ -75,6 +107,7 @@ pub(crate) struct StoredCaption {
     pub finished: bool,
     pub alphas: Vec<Vec<f32>>,
     pub grid: usize,
+    pub beam_size: usize,
 }
 
 pub(crate) enum Outcome {
@@ -90,12 +123,13 @@ pub(crate) struct ItemResult {
     pub width: u32,
     pub height: u32,
     pub outcome: Outcome,
+    /// An upload to be recorded: answered by the writer once committed.
+    pub reply: Option<Reply>,
 }
 
 pub(crate) struct BatchResult {
     pub model_id: i64,
     pub model_name: String,
-    pub beam_size: usize,
     pub infer_time: Duration,
     pub items: Vec<ItemResult>,
 }

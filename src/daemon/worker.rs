@@ -128,6 +128,7 @@ impl Worker {
         let swap = ModelSwap::default();
         let model_id = Arc::new(AtomicI64::new(active.id));
         let blocked = Blocked::default();
+        let telemetry = Arc::new(crate::telemetry::Telemetry::default());
 
         let writer = writer::Writer {
             store,
@@ -139,6 +140,7 @@ impl Worker {
                 worker: opts.id.clone(),
                 max_attempts: p.max_attempts,
             }),
+            telemetry: telemetry.clone(),
         };
         let mut threads = vec![spawn("writer", move || writer.run())?];
         let stages = CaptionStages {
@@ -146,8 +148,10 @@ impl Worker {
             swap: swap.clone(),
             db: db.clone(),
             job_rx,
+            uploads: None,
             write_tx: write_tx.clone(),
             shutdown: shutdown.clone(),
+            telemetry,
         };
         threads.extend(stages.spawn(p)?);
         drop(write_tx);

@@ -8,12 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::msg::{Ack, BatchResult, Job, Outcome, WriterMsg};
+use super::msg::{Ack, Answer, BatchResult, Job, Outcome, WriterMsg};
 use super::{Counters, DaemonError, Shutdown};
 use crate::store::api::{CaptionStore, Claim, FailedImage, Leases, StoreTx};
 use crate::store::captions::NewCaption;
+use crate::store::query::Selection;
 use crate::store::queue::ReadImage;
 use crate::store::{unix_now, BoxedStore, StoreError};
+use crate::telemetry::Telemetry;
 use crossbeam_channel::{Receiver, Sender};
 
 /// Small messages committed together at most.
@@ -29,6 +31,7 @@ pub(crate) struct Writer {
     pub shutdown: Shutdown,
     /// In a `gaze worker`: whose leases the claimed images are under.
     pub leases: Option<LeaseHolder>,
+    pub telemetry: std::sync::Arc<Telemetry>,
 }
 
 /// The worker whose leases fence the writer's commits, and the attempts rule for its failures.
@@ -89,13 +92,17 @@ impl Writer {
                     }
                 }
             }
-            self.apply(&msgs)?;
+            let result = self.apply(&mut msgs);
+            if result.is_err() {
+                self.telemetry.set_writer_failed();
+            }
+            result?;
         }
         Ok(())
     }
 
     /// Commits `msgs` in one transaction (retried with backoff), then acknowledges them.
-    fn apply(&mut self, msgs: &[WriterMsg]) -> Result<(), DaemonError> {
+    fn apply(&mut self, msgs: &mut [WriterMsg]) -> Result<(), DaemonError> {
         let started = Instant::now();
         let mut attempt = 0;
         let tally = loop {
@@ -117,9 +124,45 @@ impl Writer {
             }
         };
         let commit_time = started.elapsed();
+        self.telemetry.commit_seconds.observe_duration(commit_time);
+        self.telemetry
+            .captioned
+            .fetch_add(tally.captioned, std::sync::atomic::Ordering::Relaxed);
         self.acknowledge(msgs, &tally);
         self.report(msgs, &tally, commit_time);
+        self.answer_uploads(msgs);
         Ok(())
+    }
+
+    /// Answers the clients of recorded uploads, now that their rows are durable, with the
+    /// stored image's id.
+    fn answer_uploads(&self, msgs: &mut [WriterMsg]) {
+        for m in msgs {
+            let WriterMsg::Batch(b) = m else { continue };
+            for item in &mut b.items {
+                let Some(reply) = item.reply.take() else {
+                    continue;
+                };
+                let answer = match &item.outcome {
+                    Outcome::Captioned(c) => {
+                        let image_id = self
+                            .store
+                            .select(&Selection::Path(item.job.key.clone()), 1)
+                            .ok()
+                            .and_then(|rows| rows.first().map(|r| r.image_id));
+                        Ok(Answer {
+                            model_id: b.model_id,
+                            model_name: b.model_name.clone(),
+                            caption: c.clone(),
+                            image_id,
+                        })
+                    }
+                    Outcome::Failed(e) => Err(e.clone()),
+                    Outcome::AlreadyCaptioned => Err("the image was not captioned".into()),
+                };
+                reply.send(answer);
+            }
+        }
     }
 
     /// Tells admission what is now durable. After a swap it looks for pending rows even when
@@ -320,7 +363,7 @@ fn commit(
                                     token_ids: &c.token_ids,
                                     score: c.score,
                                     finished: c.finished,
-                                    beam_size: b.beam_size,
+                                    beam_size: c.beam_size,
                                     alphas: &c.alphas,
                                     grid: c.grid,
                                 },
@@ -401,7 +444,9 @@ mod tests {
                 finished: true,
                 alphas: Vec::new(),
                 grid: 2,
+                beam_size: 3,
             }),
+            reply: None,
         }
     }
 
@@ -409,7 +454,6 @@ mod tests {
         WriterMsg::Batch(BatchResult {
             model_id,
             model_name: "m".into(),
-            beam_size: 3,
             infer_time: Duration::ZERO,
             items,
         })
@@ -442,6 +486,7 @@ mod tests {
             counters: counters.clone(),
             shutdown: Shutdown::default(),
             leases: None,
+            telemetry: Default::default(),
         };
         // Queue updates alone finish no file: nothing to acknowledge.
         let pending = |key: &str| WriterMsg::Pending {
@@ -450,7 +495,7 @@ mod tests {
             mtime_ns: 5,
         };
         writer
-            .apply(&[pending("/a.jpg"), pending("/b.jpg")])
+            .apply(&mut [pending("/a.jpg"), pending("/b.jpg")])
             .unwrap();
         assert!(acks.try_recv().is_err());
         // Two names, one content: one caption row, both images done, both acknowledged.
@@ -458,7 +503,7 @@ mod tests {
             model_id,
             vec![captioned("/a.jpg", "same"), captioned("/b.jpg", "same")],
         );
-        writer.apply(&[first]).unwrap();
+        writer.apply(&mut [first]).unwrap();
         assert_eq!(
             acks.try_iter().collect::<Vec<_>>(),
             [Ack::Committed(vec!["/a.jpg".into(), "/b.jpg".into()])]
@@ -466,7 +511,7 @@ mod tests {
         // The same content again, by the same model, from a third name: still one row.
         let again = batch(model_id, vec![captioned("/c.jpg", "same")]);
         writer
-            .apply(&[
+            .apply(&mut [
                 again,
                 WriterMsg::Failed {
                     job: job("/d.jpg"),
@@ -496,7 +541,7 @@ mod tests {
         );
         // A committed swap is acknowledged, so admission reads the pending rows.
         writer
-            .apply(&[WriterMsg::Swapped {
+            .apply(&mut [WriterMsg::Swapped {
                 model_id,
                 recaption: crate::config::Recaption::None,
             }])

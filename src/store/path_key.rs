@@ -115,12 +115,14 @@ impl Roots {
         for (name, folder) in roots {
             let ok = !name.is_empty()
                 && name != "bytes"
+                // Images captioned over HTTP with `store=true` are recorded as `upload:/...`.
+                && name != "upload"
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
             if !ok {
                 return Err(format!(
-                    "root name {name:?}: use letters, digits, '_', '-' and '.' (and not \"bytes\")"
+                    "root name {name:?}: use letters, digits, '_', '-' and '.' (and not \"bytes\" or \"upload\")"
                 ));
             }
             if !folder.is_absolute() {

@@ -281,6 +281,20 @@ pub struct StatusReport {
     pub workers: Vec<super::api::WorkerRow>,
 }
 
+impl StatusReport {
+    /// As `gaze status --json` and `GET /v1/status` show it: `by_status` as an object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a status report serialises");
+        v["by_status"] = self
+            .by_status
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        v
+    }
+}
+
 pub fn status(
     conn: &Connection,
     schema_version: usize,
