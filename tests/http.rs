@@ -479,7 +479,11 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
     cmd.env("GAZE_HTTP_TOKEN", "s3cret-token")
         .args(["--max-wait-ms", "3000"]);
     let config = tmp.path().join("gaze.toml");
-    fs::write(&config, "[http]\nrequest_timeout_ms = 300\n").unwrap();
+    fs::write(
+        &config,
+        "[http]\nrequest_timeout_ms = 1500\nmax_concurrent_uploads = 1\n",
+    )
+    .unwrap();
     cmd.arg("--config").arg(&config);
     let served = Served::start(cmd);
     let addr = served.addr;
@@ -534,6 +538,36 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
     seen.note("POST", "/v1/models/{id}/activate", &r);
     assert_eq!(r.status, 404);
 
+    // A client trickling its body holds the one upload slot: the next upload gets 503 with
+    // Retry-After, and the trickler gets 408 once request_timeout_ms has passed.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut slow,
+        format!(
+            "POST /v1/caption HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer s3cret-token\r\n\
+             Content-Length: 1000\r\n\r\npartial"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = request(
+        addr,
+        "POST",
+        "/v1/caption",
+        &[good[0], ("Content-Type", "image/png")],
+        &png(30, 30, 2),
+    );
+    seen.note("POST", "/v1/caption", &r);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(error_of(&r).contains("max_concurrent_uploads"));
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = std::io::Read::read_to_string(&mut slow, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
     // The caption does not come within request_timeout_ms.
     let started = Instant::now();
     let r = request(
@@ -546,6 +580,7 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
     seen.note("POST", "/v1/caption", &r);
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(served.log().contains("HTTP server listening"));
     seen.check_documented();
 }
 
@@ -579,4 +614,55 @@ fn gaze_watch_serves_the_same_api_with_http() {
     assert_eq!(r.json()["model"]["name"], "tiny-6");
     let listed = get(served.addr, "/v1/images").json();
     assert_eq!(listed["images"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_api_reads_a_postgresql_store_too() {
+    let Some(url) = common::pg::database_or_skip("the_api_reads_a_postgresql_store_too") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 7);
+    let photos = tmp.path().join("photos");
+    fs::create_dir_all(&photos).unwrap();
+    for i in 0..3 {
+        fs::write(photos.join(format!("p{i}.png")), png(30, 20, 70 + i)).unwrap();
+    }
+    fs::write(photos.join("bad.jpg"), b"not an image at all").unwrap();
+    let served = Served::start(serve_command(BIN, &model, Path::new(&url), &[&photos]));
+    let addr = served.addr;
+    served.wait_done(3, None);
+    let listed = get(addr, "/v1/images?limit=2").json();
+    assert_eq!(listed["images"].as_array().unwrap().len(), 2);
+    let next = listed["next_cursor"].as_str().unwrap();
+    let rest = get(addr, &format!("/v1/images?limit=2&cursor={next}")).json();
+    assert_eq!(rest["images"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let id = listed["images"][0]["id"].as_i64().unwrap();
+    let one = get(addr, &format!("/v1/images/{id}")).json();
+    let text = one["captions"][0]["text"].as_str().unwrap().to_string();
+    assert!(one["captions"][0]["attention"]["grid"].as_u64().unwrap() > 0);
+    let word = text.split_whitespace().next().unwrap();
+    let found = get(addr, &format!("/v1/images?search={word}")).json();
+    assert!(found["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == id));
+    let failed = get(addr, "/v1/images?failed=true").json();
+    assert_eq!(failed["images"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(addr, &format!("/v1/images/{id}/attention.png")).status,
+        200
+    );
+    assert_eq!(get(addr, &format!("/v1/images/{id}/file")).status, 200);
+    let r = post_image(addr, "?store=true", &png(50, 40, 3));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["image_id"].as_i64().is_some());
+    assert_eq!(get(addr, "/readyz").status, 200);
+    let metrics = get(addr, "/metrics").text();
+    assert!(
+        metrics.contains("gaze_images{status=\"done\"} 4"),
+        "{metrics}"
+    );
 }

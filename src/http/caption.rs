@@ -62,20 +62,34 @@ pub(crate) async fn caption(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let bytes = if multipart {
-        read_multipart(req, &state).await?
-    } else {
-        axum::body::to_bytes(req.into_body(), max)
-            .await
-            .map_err(|e| {
-                // The limit's error says so; anything else is a broken upload.
-                if e.to_string().contains("length limit exceeded") {
-                    too_large()
-                } else {
-                    ApiError::bad_request(format!("reading the body: {e}"))
-                }
-            })?
+    let read = async {
+        if multipart {
+            read_multipart(req, &state).await
+        } else {
+            axum::body::to_bytes(req.into_body(), max)
+                .await
+                .map_err(|e| {
+                    // The limit's error says so; anything else is a broken upload.
+                    if e.to_string().contains("length limit exceeded") {
+                        too_large()
+                    } else {
+                        ApiError::bad_request(format!("reading the body: {e}"))
+                    }
+                })
+        }
     };
+    // A client that trickles its body holds an upload slot: not for longer than this.
+    let bytes = tokio::time::timeout(state.opts.request_timeout, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within http.request_timeout_ms ({} ms)",
+                    state.opts.request_timeout.as_millis()
+                ),
+            )
+        })??;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send the image's bytes (or a multipart form with an image part)",
