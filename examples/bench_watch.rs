@@ -1,8 +1,11 @@
-//! Daemon throughput: images per second from file drop to committed caption row.
+//! Daemon throughput: images per second from file drop to committed caption row, beside what
+//! `gaze caption` reaches on the same model, images and batch size.
 //!
 //! Builds a random model the size of the tutorial's decoder on a ResNet-18 encoder, starts the
 //! daemon on an empty temporary folder for each batch size, writes N images into the folder
-//! and times until every row has committed. Random weights never emit `<end>`, so every
+//! and times until every row has committed. The `caption` column runs `gaze caption`'s loop on
+//! the same files (each batch decoded on every core, then captioned; nothing stored), so the
+//! last column says how much of that rate the daemon keeps. Random weights never emit `<end>`, so every
 //! caption runs the full `--max-steps` (20 by default, a little longer than a real caption).
 //!
 //! ```text
@@ -121,9 +124,22 @@ fn main() -> Result<()> {
         args.max_steps,
         args.decode_threads
     );
-    println!("| batch size | images | seconds | images/s |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| batch size | images | daemon seconds | daemon images/s | caption images/s | daemon / caption |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files)?;
+    let paths: Vec<std::path::PathBuf> = pictures
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let p = files.join(format!("img{i:04}.png"));
+            std::fs::write(&p, bytes).map(|_| p)
+        })
+        .collect::<Result<_, _>>()?;
     for &batch_size in &args.batch_sizes {
+        let caption_rate = caption_rate(&model, &paths, batch_size, &args)?;
         let run = tmp.path().join(format!("batch{batch_size}"));
         let folder = run.join("in");
         std::fs::create_dir_all(&folder)?;
@@ -163,11 +179,41 @@ fn main() -> Result<()> {
                 args.images
             );
         }
+        let rate = args.images as f64 / seconds;
         println!(
-            "| {batch_size} | {} | {seconds:.1} | {:.2} |",
+            "| {batch_size} | {} | {seconds:.1} | {rate:.2} | {caption_rate:.2} | {:.0}% |",
             args.images,
-            args.images as f64 / seconds
+            100.0 * rate / caption_rate
         );
     }
     Ok(())
+}
+
+/// Images per second of `gaze caption`'s loop over `paths`: each batch decoded in parallel,
+/// then captioned with the same search the daemon runs.
+fn caption_rate(
+    model: &CaptionModel,
+    paths: &[std::path::PathBuf],
+    batch_size: usize,
+    args: &Args,
+) -> Result<f64> {
+    use rayon::prelude::*;
+    // The search the daemon runs with these settings.
+    let mut config = Config::default();
+    config.model.beam_size = args.beam_size;
+    config.model.max_steps = args.max_steps;
+    let (opts, _) = config.search()?;
+    let started = Instant::now();
+    for chunk in paths.chunks(batch_size) {
+        let pixels: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|p| {
+                gaze::data::image::load_normalized(p, 256, &Default::default()).map(|(px, _, _)| px)
+            })
+            .collect::<Result<_, _>>()?;
+        let batch = gaze::model::encoder::images_to_tensor(&pixels, 256, &model.device)?;
+        let captions = model.caption_images(&batch, &opts)?;
+        assert_eq!(captions.len(), chunk.len());
+    }
+    Ok(paths.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -30,9 +30,13 @@ pub(crate) fn refusal(opts: &HttpOptions, req: &Request) -> Option<Response> {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value);
-    let given = bearer.or(cookie);
-    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        // The page's form stores it percent-escaped (encodeURIComponent).
+        .map(|(_, value)| super::params::unescape(value, false).unwrap_or_default());
+    let given = bearer.map(str::to_string).or(cookie);
+    if given
+        .as_deref()
+        .is_some_and(|g| same(g.as_bytes(), token.as_bytes()))
+    {
         return None;
     }
     let wants_page = req.uri().path() == "/"

@@ -68,37 +68,38 @@ impl Params {
     }
 }
 
-/// `application/x-www-form-urlencoded` pairs: `+` is a space, `%XX` a byte, and the bytes
-/// must be UTF-8.
-fn form_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
-    let decode = |s: &str| -> Result<String, String> {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' => {
-                    let hex = bytes
-                        .get(i + 1..i + 3)
-                        .and_then(|h| std::str::from_utf8(h).ok())
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
-                    out.push(hex);
-                    i += 2;
-                }
-                b => out.push(b),
+/// `%XX` escapes (and, with `plus_is_space`, `+`) unescaped; the bytes must be UTF-8.
+pub(crate) fn unescape(s: &str, plus_is_space: bool) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
+                out.push(hex);
+                i += 2;
             }
-            i += 1;
+            b => out.push(b),
         }
-        String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once unescaped"))
-    };
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once unescaped"))
+}
+
+/// `application/x-www-form-urlencoded` pairs: `+` is a space, `%XX` a byte.
+fn form_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(k)?, decode(v)?))
+            Ok((unescape(k, true)?, unescape(v, true)?))
         })
         .collect()
 }
