@@ -377,7 +377,20 @@ fn the_api_captions_uploads_serves_reads_and_refuses_bad_input() {
     std::os::unix::fs::symlink("../../outside/secret.png", photos.join("sub/deep.png")).unwrap();
     let r = get(addr, &format!("/v1/images/{deep_id}/file"));
     assert_eq!(r.status, 403, "{}", r.text());
-    // The watcher takes the changed file (links are followed here) again.
+    // The watcher takes the changed file (links are followed here) again: wait until its row
+    // holds the new content, captioned.
+    let secret_hash = blake3::hash(&fs::read(outside.join("secret.png")).unwrap())
+        .to_hex()
+        .to_string();
+    let started = Instant::now();
+    loop {
+        let v = get(addr, &format!("/v1/images/{deep_id}?attention=false")).json();
+        if v["status"] == "done" && v["content_hash"] == secret_hash.as_str() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     served.wait_done(9, None);
     // Dot segments in the request path match no route.
     let r = get(addr, &format!("/v1/images/{id}/../../../../etc/passwd"));
@@ -477,11 +490,11 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
     let mut cmd = serve_command(BIN, &model, &db, &[]);
     // A long batch wait and a short timeout: an upload waits past its deadline.
     cmd.env("GAZE_HTTP_TOKEN", "s3cret-token")
-        .args(["--max-wait-ms", "3000"]);
+        .args(["--max-wait-ms", "10000"]);
     let config = tmp.path().join("gaze.toml");
     fs::write(
         &config,
-        "[http]\nrequest_timeout_ms = 1500\nmax_concurrent_uploads = 1\n",
+        "[http]\nrequest_timeout_ms = 3000\nmax_concurrent_uploads = 1\n",
     )
     .unwrap();
     cmd.arg("--config").arg(&config);
@@ -550,7 +563,8 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
         .as_bytes(),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Time for the server to take the headers (and the slot); well inside its 3 s.
+    std::thread::sleep(Duration::from_millis(1000));
     let r = request(
         addr,
         "POST",
@@ -579,7 +593,7 @@ fn a_token_guards_every_route_but_healthz_and_limits_hold() {
     );
     seen.note("POST", "/v1/caption", &r);
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(8));
     assert!(served.log().contains("HTTP server listening"));
     seen.check_documented();
 }
