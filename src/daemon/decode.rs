@@ -35,6 +35,7 @@ pub(crate) enum Failure {
 
 impl Worker {
     pub fn run(self) {
+        yield_to_inference();
         for job in self.rx.iter() {
             // After a shutdown request, queued files stay pending for the next start.
             if self.shutdown.is_requested() {
@@ -68,6 +69,21 @@ impl Worker {
             if self.writer.send(msg).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Lowers this thread's scheduling priority (nice 10). Decoding the next batch overlaps the
+/// inference of this one; where cores are few, a decode thread that preempts one of the
+/// model's threads stalls all of them at their next barrier, so the model's threads go first
+/// and decoding takes the time they leave.
+fn yield_to_inference() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the decode thread's priority");
         }
     }
 }
