@@ -125,7 +125,6 @@ pub struct Telemetry {
     pub inference_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
-    pub captioned: AtomicU64,
     failures: [AtomicU64; 4],
     /// The model captioning now: id and name.
     active_model: Mutex<Option<(i64, String)>>,
@@ -143,7 +142,6 @@ impl Default for Telemetry {
             inference_seconds: Histogram::new(SECONDS),
             commit_seconds: Histogram::new(SECONDS),
             batch_size: Histogram::new(BATCH),
-            captioned: AtomicU64::new(0),
             failures: Default::default(),
             active_model: Mutex::new(None),
             http_requests: Mutex::new(BTreeMap::new()),
@@ -208,8 +206,8 @@ impl Telemetry {
     }
 
     /// The measurements in Prometheus text format, after `store_lines` (the gauges read from
-    /// the store at scrape time).
-    pub fn render(&self, store_lines: &str) -> String {
+    /// the store at scrape time), with `captioned` (the run's count of images captioned).
+    pub fn render(&self, store_lines: &str, captioned: u64) -> String {
         let mut out = String::from(store_lines);
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -221,7 +219,7 @@ impl Telemetry {
             "counter",
             "Images captioned by the model since the start.",
         );
-        let _ = writeln!(out, "gaze_captioned_total {}", self.captioned.load(Relaxed));
+        let _ = writeln!(out, "gaze_captioned_total {captioned}");
         family(
             &mut out,
             "gaze_failures_total",
@@ -342,7 +340,8 @@ mod tests {
         t.set_active_model(3, "a \"quoted\" name");
         t.failed(FailureKind::Vanished);
         t.http_request("/v1/images/{id}", 404, Duration::from_millis(2));
-        let text = t.render("");
+        let text = t.render("", 2);
+        assert!(text.contains("gaze_captioned_total 2\n"));
         assert!(text.contains("gaze_active_model{id=\"3\",name=\"a \\\"quoted\\\" name\"} 1"));
         assert!(text.contains("gaze_failures_total{kind=\"vanished\"} 1"));
         assert!(text.contains("gaze_http_requests_total{route=\"/v1/images/{id}\",code=\"404\"} 1"));

@@ -8,7 +8,7 @@
 //! Content already captioned by the current model (the same bytes under another name, or a
 //! file touched without changing) is not run again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -197,26 +197,16 @@ impl Worker {
                 }
             }
         }
-        // A watched file repeating content whose caption failed in this batch failed too.
-        let failed: HashSet<&str> = batch
-            .iter()
-            .zip(&by_index)
-            .filter(|(d, o)| d.reply.is_none() && matches!(o, Some(Outcome::Failed(_))))
-            .map(|(d, _)| d.hash.as_str())
-            .collect();
-        let repeats_failed: Vec<bool> = batch
-            .iter()
-            .zip(&by_index)
-            .zip(&stored_before)
-            .map(|((d, o), &stored)| {
-                d.reply.is_none() && o.is_none() && !stored && failed.contains(d.hash.as_str())
-            })
-            .collect();
-        for (o, repeat) in by_index.iter_mut().zip(repeats_failed) {
-            if repeat {
-                *o = Some(Outcome::Failed(
-                    "captioning failed (see the same content)".into(),
-                ));
+        // A watched file repeating content whose caption failed in this batch failed with it.
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for (d, o) in batch.iter().zip(&by_index) {
+            if let (None, Some(Outcome::Failed(e))) = (&d.reply, o) {
+                failed.insert(d.hash.clone(), e.clone());
+            }
+        }
+        for ((d, o), &stored) in batch.iter().zip(by_index.iter_mut()).zip(&stored_before) {
+            if d.reply.is_none() && o.is_none() && !stored {
+                *o = failed.get(&d.hash).cloned().map(Outcome::Failed);
             }
         }
         let infer_time = started.elapsed();
@@ -235,7 +225,7 @@ impl Worker {
             let mut reply = d.reply;
             // An upload not to be recorded is answered now and goes no further.
             if let Some(r) = reply.take_if(|r| !r.store) {
-                r.send(self.answer(&outcome, None));
+                r.send(Answer::of(&outcome, model_id, &self.current.name, None));
                 continue;
             }
             items.push(ItemResult {
@@ -253,20 +243,6 @@ impl Worker {
             infer_time,
             items,
         })
-    }
-
-    /// What the client of an upload is told.
-    fn answer(&self, outcome: &Outcome, image_id: Option<i64>) -> Result<Answer, String> {
-        match outcome {
-            Outcome::Captioned(c) => Ok(Answer {
-                model_id: self.current.id,
-                model_name: self.current.name.clone(),
-                caption: c.clone(),
-                image_id,
-            }),
-            Outcome::Failed(e) => Err(e.clone()),
-            Outcome::AlreadyCaptioned => Err("the image was not captioned".into()),
-        }
     }
 
     fn stored(&self, cap: Caption, beam_size: usize) -> StoredCaption {

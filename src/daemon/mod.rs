@@ -217,7 +217,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    fn summary(&self) -> RunSummary {
+    pub(crate) fn summary(&self) -> RunSummary {
         RunSummary {
             captioned: self.captioned.load(Ordering::Relaxed),
             reused: self.reused.load(Ordering::Relaxed),
@@ -237,9 +237,11 @@ pub struct Daemon {
     telemetry: Arc<crate::telemetry::Telemetry>,
     /// Where HTTP uploads join the batches; `None` without a model.
     uploads: Option<Uploads>,
-    /// The model captioning at start, its device, and the options it runs with.
+    /// The model captioning at start (`None`: `--no-caption`).
     active: Option<ActiveModel>,
     opts: DaemonOptions,
+    /// The watched folders, every link resolved.
+    roots: Vec<PathBuf>,
     db: Location,
     /// The single-writer lock of a SQLite file (a shared server needs none).
     _lock: Option<File>,
@@ -476,6 +478,7 @@ impl Daemon {
             None => None,
         };
         let roots = watched_roots(&opts.folders)?;
+        let watched = roots.clone();
         let filter = PathFilter::new(&opts.include, &opts.exclude)?;
 
         let shutdown = Shutdown::default();
@@ -574,9 +577,20 @@ impl Daemon {
             uploads,
             active,
             opts,
+            roots: watched,
             db: db.clone(),
             _lock: lock,
         })
+    }
+
+    /// The watched folders, every link resolved.
+    pub fn watched(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// The run's counts, shared with the writer (for `GET /metrics`).
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// What the stages measure (for `GET /metrics`).

@@ -90,6 +90,27 @@ pub(crate) struct Answer {
     pub image_id: Option<i64>,
 }
 
+impl Answer {
+    /// What the client of an upload with `outcome` is told.
+    pub fn of(
+        outcome: &Outcome,
+        model_id: i64,
+        model_name: &str,
+        image_id: Option<i64>,
+    ) -> Result<Answer, String> {
+        match outcome {
+            Outcome::Captioned(c) => Ok(Answer {
+                model_id,
+                model_name: model_name.to_string(),
+                caption: c.clone(),
+                image_id,
+            }),
+            Outcome::Failed(e) => Err(e.clone()),
+            Outcome::AlreadyCaptioned => Err("the image was not captioned".into()),
+        }
+    }
+}
+
 impl Reply {
     /// Answers the client; one that stopped waiting is no one's concern.
     pub fn send(self, answer: Result<Answer, String>) {

@@ -125,9 +125,6 @@ impl Writer {
         };
         let commit_time = started.elapsed();
         self.telemetry.commit_seconds.observe_duration(commit_time);
-        self.telemetry
-            .captioned
-            .fetch_add(tally.captioned, std::sync::atomic::Ordering::Relaxed);
         self.acknowledge(msgs, &tally);
         self.report(msgs, &tally, commit_time);
         self.answer_uploads(msgs);
@@ -143,24 +140,20 @@ impl Writer {
                 let Some(reply) = item.reply.take() else {
                     continue;
                 };
-                let answer = match &item.outcome {
-                    Outcome::Captioned(c) => {
-                        let image_id = self
-                            .store
+                let image_id = matches!(item.outcome, Outcome::Captioned(_))
+                    .then(|| {
+                        self.store
                             .select(&Selection::Path(item.job.key.clone()), 1)
                             .ok()
-                            .and_then(|rows| rows.first().map(|r| r.image_id));
-                        Ok(Answer {
-                            model_id: b.model_id,
-                            model_name: b.model_name.clone(),
-                            caption: c.clone(),
-                            image_id,
-                        })
-                    }
-                    Outcome::Failed(e) => Err(e.clone()),
-                    Outcome::AlreadyCaptioned => Err("the image was not captioned".into()),
-                };
-                reply.send(answer);
+                            .and_then(|rows| rows.first().map(|r| r.image_id))
+                    })
+                    .flatten();
+                reply.send(Answer::of(
+                    &item.outcome,
+                    b.model_id,
+                    &b.model_name,
+                    image_id,
+                ));
             }
         }
     }

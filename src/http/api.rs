@@ -107,7 +107,8 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             report.backlog, report.images_per_second
         );
     }
-    let body = state.link.telemetry.render(&lines);
+    let captioned = state.link.counters.summary().captioned;
+    let body = state.link.telemetry.render(&lines, captioned);
     (
         [(
             header::CONTENT_TYPE,
@@ -298,17 +299,14 @@ pub(crate) async fn images(
     state
         .read(move |store| {
             let want = offset + limit * ROWS_PER_IMAGE + 1;
-            let mut page = None;
-            for sel in &selections {
-                let found = store.select_page(sel, want)?;
-                if !found.rows.is_empty() || page.is_none() {
-                    page = Some(found);
-                }
-                if page.as_ref().is_some_and(|p| !p.rows.is_empty()) {
+            // The first selection that matches anything (a path as stored, then as resolved).
+            let mut page = store.select_page(&selections[0], want)?;
+            for sel in &selections[1..] {
+                if !page.rows.is_empty() {
                     break;
                 }
+                page = store.select_page(sel, want)?;
             }
-            let page = page.expect("at least one selection");
             let rows = page.rows.get(offset..).unwrap_or(&[]);
             // Whole images only: stop before the image that would be the (limit+1)th, and
             // drop an image whose rows may go on past what was read.

@@ -47,7 +47,7 @@ pub(crate) async fn caption(
         return Err(too_large());
     }
     // Held while the body is read and decoded: those are what cost memory and time here.
-    let _slot = state
+    let slot = state
         .upload_slots
         .clone()
         .try_acquire_owned()
@@ -144,7 +144,7 @@ pub(crate) async fn caption(
         ),
         QueueRefusal::Closed => ApiError::unavailable("the daemon is stopping"),
     })?;
-    drop(_slot);
+    drop(slot);
     let answer = match tokio::time::timeout(state.opts.request_timeout, rx).await {
         Err(_) => {
             return Err(ApiError::new(

@@ -35,7 +35,7 @@ pub(crate) async fn file(
         })
         .await?;
     let link = state.link.clone();
-    let max_bytes = state.opts.max_file_bytes;
+    let max_bytes = state.opts.decode.max_file_bytes;
     let bytes = AppState::blocking(move || {
         let path = link.keys.path(&key).map_err(|e| {
             ApiError::not_found(if key.starts_with("upload:/") {

@@ -85,10 +85,9 @@ pub struct HttpOptions {
     pub max_concurrent_uploads: usize,
     pub request_timeout: Duration,
     pub threads: usize,
-    /// How uploads are decoded (the daemon's pixel limit).
+    /// How uploads are decoded (the daemon's pixel limit); its `max_file_bytes` is also the
+    /// largest file `/file` serves.
     pub decode: DecodeOptions,
-    /// Largest file `/file` serves.
-    pub max_file_bytes: u64,
     /// What an activated model captions again.
     pub recaption: Recaption,
     /// Where registry model files are looked for when their recorded path is missing.
@@ -115,7 +114,6 @@ impl HttpOptions {
                 max_pixels: cfg.limits.max_pixels,
                 max_file_bytes: cfg.limits.max_file_bytes,
             },
-            max_file_bytes: cfg.limits.max_file_bytes,
             recaption: cfg.retrain.recaption,
             models_dir: cfg.worker.models_dir.clone(),
         })
@@ -144,6 +142,8 @@ fn parse_listen(text: &str) -> Result<SocketAddr, HttpError> {
 pub struct DaemonLink {
     pub db: Location,
     pub telemetry: Arc<Telemetry>,
+    /// The run's counts (images captioned).
+    pub(crate) counters: Arc<crate::daemon::Counters>,
     /// `None` when the daemon captions nothing (`--no-caption`).
     pub uploads: Option<Uploads>,
     pub swap: ModelSwap,
@@ -160,17 +160,14 @@ impl DaemonLink {
         DaemonLink {
             db: daemon.location().clone(),
             telemetry: daemon.telemetry(),
+            counters: daemon.counters(),
             uploads: daemon.uploads(),
             swap: daemon.model_swap(),
             device: daemon
                 .started_with()
                 .map(|m| m.model.device.clone())
                 .unwrap_or(candle_core::Device::Cpu),
-            watched: opts
-                .folders
-                .iter()
-                .filter_map(|f| std::fs::canonicalize(f).ok())
-                .collect(),
+            watched: daemon.watched().to_vec(),
             keys: opts.keys.clone(),
         }
     }
