@@ -131,7 +131,7 @@ class Checker:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.results = []
         self.daemon = None
-        self.daemon_log = None
+        self.server = None
         self.count = 0
 
     # -- reporting
@@ -184,59 +184,61 @@ class Checker:
             return f"missing {', '.join(missing)}" if missing else None
         return check
 
-    # -- the daemon that the "Watch a folder" section leaves running
-    def start_daemon(self, command):
-        self.daemon_log = open(self.logs / "watch.log", "w")
-        self.daemon = subprocess.Popen(command, shell=True, cwd=self.work, stdout=self.daemon_log,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       executable="/bin/bash")
+    # -- commands the README leaves running: `gaze watch` ("Watch a folder") and `gaze serve`
+    # ("Serve over HTTP"), each started in a session of its own and stopped with Ctrl-C
+    def start_background(self, command, log_name, ready, doing):
+        """Starts `command` and waits until its log says `ready`; the process, or None."""
+        log_path = self.logs / log_name
+        log = open(log_path, "w")
+        proc = subprocess.Popen(command, shell=True, cwd=self.work, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                executable="/bin/bash")
+        proc.log = log
         deadline = time.time() + 600
         while time.time() < deadline:
-            if self.daemon.poll() is not None:
-                self.report("FAIL", command, f"exited at once with {self.daemon.returncode} "
-                            f"(log {self.logs / 'watch.log'})")
-                self.daemon = None
-                return
-            if "watching" in (self.logs / "watch.log").read_text():
-                self.report("ok", command, "running in the background")
-                return
+            if proc.poll() is not None:
+                self.report("FAIL", command, f"exited at once with {proc.returncode} "
+                            f"(log {log_path})")
+                log.close()
+                return None
+            if ready in log_path.read_text():
+                self.report("ok", command, f"{doing} in the background")
+                return proc
             time.sleep(0.5)
-        self.report("FAIL", command, "did not start watching within 10 minutes")
+        self.report("FAIL", command, f"did not start {doing} within 10 minutes")
+        return proc
 
-    # -- the server that the "Serve over HTTP" section leaves running
+    def stop_background(self, proc, what, log_name, ok_detail):
+        """Ctrl-C (SIGINT, what a terminal sends) to `proc`; it must exit 0."""
+        if not proc:
+            return
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            code = "killed after 120 s"
+        proc.log.close()
+        if code == 0:
+            self.report("ok", what, ok_detail)
+        else:
+            self.report("FAIL", what, f"exit {code} (log {self.logs / log_name})")
+
+    def start_daemon(self, command):
+        self.daemon = self.start_background(command, "watch.log", "watching", "watching")
+
+    def stop_daemon(self):
+        self.stop_background(self.daemon, "Ctrl-C (SIGINT) to the watching daemon", "watch.log",
+                             "exit 0, as the README says")
+        self.daemon = None
+
     def start_server(self, command):
-        self.server_log = open(self.logs / "serve.log", "w")
-        self.server = subprocess.Popen(command, shell=True, cwd=self.work, stdout=self.server_log,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       executable="/bin/bash")
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if self.server.poll() is not None:
-                self.report("FAIL", command, f"exited at once with {self.server.returncode} "
-                            f"(log {self.logs / 'serve.log'})")
-                self.server = None
-                return
-            if "HTTP server listening" in (self.logs / "serve.log").read_text():
-                self.report("ok", command, "serving in the background")
-                return
-            time.sleep(0.5)
-        self.report("FAIL", command, "did not start serving within 10 minutes")
+        self.server = self.start_background(command, "serve.log", "HTTP server listening",
+                                            "serving")
 
     def stop_server(self):
-        if not getattr(self, "server", None):
-            return
-        os.killpg(self.server.pid, signal.SIGINT)
-        try:
-            code = self.server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.server.pid, signal.SIGKILL)
-            code = "killed after 120 s"
-        self.server_log.close()
-        what = "Ctrl-C (SIGINT) to gaze serve"
-        if code == 0:
-            self.report("ok", what, "exit 0")
-        else:
-            self.report("FAIL", what, f"exit {code} (log {self.logs / 'serve.log'})")
+        self.stop_background(self.server, "Ctrl-C (SIGINT) to gaze serve",
+                             "serve.log", "exit 0")
         self.server = None
 
     def wait_daemon_idle(self, images):
@@ -254,23 +256,6 @@ class Checker:
                 pass
             time.sleep(1)
         return False
-
-    def stop_daemon(self):
-        if not self.daemon:
-            return
-        os.killpg(self.daemon.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
-        try:
-            code = self.daemon.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.daemon.pid, signal.SIGKILL)
-            code = "killed after 120 s"
-        self.daemon_log.close()
-        what = "Ctrl-C (SIGINT) to the watching daemon"
-        if code == 0:
-            self.report("ok", what, "exit 0, as the README says")
-        else:
-            self.report("FAIL", what, f"exit {code} (log {self.logs / 'watch.log'})")
-        self.daemon = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +356,7 @@ def check_command(c, command, toml_block):
         return
 
     if command.startswith("curl "):
-        if not getattr(c, "server", None):
+        if not c.server:
             c.report("FAIL", command, "gaze serve is not running")
             return
         if "-o attention.png" in command:
