@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side on this machine, gaze against PyTorch (see BENCHMARKS.md):
-# 1. encoder forward, ResNet-101 at 256x256: PyTorch and `gaze bench encoder`, run alternately
-#    for several rounds so that both see the same machine load; medians and their ratio;
+# 1. encoder forward, ResNet-101 at 256x256: PyTorch (f32, and bf16 under torch.autocast) and
+#    `gaze bench encoder` (--precision f32, and bf16 where the CPU has AVX-512 BF16), run
+#    alternately for several rounds so that all see the same machine load; medians and ratios;
 # 2. with TUTORIAL_DIR (a checkout of sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning):
 #    caption throughput of the tutorial's caption_image_beam_search against `gaze caption` on
 #    the same weights and images, with the captions compared
@@ -31,12 +32,20 @@ echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-unset} OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+# bf16 on both sides where this CPU has AVX-512 BF16 (PRECISIONS=f32 to skip it).
+if grep -q -w avx512_bf16 /proc/cpuinfo; then PRECISIONS=${PRECISIONS:-f32,bf16}; else PRECISIONS=${PRECISIONS:-f32}; fi
+echo "precisions: $PRECISIONS"
+
 run_pytorch() {
-    python3 scripts/bench_vs_pytorch.py bench --batch-sizes "$BATCHES" --images "$IMAGES" | tee -a "$log"
+    python3 scripts/bench_vs_pytorch.py bench --batch-sizes "$BATCHES" --images "$IMAGES" \
+        --precisions "$PRECISIONS" | tee -a "$log"
 }
 run_gaze() {
-    target/release/gaze bench encoder --encoder resnet101 --image-size 256 \
-        --batch-sizes "$BATCHES" --images "$IMAGES" | tee -a "$log"
+    local p
+    for p in ${PRECISIONS//,/ }; do
+        target/release/gaze bench encoder --encoder resnet101 --image-size 256 --precision "$p" \
+            --batch-sizes "$BATCHES" --images "$IMAGES" | tee -a "$log"
+    done
 }
 
 for round in $(seq "$ROUNDS"); do

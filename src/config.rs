@@ -307,6 +307,8 @@ pub struct ModelSection {
     pub word_map: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     pub device: String,
+    /// What the CPU encoder's convolutions compute in: f32, bf16 (AVX-512 BF16 CPUs) or auto.
+    pub precision: String,
     pub beam_size: usize,
     pub max_steps: usize,
     /// How the final beam is picked: none, avg, wu:ALPHA or power:ALPHA.
@@ -331,6 +333,7 @@ impl Default for ModelSection {
             path: None,
             word_map: None,
             device: "cpu".into(),
+            precision: "f32".into(),
             beam_size: 3,
             max_steps: 50,
             length_penalty: search.length_penalty.to_string(),
@@ -520,6 +523,7 @@ const ENV_VARS: &[EnvVar] = &[
     env_var!("GAZE_MODEL" => model.path, some_path),
     env_var!("GAZE_WORD_MAP" => model.word_map, some_path),
     env_var!("GAZE_DEVICE" => model.device, text),
+    env_var!("GAZE_PRECISION" => model.precision, text),
     env_var!("GAZE_BEAM_SIZE" => model.beam_size, parse),
     env_var!("GAZE_MAX_STEPS" => model.max_steps, parse),
     env_var!("GAZE_BATCH_SIZE" => pipeline.batch_size, parse),
@@ -880,7 +884,23 @@ impl Config {
             }
         }
         self.search()?;
+        self.precision()?;
         self.log_filter().map(drop)
+    }
+
+    /// The CPU engine's precision `model.precision` asks for (`auto` resolved for this CPU); an
+    /// error names the setting, where it came from, and why (bf16 on a CPU without AVX-512
+    /// BF16 is refused).
+    pub fn precision(&self) -> Result<crate::model::encoder::cpu::Precision, ConfigError> {
+        let value = &self.model.precision;
+        crate::model::encoder::cpu::Precision::parse(value).map_err(|reason| {
+            ConfigError::BadValue {
+                key: "model.precision".into(),
+                value: value.clone(),
+                origin: Origin(self.source("model.precision").cloned()),
+                reason,
+            }
+        })
     }
 
     /// The search `[model]` asks for, bad endings still as words (a model's word map turns
@@ -1284,7 +1304,23 @@ mod tests {
                 e.var
             );
         }
-        assert_eq!(ENV_VARS.len(), 37);
+        assert_eq!(ENV_VARS.len(), 38);
+    }
+
+    #[test]
+    fn precision_is_checked_with_its_key() {
+        let cfg = Config::from_toml_str("[model]\nprecision = \"f16\"\n").unwrap();
+        let err = cfg.check_settings().unwrap_err().to_string();
+        assert!(
+            err.contains("model.precision") && err.contains("f32, bf16 or auto"),
+            "{err}"
+        );
+        let cfg = Config::from_toml_str("[model]\nprecision = \"auto\"\n").unwrap();
+        cfg.check_settings().unwrap();
+        assert_eq!(
+            Config::default().precision().unwrap(),
+            crate::kernels::bf16::Precision::F32
+        );
     }
 
     #[test]

@@ -170,7 +170,8 @@ fn cpu_engine_matches_pytorch() {
 
     let exp = expected();
     let net = network();
-    let engine = CpuEncoder::from_efficientnet(&net).unwrap();
+    let engine =
+        CpuEncoder::from_efficientnet(&net, gaze::model::encoder::cpu::Precision::F32).unwrap();
     for (tag, s) in [("features256", 8), ("features_odd", 4)] {
         let want = &exp[&format!("{tag}.output")];
         // Pooling to the map's own size is the identity (features256).

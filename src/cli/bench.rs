@@ -41,6 +41,9 @@ pub struct CommonBench {
     /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The CPU encoder's precision: f32, bf16 (CPUs with AVX-512 BF16) or auto.
+    #[arg(long, default_value = "f32", value_name = "P")]
+    pub precision: String,
 }
 
 #[derive(Args, Debug)]
@@ -124,6 +127,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 
 fn build(common: &CommonBench, vocab: usize) -> Result<CaptionModel> {
     let device = gaze::device::open_device(&common.device)?;
+    let precision = gaze::model::encoder::cpu::Precision::parse(&common.precision)
+        .map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+    super::use_precision(precision, &common.device);
     Ok(bench::random_model(&common.encoder, vocab, &device)?)
 }
 
@@ -131,11 +137,12 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
     let c = &b.common;
     let model = build(c, 100)?;
     println!(
-        "encoder {} at {}x{}, {} ({})",
+        "encoder {} at {}x{}, {}, precision {} ({})",
         c.encoder,
         c.image_size,
         c.image_size,
         c.device,
+        model.encoder.precision(),
         bench::machine()
     );
     let t = Instant::now();
@@ -155,7 +162,8 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
     for &bs in &c.batch_sizes {
         let x = bench::random_images(bs, c.image_size, &model)?;
         let rounds = c.images.div_ceil(bs).max(1);
-        let mut paths: Vec<(&str, bool)> = vec![("default", false)];
+        // The engine's row is named by its precision (f32 or bf16).
+        let mut paths: Vec<(&str, bool)> = vec![(model.encoder.precision().name(), false)];
         if b.reference {
             paths.push(("reference", true));
         }

@@ -24,10 +24,11 @@ pub mod worker;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use gaze::config::Source;
 use gaze::data::WordMap;
+use gaze::model::encoder::cpu::Precision;
 use gaze::model::{CaptionModel, LoadOptions};
 
 /// Sets up `tracing` to stderr: `GAZE_LOG` overrides `--log-level` (`flag`), which overrides
@@ -72,6 +73,10 @@ pub struct ModelSource {
     /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", env = "GAZE_DEVICE")]
     pub device: String,
+    /// What the CPU encoder's convolutions compute in: f32; bf16 (bfloat16 products, f32 sums,
+    /// on CPUs with AVX-512 BF16); or auto (bf16 where the CPU has it).
+    #[arg(long, default_value = "f32", env = "GAZE_PRECISION", value_name = "P")]
+    pub precision: String,
 }
 
 impl ModelSource {
@@ -83,6 +88,9 @@ impl ModelSource {
             }
         };
         let device = gaze::device::open_device(&self.device)?;
+        let precision =
+            Precision::parse(&self.precision).map_err(|e| anyhow!("--precision: {e}"))?;
+        use_precision(precision, &self.device);
         if self.model.is_none() && !is_safetensors(path) {
             // A PyTorch file, read as `gaze import` does, without writing a file.
             let word_map_path = self
@@ -103,6 +111,28 @@ impl ModelSource {
         };
         // Model errors name the file themselves.
         Ok(CaptionModel::load(path, &opts, &device)?)
+    }
+}
+
+/// Makes `precision` the CPU engine's for every model this process loads, saying so when it is
+/// not the default, and that it does not apply off the CPU.
+pub(crate) fn use_precision(precision: Precision, device: &str) {
+    gaze::model::encoder::set_default_precision(precision);
+    if precision == Precision::Bf16 {
+        if device.trim().eq_ignore_ascii_case("cpu") {
+            tracing::info!("encoder convolutions in bfloat16 (AVX-512 BF16), sums in f32");
+            if let Some(speed) = gaze::kernels::bf16::relative_speed().filter(|&s| s < 1.0) {
+                tracing::warn!(
+                    "this CPU does {speed:.2}x as many bf16 multiply-adds per second as f32 \
+                     ones: bf16 is slower than f32 here (precision auto picks f32)"
+                );
+            }
+        } else {
+            tracing::warn!(
+                device,
+                "precision bf16 applies to the CPU encoder; {device} runs f32"
+            );
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct CaptionFlags {
     /// cpu, cuda or cuda:N [model.device].
     #[arg(long)]
     pub device: Option<String>,
+    /// The CPU encoder's precision: f32, bf16 (CPUs with AVX-512 BF16) or auto [model.precision].
+    #[arg(long, value_name = "P")]
+    pub precision: Option<String>,
     /// Beams per image [model.beam_size].
     #[arg(long)]
     pub beam_size: Option<usize>,
@@ -52,6 +55,7 @@ impl CaptionFlags {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init();
+        super::use_precision(cfg.precision()?, &cfg.model.device);
         Ok(cfg)
     }
 
@@ -60,6 +64,7 @@ impl CaptionFlags {
         flags
             .path("--word-map", "model.word_map", self.word_map.as_deref())
             .value("--device", "model.device", self.device.as_deref())
+            .value("--precision", "model.precision", self.precision.as_deref())
             .value("--beam-size", "model.beam_size", self.beam_size)
             .value("--batch-size", "pipeline.batch_size", self.batch_size)
             .value(

@@ -9,9 +9,14 @@
 //! PyTorch's symmetric zero padding ([`FoldedConv::run`]) and TensorFlow's "same" padding,
 //! asymmetric for stride 2 ([`FoldedConv::run_same`]); both are the input's border read from
 //! an offset.
+//!
+//! Folded with [`WeightFormat::Bf16`], the weights are rounded to bfloat16 once, and each run
+//! converts its input map to bf16 (into a scratch buffer the caller keeps) before the GEMM;
+//! the output, bias, residual and activation stay f32.
 
 use super::activation::Activation;
-use super::gemm::{ConvGemm, PackedWeights};
+use super::bf16::to_bf16;
+use super::gemm::{ConvGemm, GemmInput, PackedWeights, WeightFormat};
 use super::isa::KernelKind;
 use super::layout::{same_padding, zero_border, Grid};
 
@@ -30,6 +35,27 @@ impl FoldedConv {
     /// by `scale[o]`, with `shift` as the bias. `padding` is the symmetric padding
     /// [`FoldedConv::run`] applies. Panics when the sizes disagree.
     pub fn fold(
+        weight: &[f32],
+        shape: (usize, usize, usize),
+        scale: &[f32],
+        shift: &[f32],
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        Self::fold_as(
+            WeightFormat::F32,
+            weight,
+            shape,
+            scale,
+            shift,
+            stride,
+            padding,
+        )
+    }
+
+    /// As [`FoldedConv::fold`], the weights packed in `format`.
+    pub fn fold_as(
+        format: WeightFormat,
         weight: &[f32],
         (c_out, c_in, k): (usize, usize, usize),
         scale: &[f32],
@@ -52,7 +78,7 @@ impl FoldedConv {
             }
         }
         FoldedConv {
-            weights: PackedWeights::pack(&m, k, k * c_in, c_out, shift),
+            weights: PackedWeights::pack_as(format, &m, k, k * c_in, c_out, shift),
             kernel: k,
             stride,
             padding,
@@ -80,6 +106,33 @@ impl FoldedConv {
         self.weights.out_channels()
     }
 
+    pub fn format(&self) -> WeightFormat {
+        self.weights.format()
+    }
+
+    /// The GEMM's view of `input` (laid out as `in_grid`): the map itself for f32 weights, its
+    /// bf16 copy in `scratch` for bf16 weights (one value longer than the grid, zero, which an
+    /// odd run's last pair reads against a zero weight).
+    fn gemm_input<'a>(
+        &self,
+        input: &'a [f32],
+        in_grid: Grid,
+        scratch: &'a mut Vec<u16>,
+    ) -> GemmInput<'a> {
+        match self.format() {
+            WeightFormat::F32 | WeightFormat::F32Wide => GemmInput::F32(input),
+            WeightFormat::Bf16 => {
+                let len = in_grid.floats();
+                if scratch.len() < len + 1 {
+                    scratch.resize(len + 1, 0);
+                }
+                to_bf16(&input[..len], scratch);
+                scratch[len] = 0;
+                GemmInput::Bf16(&scratch[..len + 1])
+            }
+        }
+    }
+
     /// Floats held (weights and bias).
     pub fn len(&self) -> usize {
         self.weights.len()
@@ -103,6 +156,7 @@ impl FoldedConv {
 
     /// Runs with the symmetric padding into `output` (laid out as `out`, border re-zeroed).
     /// With `residual`, the output buffer's current interior is added before the activation.
+    /// `scratch` holds the bf16 copy of the input when the weights are bf16.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -113,12 +167,13 @@ impl FoldedConv {
         residual: bool,
         activation: Activation,
         kernel: KernelKind,
+        scratch: &mut Vec<u16>,
     ) {
         debug_assert_eq!(in_grid.c, self.c_in);
         debug_assert_eq!(out, self.output_grid(in_grid));
         let taps = in_grid.kernel_rows(self.kernel);
         ConvGemm {
-            input,
+            input: self.gemm_input(input, in_grid, scratch),
             input_map: in_grid.windows(out.h, out.w, self.stride, self.padding),
             tap_offsets: &taps,
             weights: &self.weights,
@@ -132,7 +187,8 @@ impl FoldedConv {
 
     /// Runs with TensorFlow "same" padding from `input` (laid out as `in_grid`, border at
     /// least `k / 2`) into `output` (laid out as `out`, border re-zeroed). With `residual`, the
-    /// output's current interior is added before the activation.
+    /// output's current interior is added before the activation. `scratch` as for
+    /// [`FoldedConv::run`].
     #[allow(clippy::too_many_arguments)]
     pub fn run_same(
         &self,
@@ -143,6 +199,7 @@ impl FoldedConv {
         residual: bool,
         activation: Activation,
         kernel: KernelKind,
+        scratch: &mut Vec<u16>,
     ) {
         let (k, stride) = (self.kernel, self.stride);
         let (top, bottom) = same_padding(in_grid.h, k, stride);
@@ -163,7 +220,7 @@ impl FoldedConv {
         );
         let taps = in_grid.kernel_rows(k);
         ConvGemm {
-            input,
+            input: self.gemm_input(input, in_grid, scratch),
             input_map: in_grid.windows_at(out.h, out.w, stride, top, left),
             tap_offsets: &taps,
             weights: &self.weights,

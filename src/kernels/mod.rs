@@ -16,6 +16,8 @@
 //! - [`attention`]: the fused attention scores and the attention-weighted sum (training and
 //!   decoding); [`projection`]: the encoder projection, without the input gradient a frozen
 //!   encoder does not need.
+//! - [`bf16`]: the engine's precision (f32, or bfloat16 products with f32 sums on CPUs with
+//!   AVX-512 BF16) and the conversion of maps to bf16.
 //! - [`isa`] (which micro-kernel: AVX2+FMA or portable), [`activation`] (the epilogue's ReLU or
 //!   ReLU6), [`operands`] (what the kernels take).
 //!
@@ -25,6 +27,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;

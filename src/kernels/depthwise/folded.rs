@@ -142,9 +142,11 @@ pub fn depthwise(
             let dst = &mut out_row[edge..row_len - edge];
             match kernel {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Avx2Fma` is only chosen when the CPU has both features; every read
-                // lies inside `input`, by the window checks above.
-                KernelKind::Avx2Fma => unsafe { avx2::row(input, &row, weights, dst) },
+                // SAFETY: `Avx2Fma` and `Avx512` are only chosen when the CPU has AVX2 and FMA;
+                // every read lies inside `input`, by the window checks above.
+                KernelKind::Avx2Fma | KernelKind::Avx512 => unsafe {
+                    avx2::row(input, &row, weights, dst)
+                },
                 _ => portable_row(input, &row, weights, dst),
             }
         });

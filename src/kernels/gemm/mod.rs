@@ -17,18 +17,23 @@
 //! and activation need no extra pass over memory ([`pack`] lays the weights out, [`tile`] holds
 //! the micro-kernels). Work is split over row chunks and panel groups with rayon.
 //!
-//! The micro-kernel has an AVX2+FMA version (chosen at run time when the CPU has both, see
+//! The f32 micro-kernel has an AVX2+FMA version (chosen at run time when the CPU has both, see
 //! [`KernelKind`]) and a portable one; both compute the same sums in the same order up to
-//! fused rounding.
+//! fused rounding. With bf16 weights ([`WeightFormat::Bf16`]) the input is a bf16 copy of the
+//! map ([`GemmInput::Bf16`]) and an 8x32 tile multiplies pairs of values with AVX-512 BF16
+//! ([`tile_bf16`]); tasks, blocks and the epilogue are the same.
 
 mod pack;
 mod tile;
+mod tile_bf16;
 
 use rayon::prelude::*;
 
-pub use self::pack::{AlignedBuf, PackedWeights};
-use self::tile::{run_edge_tile, run_tile, Init, Tile};
-pub use self::tile::{PANEL, TILE_ROWS};
+pub use self::pack::{AlignedBuf, PackedWeights, WeightFormat};
+use self::tile::{f32_tile, f32_wide_tile, run_edge_tile, Init, Tile, TileFn};
+pub use self::tile::{PANEL, PANEL_WIDE, TILE_ROWS, TILE_ROWS_WIDE};
+use self::tile_bf16::bf16_tile;
+pub use self::tile_bf16::{PANEL_BF16, TILE_ROWS_BF16};
 use super::activation::Activation;
 use super::isa::KernelKind;
 use super::layout::PixelMap;
@@ -36,9 +41,25 @@ use super::layout::PixelMap;
 /// Bytes of packed weights one task keeps hot.
 const PANEL_GROUP_BYTES: usize = 192 * 1024;
 
+/// The input map a GEMM reads: f32 for f32 weights, bf16 bits for bf16 weights.
+#[derive(Clone, Copy)]
+pub enum GemmInput<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl GemmInput<'_> {
+    fn len(&self) -> usize {
+        match self {
+            GemmInput::F32(x) => x.len(),
+            GemmInput::Bf16(x) => x.len(),
+        }
+    }
+}
+
 /// One convolution as an implicit GEMM (see the module docs).
 pub struct ConvGemm<'a> {
-    pub input: &'a [f32],
+    pub input: GemmInput<'a>,
     /// Where each output pixel's first tap starts in `input`.
     pub input_map: PixelMap,
     /// Offset of each tap from the pixel's start (in floats).
@@ -60,7 +81,8 @@ unsafe impl<T> Sync for SendPtr<T> {}
 impl ConvGemm<'_> {
     /// Runs the convolution into `output`; when `residual` is set it is read from `output`
     /// itself (in place: each element is read before its own position is written, by the same
-    /// task). Panics if any map reaches outside its buffer.
+    /// task). Panics if any map reaches outside its buffer, or if the input's precision is not
+    /// the weights'.
     pub fn run(&self, output: &mut [f32], kernel: KernelKind) {
         let w = self.weights;
         assert_eq!(self.tap_offsets.len(), w.taps, "tap count");
@@ -71,7 +93,7 @@ impl ConvGemm<'_> {
         }
         let max_tap = self.tap_offsets.iter().copied().max().unwrap_or(0);
         assert!(
-            self.input_map.last_offset() + max_tap + w.tap_len <= self.input.len(),
+            self.input_map.last_offset() + max_tap + w.tap_read_len() <= self.input.len(),
             "input map outside the buffer"
         );
         assert!(
@@ -85,26 +107,67 @@ impl ConvGemm<'_> {
                 "residual map outside the buffer"
             );
         }
+        match (self.input, w.format) {
+            (GemmInput::F32(x), WeightFormat::F32) => {
+                self.run_with::<f32, TILE_ROWS, PANEL>(x, output, f32_tile(kernel), |b, p| {
+                    w.block_panel_f32(b, p)
+                })
+            }
+            (GemmInput::F32(x), WeightFormat::F32Wide) => self
+                .run_with::<f32, TILE_ROWS_WIDE, PANEL_WIDE>(
+                    x,
+                    output,
+                    f32_wide_tile(kernel),
+                    |b, p| w.block_panel_f32(b, p),
+                ),
+            (GemmInput::Bf16(x), WeightFormat::Bf16) => self
+                .run_with::<u16, TILE_ROWS_BF16, PANEL_BF16>(
+                    x,
+                    output,
+                    bf16_tile(kernel),
+                    |b, p| w.block_panel_bf16(b, p),
+                ),
+            (_, format) => panic!("the input's precision is not the weights' ({format:?})"),
+        }
+    }
+
+    /// The tasks over `ROWS x P` tiles of element `E` with micro-kernel `tile`; `panel(b, p)`
+    /// is panel `p` of depth block `b`.
+    fn run_with<E: Copy + Sync, const ROWS: usize, const P: usize>(
+        &self,
+        input: &[E],
+        output: &mut [f32],
+        tile: TileFn<E, ROWS>,
+        panel: impl Fn(&pack::DepthBlock, usize) -> *const E + Sync,
+    ) {
+        let w = self.weights;
+        let m = self.output_map.pixels();
         // Tasks: row chunks x panel groups, enough of them for load balance.
-        let max_depth = w.blocks.iter().map(|b| b.depth()).max().unwrap_or(1);
-        let group = (PANEL_GROUP_BYTES / (max_depth * PANEL * 4)).clamp(1, w.panels);
+        let max_panel = w
+            .blocks
+            .iter()
+            .map(|b| b.panel_len(w.format))
+            .max()
+            .unwrap_or(1);
+        let group =
+            (PANEL_GROUP_BYTES / (max_panel * std::mem::size_of::<E>()).max(1)).clamp(1, w.panels);
         let groups = w.panels.div_ceil(group);
         let threads = rayon::current_num_threads().max(1);
         let want_tasks = threads * 4;
-        let tiles = m.div_ceil(TILE_ROWS);
+        let tiles = m.div_ceil(ROWS);
         let row_chunks = want_tasks.div_ceil(groups).clamp(1, tiles);
         let tiles_per_chunk = tiles.div_ceil(row_chunks);
         let row_chunks = tiles.div_ceil(tiles_per_chunk);
-        let input = SendPtr(self.input.as_ptr());
+        let input = SendPtr(input.as_ptr());
         let out = SendPtr(output.as_mut_ptr());
         let task = |t: usize| {
             let (chunk, g) = (t / groups, t % groups);
-            let rows = chunk * tiles_per_chunk * TILE_ROWS
-                ..((chunk + 1) * tiles_per_chunk * TILE_ROWS).min(m);
+            let rows =
+                chunk * tiles_per_chunk * ROWS..((chunk + 1) * tiles_per_chunk * ROWS).min(m);
             let panels = g * group..((g + 1) * group).min(w.panels);
             let (input, out) = (input, out);
-            // SAFETY: bounds were checked above; tasks write disjoint (rows, panels) regions.
-            unsafe { self.task(input.0, out.0, rows, panels, kernel) };
+            // SAFETY: bounds were checked in `run`; tasks write disjoint (rows, panels) regions.
+            unsafe { self.task::<E, ROWS, P>(input.0, out.0, rows, panels, tile, &panel) };
         };
         let tasks = row_chunks * groups;
         if tasks == 1 || threads == 1 {
@@ -114,13 +177,14 @@ impl ConvGemm<'_> {
         }
     }
 
-    unsafe fn task(
+    unsafe fn task<E: Copy, const ROWS: usize, const P: usize>(
         &self,
-        input: *const f32,
+        input: *const E,
         out: *mut f32,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
-        kernel: KernelKind,
+        tile_fn: TileFn<E, ROWS>,
+        panel: &impl Fn(&pack::DepthBlock, usize) -> *const E,
     ) {
         let w = self.weights;
         let last_block = w.blocks.len() - 1;
@@ -145,11 +209,11 @@ impl ConvGemm<'_> {
             };
             let mut r = rows.start;
             while r < rows.end {
-                let valid_rows = TILE_ROWS.min(rows.end - r);
-                let mut a_rows = [input; TILE_ROWS];
-                let mut d_rows = [out; TILE_ROWS];
-                let mut res_rows = [out as *const f32; TILE_ROWS];
-                for i in 0..TILE_ROWS {
+                let valid_rows = ROWS.min(rows.end - r);
+                let mut a_rows = [input; ROWS];
+                let mut d_rows = [out; ROWS];
+                let mut res_rows = [out as *const f32; ROWS];
+                for i in 0..ROWS {
                     let pix = r - rows.start + i.min(valid_rows - 1);
                     a_rows[i] = input.add(a_offsets[pix]);
                     d_rows[i] = out.add(d_offsets[pix]);
@@ -158,8 +222,8 @@ impl ConvGemm<'_> {
                     }
                 }
                 for p in panels.clone() {
-                    let col = p * PANEL;
-                    let valid_cols = PANEL.min(w.n - col);
+                    let col = p * P;
+                    let valid_cols = P.min(w.n - col);
                     let init = if bi == 0 {
                         Init::Bias {
                             bias: w.bias.as_ptr().add(col),
@@ -172,7 +236,7 @@ impl ConvGemm<'_> {
                         a_rows: &a_rows,
                         taps: block_taps,
                         k_len: b.k_len,
-                        b: w.block_panel(b, p),
+                        b: panel(b, p),
                         init,
                         activation: if bi == last_block {
                             self.activation
@@ -180,19 +244,21 @@ impl ConvGemm<'_> {
                             Activation::Identity
                         },
                     };
-                    let mut d = [std::ptr::null_mut(); TILE_ROWS];
-                    let mut res = [std::ptr::null(); TILE_ROWS];
-                    for i in 0..TILE_ROWS {
+                    let mut d = [std::ptr::null_mut(); ROWS];
+                    let mut res = [std::ptr::null(); ROWS];
+                    for i in 0..ROWS {
                         d[i] = d_rows[i].add(col);
                         res[i] = res_rows[i].add(col);
                     }
-                    if valid_rows == TILE_ROWS && valid_cols == PANEL {
-                        run_tile(kernel, &tile, &d, &res);
+                    if valid_rows == ROWS && valid_cols == P {
+                        tile_fn(&tile, &d, &res);
                     } else {
-                        run_edge_tile(kernel, &tile, &d, &res, valid_rows, valid_cols);
+                        run_edge_tile::<E, ROWS, P>(
+                            tile_fn, &tile, &d, &res, valid_rows, valid_cols,
+                        );
                     }
                 }
-                r += TILE_ROWS;
+                r += ROWS;
             }
         }
     }
@@ -244,9 +310,11 @@ mod tests {
         (out, ho, wo)
     }
 
-    /// Convolution through ConvGemm with the input copied into a zero border of `pad`.
+    /// Convolution through ConvGemm with the input copied into a zero border of `pad`, weights
+    /// packed in `format` (and the input converted to bf16 for bf16 weights).
     #[allow(clippy::too_many_arguments)]
     fn gemm_conv(
+        format: WeightFormat,
         x: &[f32],
         (n, h, w, c): (usize, usize, usize, usize),
         wt: &[f32],
@@ -283,7 +351,14 @@ mod tests {
             }
         }
         let bias: Vec<f32> = (0..co).map(|o| o as f32 * 0.01).collect();
-        let packed = PackedWeights::pack(&wm, k, k * c, co, &bias);
+        let packed = PackedWeights::pack_as(format, &wm, k, k * c, co, &bias);
+        // One value past the map: an odd run's last pair reads it (against a zero weight).
+        let mut xb = vec![0u16; xp.len() + 1];
+        crate::kernels::bf16::to_bf16(&xp, &mut xb);
+        let input = match format {
+            WeightFormat::F32 | WeightFormat::F32Wide => GemmInput::F32(&xp),
+            WeightFormat::Bf16 => GemmInput::Bf16(&xb),
+        };
         let taps: Vec<usize> = (0..k).map(|ky| ky * wp * c).collect();
         let input_map = PixelMap {
             images: n,
@@ -312,7 +387,7 @@ mod tests {
             }
         }
         ConvGemm {
-            input: &xp,
+            input,
             input_map,
             tap_offsets: &taps,
             weights: &packed,
@@ -350,7 +425,10 @@ mod tests {
             let wt: Vec<f32> = (0..co * c * k * k).map(|_| lcg(&mut seed)).collect();
             let (want, ho, wo) = naive_conv(&x, (n, h, w, c), &wt, co, k, stride, pad);
             let res: Vec<f32> = (0..n * ho * wo * co).map(|_| lcg(&mut seed)).collect();
-            for &kernel in &kernels {
+            for (&kernel, format) in kernels
+                .iter()
+                .flat_map(|k| [(k, WeightFormat::F32), (k, WeightFormat::F32Wide)])
+            {
                 let res = Some(res.as_slice());
                 for (residual, activation) in [
                     (None, Activation::Identity),
@@ -359,6 +437,7 @@ mod tests {
                     (res, Activation::Relu6),
                 ] {
                     let got = gemm_conv(
+                        format,
                         &x,
                         (n, h, w, c),
                         &wt,
@@ -378,11 +457,96 @@ mod tests {
                         v = activation.apply(v);
                         assert!(
                             (got[i] - v).abs() <= 1e-4 * (1.0 + v.abs()),
-                            "{kernel:?} case {:?} [{i}]: {} vs {v}",
+                            "{kernel:?} {format:?} case {:?} [{i}]: {} vs {v}",
                             (n, h, w, c, co, k, stride, pad),
                             got[i]
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The bf16 GEMM on odd shapes (1, 7 and 13 channels, batch 1 and 3, odd runs, edge tiles
+    /// in rows and columns): the AVX-512 tile against the portable emulation (the same sums up
+    /// to summation order), and both against a direct convolution of the bf16-rounded values
+    /// in f64 (only f32 summation error left) and of the unrounded ones (bf16's own error).
+    #[test]
+    fn bf16_gemm_matches_direct_convolution_of_rounded_values() {
+        use crate::kernels::bf16::{round, widen};
+        let mut seed = 11u64;
+        let native = crate::kernels::bf16::native();
+        eprintln!("AVX-512 BF16 tile checked: {native}");
+        // (n, h, w, c, co, k, stride, pad)
+        let cases = [
+            (1, 5, 6, 1, 3, 3, 1, 1),
+            (3, 7, 5, 7, 33, 3, 2, 1),
+            (1, 9, 9, 13, 40, 1, 1, 0),
+            (3, 4, 6, 13, 17, 3, 1, 1),
+            (1, 11, 10, 3, 64, 7, 2, 3),
+            (1, 6, 5, 1000, 31, 1, 2, 0),
+            (1, 5, 5, 301, 70, 3, 1, 1),
+        ];
+        for &(n, h, w, c, co, k, stride, pad) in &cases {
+            let shape = (n, h, w, c, co, k, stride, pad);
+            let x: Vec<f32> = (0..n * h * w * c).map(|_| lcg(&mut seed)).collect();
+            let wt: Vec<f32> = (0..co * c * k * k).map(|_| lcg(&mut seed)).collect();
+            let xr: Vec<f32> = x.iter().map(|&v| widen(round(v))).collect();
+            let wr: Vec<f32> = wt.iter().map(|&v| widen(round(v))).collect();
+            let (exact, ho, wo) = naive_conv(&x, (n, h, w, c), &wt, co, k, stride, pad);
+            let (rounded, ..) = naive_conv(&xr, (n, h, w, c), &wr, co, k, stride, pad);
+            // |x| * |w| summed: the scale of each sum's rounding error.
+            let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let wa: Vec<f32> = wt.iter().map(|v| v.abs()).collect();
+            let (magnitude, ..) = naive_conv(&xa, (n, h, w, c), &wa, co, k, stride, pad);
+            let res: Vec<f32> = (0..n * ho * wo * co).map(|_| lcg(&mut seed)).collect();
+            for (residual, activation) in [
+                (None, Activation::Identity),
+                (Some(&res[..]), Activation::Relu6),
+            ] {
+                let run = |kernel| {
+                    gemm_conv(
+                        WeightFormat::Bf16,
+                        &x,
+                        (n, h, w, c),
+                        &wt,
+                        co,
+                        k,
+                        stride,
+                        pad,
+                        kernel,
+                        residual,
+                        activation,
+                    )
+                };
+                let portable = run(KernelKind::Portable);
+                let fast = run(KernelKind::detect());
+                for i in 0..exact.len() {
+                    let epilogue = |v: f32| {
+                        let v = v + (i % co) as f32 * 0.01 + residual.map_or(0.0, |r| r[i]);
+                        activation.apply(v)
+                    };
+                    let scale = magnitude[i] + 1.0;
+                    let want = epilogue(rounded[i]);
+                    for (name, got) in [("portable", portable[i]), ("fast", fast[i])] {
+                        assert!(
+                            (got - want).abs() <= 1e-5 * scale,
+                            "{name} {shape:?} [{i}]: {got} vs rounded {want}"
+                        );
+                    }
+                    assert!(
+                        (fast[i] - portable[i]).abs() <= 1e-5 * scale,
+                        "{shape:?} [{i}]: fast {} vs portable {}",
+                        fast[i],
+                        portable[i]
+                    );
+                    // Each operand is within 2^-9 relative of its value.
+                    let unrounded = epilogue(exact[i]);
+                    assert!(
+                        (fast[i] - unrounded).abs() <= 2.0 * 2f32.powi(-9) * scale,
+                        "{shape:?} [{i}]: {} vs f32 {unrounded}",
+                        fast[i]
+                    );
                 }
             }
         }

@@ -1,7 +1,9 @@
-//! The GEMM's register tiles: `TILE_ROWS` output pixels by `PANEL` output channels,
+//! The GEMM's f32 register tiles: `TILE_ROWS` output pixels by `PANEL` output channels,
 //! accumulated over one depth block, started from the bias (plus the residual) or from the
-//! previous block's sums, and finished with the activation. A portable version and an
-//! AVX2+FMA one, and the scratch tile for the edges of the output.
+//! previous block's sums, and finished with the activation: a portable version and an
+//! AVX2+FMA one; and the wide tile, `TILE_ROWS_WIDE` pixels by `PANEL_WIDE` channels, for
+//! AVX-512 (and its portable check). The scratch tile for the edges of the output serves every
+//! tile, the bf16 ones of [`super::tile_bf16`] too.
 
 use crate::kernels::activation::Activation;
 use crate::kernels::isa::KernelKind;
@@ -10,6 +12,10 @@ use crate::kernels::isa::KernelKind;
 pub const TILE_ROWS: usize = 6;
 /// Output columns (channels) per register tile and weight panel.
 pub const PANEL: usize = 16;
+/// Output rows per AVX-512 register tile.
+pub const TILE_ROWS_WIDE: usize = 12;
+/// Output columns per AVX-512 register tile and weight panel: two 16-float vectors.
+pub const PANEL_WIDE: usize = 32;
 
 /// How a tile's accumulators start.
 #[derive(Clone, Copy)]
@@ -20,63 +26,78 @@ pub(super) enum Init {
     Accumulate,
 }
 
-pub(super) struct Tile<'a> {
-    pub(super) a_rows: &'a [*const f32; TILE_ROWS],
-    /// Offsets (from each row's start) of the runs of `k_len` floats to multiply.
+/// One register tile's work: `ROWS` input rows of element `E` (f32, or bf16 bits) against one
+/// panel of weights of the same element.
+pub(super) struct Tile<'a, E, const ROWS: usize> {
+    pub(super) a_rows: &'a [*const E; ROWS],
+    /// Offsets (from each row's start) of the runs of `k_len` values to multiply.
     pub(super) taps: &'a [usize],
     pub(super) k_len: usize,
-    /// `taps.len() * k_len` rows of PANEL floats.
-    pub(super) b: *const f32,
+    /// The panel: `taps.len() * k_len` depth steps (f32) or pairs of them (bf16).
+    pub(super) b: *const E,
     pub(super) init: Init,
     pub(super) activation: Activation,
 }
 
-/// A tile with fewer than TILE_ROWS rows or PANEL columns: run it on a scratch tile.
-pub(super) unsafe fn run_edge_tile(
-    kernel: KernelKind,
-    tile: &Tile,
-    d: &[*mut f32; TILE_ROWS],
-    res: &[*const f32; TILE_ROWS],
+/// A full tile's micro-kernel: the tile, its destination rows, its residual rows.
+pub(super) type TileFn<E, const ROWS: usize> =
+    unsafe fn(&Tile<E, ROWS>, &[*mut f32; ROWS], &[*const f32; ROWS]);
+
+/// The f32 micro-kernel for `kernel`, on 16-column panels.
+pub(super) fn f32_tile(kernel: KernelKind) -> TileFn<f32, TILE_ROWS> {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2Fma | KernelKind::Avx512 => avx2::tile,
+        _ => portable_tile::<TILE_ROWS, PANEL>,
+    }
+}
+
+/// The f32 micro-kernel for `kernel`, on 32-column panels: AVX-512's, or the portable one.
+pub(super) fn f32_wide_tile(kernel: KernelKind) -> TileFn<f32, TILE_ROWS_WIDE> {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512 => avx512::tile,
+        _ => portable_tile::<TILE_ROWS_WIDE, PANEL_WIDE>,
+    }
+}
+
+/// A tile with fewer than `ROWS` rows or `P` columns: run it on a scratch tile.
+pub(super) unsafe fn run_edge_tile<E, const ROWS: usize, const P: usize>(
+    run: TileFn<E, ROWS>,
+    tile: &Tile<E, ROWS>,
+    d: &[*mut f32; ROWS],
+    res: &[*const f32; ROWS],
     valid_rows: usize,
     valid_cols: usize,
 ) {
-    let mut dst = [[0f32; PANEL]; TILE_ROWS];
-    let mut resid = [[0f32; PANEL]; TILE_ROWS];
+    let mut dst = [[0f32; P]; ROWS];
+    let mut resid = [[0f32; P]; ROWS];
     for i in 0..valid_rows {
         for j in 0..valid_cols {
             dst[i][j] = *d[i].add(j);
             resid[i][j] = *res[i].add(j);
         }
     }
-    let mut dp = [std::ptr::null_mut(); TILE_ROWS];
-    let mut rp = [std::ptr::null(); TILE_ROWS];
-    for i in 0..TILE_ROWS {
+    let mut dp = [std::ptr::null_mut(); ROWS];
+    let mut rp = [std::ptr::null(); ROWS];
+    for i in 0..ROWS {
         dp[i] = dst[i].as_mut_ptr();
         rp[i] = resid[i].as_ptr();
     }
-    run_tile(kernel, tile, &dp, &rp);
+    run(tile, &dp, &rp);
     for i in 0..valid_rows {
         std::ptr::copy_nonoverlapping(dst[i].as_ptr(), d[i], valid_cols);
     }
 }
 
-#[inline]
-pub(super) unsafe fn run_tile(
-    kernel: KernelKind,
-    tile: &Tile,
-    d: &[*mut f32; TILE_ROWS],
-    res: &[*const f32; TILE_ROWS],
-) {
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2Fma => avx2::tile(tile, d, res),
-        _ => portable_tile(tile, d, res),
-    }
-}
-
-unsafe fn portable_tile(tile: &Tile, d: &[*mut f32; TILE_ROWS], res: &[*const f32; TILE_ROWS]) {
-    let mut acc = [[0f32; PANEL]; TILE_ROWS];
-    match tile.init {
+/// A portable tile's accumulators as `init` starts them.
+pub(super) unsafe fn portable_start<const ROWS: usize, const P: usize>(
+    init: Init,
+    d: &[*mut f32; ROWS],
+    res: &[*const f32; ROWS],
+) -> [[f32; P]; ROWS] {
+    let mut acc = [[0f32; P]; ROWS];
+    match init {
         Init::Bias { bias, residual } => {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (j, v) in row.iter_mut().enumerate() {
@@ -92,24 +113,42 @@ unsafe fn portable_tile(tile: &Tile, d: &[*mut f32; TILE_ROWS], res: &[*const f3
             }
         }
     }
+    acc
+}
+
+/// Stores a portable tile's sums through `activation`.
+pub(super) unsafe fn portable_finish<const ROWS: usize, const P: usize>(
+    acc: &[[f32; P]; ROWS],
+    activation: Activation,
+    d: &[*mut f32; ROWS],
+) {
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            *d[i].add(j) = activation.apply(v);
+        }
+    }
+}
+
+unsafe fn portable_tile<const ROWS: usize, const P: usize>(
+    tile: &Tile<f32, ROWS>,
+    d: &[*mut f32; ROWS],
+    res: &[*const f32; ROWS],
+) {
+    let mut acc = portable_start::<ROWS, P>(tile.init, d, res);
     let mut b = tile.b;
     for &t in tile.taps {
         for k in 0..tile.k_len {
-            let bk = &*(b as *const [f32; PANEL]);
+            let bk = &*(b as *const [f32; P]);
             for (i, row) in acc.iter_mut().enumerate() {
                 let a = *tile.a_rows[i].add(t + k);
                 for (v, &bv) in row.iter_mut().zip(bk) {
                     *v += a * bv;
                 }
             }
-            b = b.add(PANEL);
+            b = b.add(P);
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            *d[i].add(j) = tile.activation.apply(v);
-        }
-    }
+    portable_finish(&acc, tile.activation, d);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,7 +160,7 @@ mod avx2 {
     /// The 6x16 tile: twelve 8-float accumulators, two weight vectors, one broadcast.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile(
-        tile: &Tile,
+        tile: &Tile<f32, TILE_ROWS>,
         d: &[*mut f32; TILE_ROWS],
         res: &[*const f32; TILE_ROWS],
     ) {
@@ -189,5 +228,90 @@ mod avx2 {
             _mm256_storeu_ps(d[i], c[2 * i]);
             _mm256_storeu_ps(d[i].add(8), c[2 * i + 1]);
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use super::{Init, Tile, PANEL_WIDE, TILE_ROWS_WIDE};
+    use crate::kernels::activation::Activation;
+    use std::arch::x86_64::*;
+
+    /// A 32-column tile's accumulators (two vectors per row) as `init` starts them.
+    #[inline(always)]
+    pub(in crate::kernels::gemm) unsafe fn start<const ROWS: usize>(
+        init: Init,
+        d: &[*mut f32; ROWS],
+        res: &[*const f32; ROWS],
+    ) -> [[__m512; 2]; ROWS] {
+        let mut c = [[_mm512_setzero_ps(); 2]; ROWS];
+        match init {
+            Init::Bias { bias, residual } => {
+                let b0 = _mm512_loadu_ps(bias);
+                let b1 = _mm512_loadu_ps(bias.add(16));
+                for i in 0..ROWS {
+                    if residual {
+                        c[i][0] = _mm512_add_ps(b0, _mm512_loadu_ps(res[i]));
+                        c[i][1] = _mm512_add_ps(b1, _mm512_loadu_ps(res[i].add(16)));
+                    } else {
+                        c[i] = [b0, b1];
+                    }
+                }
+            }
+            Init::Accumulate => {
+                for i in 0..ROWS {
+                    c[i][0] = _mm512_loadu_ps(d[i]);
+                    c[i][1] = _mm512_loadu_ps(d[i].add(16));
+                }
+            }
+        }
+        c
+    }
+
+    /// Stores a 32-column tile's sums through `activation`.
+    #[inline(always)]
+    pub(in crate::kernels::gemm) unsafe fn finish<const ROWS: usize>(
+        c: &[[__m512; 2]; ROWS],
+        activation: Activation,
+        d: &[*mut f32; ROWS],
+    ) {
+        let activate = |v: __m512| match activation {
+            Activation::Identity => v,
+            Activation::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+            Activation::Relu6 => {
+                _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+            }
+        };
+        for i in 0..ROWS {
+            _mm512_storeu_ps(d[i], activate(c[i][0]));
+            _mm512_storeu_ps(d[i].add(16), activate(c[i][1]));
+        }
+    }
+
+    /// The 12x32 tile: twenty-four 16-float accumulators, two weight vectors, one broadcast
+    /// per row.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(
+        tile: &Tile<f32, TILE_ROWS_WIDE>,
+        d: &[*mut f32; TILE_ROWS_WIDE],
+        res: &[*const f32; TILE_ROWS_WIDE],
+    ) {
+        let mut c = start(tile.init, d, res);
+        let mut b = tile.b;
+        for &t in tile.taps {
+            // In bounds: the GEMM checked every row's runs against the input.
+            let a = tile.a_rows.map(|row| row.wrapping_add(t));
+            for k in 0..tile.k_len {
+                let w0 = _mm512_loadu_ps(b);
+                let w1 = _mm512_loadu_ps(b.add(16));
+                for i in 0..TILE_ROWS_WIDE {
+                    let x = _mm512_set1_ps(*a[i].add(k));
+                    c[i][0] = _mm512_fmadd_ps(x, w0, c[i][0]);
+                    c[i][1] = _mm512_fmadd_ps(x, w1, c[i][1]);
+                }
+                b = b.add(PANEL_WIDE);
+            }
+        }
+        finish(&c, tile.activation, d);
     }
 }

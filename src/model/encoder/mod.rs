@@ -43,8 +43,12 @@ pub trait Backbone: Send + Sync {
     fn buffers(&self) -> Vec<(String, Tensor)> {
         Vec::new()
     }
-    /// An inference-only CPU engine built from the current tensors, if the backbone has one.
-    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+    /// An inference-only CPU engine built from the current tensors in `precision`, if the
+    /// backbone has one.
+    fn cpu_engine(
+        &self,
+        _precision: cpu::Precision,
+    ) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
         None
     }
     /// Calls `f` on every tensor the CPU engine is built from.
@@ -64,8 +68,11 @@ impl Backbone for efficientnet::EfficientNetLite {
             .flat_map(|bn| bn.buffers())
             .collect()
     }
-    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
-        Some(cpu::CpuEncoder::from_efficientnet(self))
+    fn cpu_engine(
+        &self,
+        precision: cpu::Precision,
+    ) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+        Some(cpu::CpuEncoder::from_efficientnet(self, precision))
     }
     fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
         efficientnet::EfficientNetLite::for_each_tensor(self, f)
@@ -85,8 +92,11 @@ impl Backbone for resnet::ResNet {
             .flat_map(|bn| bn.buffers())
             .collect()
     }
-    fn cpu_engine(&self) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
-        Some(cpu::CpuEncoder::from_resnet(self))
+    fn cpu_engine(
+        &self,
+        precision: cpu::Precision,
+    ) -> Option<std::result::Result<cpu::CpuEncoder, cpu::CpuEngineError>> {
+        Some(cpu::CpuEncoder::from_resnet(self, precision))
     }
     fn for_each_tensor(&self, f: &mut dyn FnMut(&Tensor)) {
         resnet::ResNet::for_each_tensor(self, f)
@@ -126,6 +136,29 @@ impl InferencePath {
     }
 }
 
+/// The precision new encoders' CPU engines start with ([`set_default_precision`]).
+static DEFAULT_PRECISION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the precision every encoder built from now on starts with (f32 until set). The CLI sets
+/// it once from `model.precision` / `--precision`, so that models loaded later (a daemon's model
+/// swaps, retraining's candidates) run as the first one does. [`Encoder::set_precision`]
+/// overrides it for one encoder.
+pub fn set_default_precision(precision: cpu::Precision) {
+    DEFAULT_PRECISION.store(
+        precision == cpu::Precision::Bf16,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The precision new encoders start with.
+pub fn default_precision() -> cpu::Precision {
+    if DEFAULT_PRECISION.load(std::sync::atomic::Ordering::Relaxed) {
+        cpu::Precision::Bf16
+    } else {
+        cpu::Precision::F32
+    }
+}
+
 /// A built engine and the fingerprint of the tensors it was built from.
 struct CachedEngine {
     fingerprint: blake3::Hash,
@@ -138,6 +171,7 @@ pub struct Encoder {
     encoded_size: usize,
     device: Device,
     path: InferencePath,
+    precision: cpu::Precision,
     engine: Mutex<Option<CachedEngine>>,
 }
 
@@ -160,6 +194,7 @@ impl Encoder {
             encoded_size: cfg.encoded_image_size,
             device: w.device().clone(),
             path: InferencePath::from_env(),
+            precision: default_precision(),
             engine: Mutex::new(None),
         }
     }
@@ -171,6 +206,20 @@ impl Encoder {
 
     pub fn set_inference_path(&mut self, path: InferencePath) {
         self.path = path;
+    }
+
+    /// What the CPU engine's convolutions compute in (f32 unless set). The reference path,
+    /// training and CUDA are f32 whatever this says.
+    pub fn precision(&self) -> cpu::Precision {
+        self.precision
+    }
+
+    /// Sets the engine's precision; an engine built in another precision is dropped.
+    pub fn set_precision(&mut self, precision: cpu::Precision) {
+        if precision != self.precision {
+            self.precision = precision;
+            self.invalidate_inference_cache();
+        }
     }
 
     pub fn out_channels(&self) -> usize {
@@ -247,7 +296,7 @@ impl Encoder {
         }
         // Free the stale engine before building its replacement.
         *cache = None;
-        let Some(built) = self.backbone.cpu_engine() else {
+        let Some(built) = self.backbone.cpu_engine(self.precision) else {
             return Ok(None);
         };
         let engine = Arc::new(built.map_err(candle_core::Error::wrap)?);

@@ -12,11 +12,12 @@
 use rayon::prelude::*;
 
 use super::error::{CpuEngineError, Result};
-use super::fold::{fold_conv, folded_batch_norm, read_f32};
+use super::fold::{fold_conv, folded_batch_norm, read_f32, Formats};
 use super::workspace::Workspace;
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::FoldedConv;
 use crate::kernels::depthwise::{depthwise, DepthwiseWeights};
+use crate::kernels::gemm::WeightFormat;
 use crate::kernels::isa::KernelKind;
 use crate::kernels::layout::{ensure_len, pack_nchw, same_border, same_padding, Grid};
 use crate::kernels::pool::{adaptive_avg_pool, adaptive_pool_matrix};
@@ -43,14 +44,14 @@ pub struct FoldedEfficientNet {
 }
 
 /// A full convolution of the trunk (its "same" padding is applied when it runs).
-fn fold_conv_bn(conv: &ConvBn, layer: &str) -> Result<FoldedConv> {
+fn fold_conv_bn(conv: &ConvBn, layer: &str, format: WeightFormat) -> Result<FoldedConv> {
     if conv.depthwise {
         return Err(CpuEngineError::Unsupported {
             layer: layer.to_string(),
             what: "a depthwise convolution where a full one belongs".into(),
         });
     }
-    fold_conv(&conv.weight, conv.stride, 0, &conv.bn, layer)
+    fold_conv(format, &conv.weight, conv.stride, 0, &conv.bn, layer)
 }
 
 fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
@@ -71,16 +72,16 @@ fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {
 }
 
 impl FoldedMbConv {
-    fn fold(block: &MbConv, i: usize) -> Result<Self> {
+    fn fold(block: &MbConv, i: usize, format: WeightFormat) -> Result<Self> {
         let name = |part: &str| format!("_blocks.{i}.{part}");
         let folded = FoldedMbConv {
             expand: block
                 .expand
                 .as_ref()
-                .map(|e| fold_conv_bn(e, &name("_expand_conv")))
+                .map(|e| fold_conv_bn(e, &name("_expand_conv"), format))
                 .transpose()?,
             depthwise: fold_depthwise(&block.depthwise, &name("_depthwise_conv"))?,
-            project: fold_conv_bn(&block.project, &name("_project_conv"))?,
+            project: fold_conv_bn(&block.project, &name("_project_conv"), format)?,
             skip: block.skip,
         };
         folded.check(&name(""))?;
@@ -132,15 +133,18 @@ impl FoldedMbConv {
 }
 
 impl FoldedEfficientNet {
-    pub fn fold(net: &EfficientNetLite) -> Result<Self> {
-        let stem = fold_conv_bn(&net.stem, "_conv_stem")?;
-        let head = fold_conv_bn(&net.head, "_conv_head")?;
+    /// Folds the current tensors of `net`, full convolutions packed in `formats` (the depthwise
+    /// ones stay f32: they are a small share of the work and memory-bound).
+    pub fn fold(net: &EfficientNetLite, formats: Formats) -> Result<Self> {
+        let format = formats.body;
+        let stem = fold_conv_bn(&net.stem, "_conv_stem", formats.stem)?;
+        let head = fold_conv_bn(&net.head, "_conv_head", format)?;
         // Folding reads every weight once: spread it over the threads.
         let blocks = net
             .blocks
             .par_iter()
             .enumerate()
-            .map(|(i, b)| FoldedMbConv::fold(b, i))
+            .map(|(i, b)| FoldedMbConv::fold(b, i, format))
             .collect::<Result<Vec<_>>>()?;
         let mut c = stem.c_out();
         for (i, b) in blocks.iter().enumerate() {
@@ -240,6 +244,7 @@ impl FoldedEfficientNet {
             false,
             Activation::Relu6,
             kernel,
+            &mut ws.bf16,
         );
         for block in &self.blocks {
             x_grid = self.block(block, x_grid, ws, kernel);
@@ -258,6 +263,7 @@ impl FoldedEfficientNet {
             false,
             Activation::Relu6,
             kernel,
+            &mut ws.bf16,
         );
         let rows = adaptive_pool_matrix(head_grid.h, s);
         let cols = adaptive_pool_matrix(head_grid.w, s);
@@ -273,7 +279,9 @@ impl FoldedEfficientNet {
         ws: &mut Workspace,
         kernel: KernelKind,
     ) -> Grid {
-        let Workspace { x, t1, t2, d, .. } = ws;
+        let Workspace {
+            x, t1, t2, d, bf16, ..
+        } = ws;
         let (k, stride) = (block.depthwise.kernel(), block.depthwise.stride());
         // Expansion (1x1, ReLU6) into a buffer bordered for the depthwise window.
         let (dw_in, dw_in_grid): (&[f32], Grid) = match &block.expand {
@@ -284,7 +292,7 @@ impl FoldedEfficientNet {
                     ..x_grid
                 };
                 ensure_len(t1, g.floats());
-                expand.run_same(x, x_grid, t1, g, false, Activation::Relu6, kernel);
+                expand.run_same(x, x_grid, t1, g, false, Activation::Relu6, kernel, bf16);
                 (t1.as_slice(), g)
             }
             None => (x.as_slice(), x_grid),
@@ -317,9 +325,16 @@ impl FoldedEfficientNet {
         };
         if block.skip {
             debug_assert_eq!(out_grid, x_grid, "checked when folded");
-            block
-                .project
-                .run_same(t2, dw_grid, x, out_grid, true, Activation::Identity, kernel);
+            block.project.run_same(
+                t2,
+                dw_grid,
+                x,
+                out_grid,
+                true,
+                Activation::Identity,
+                kernel,
+                bf16,
+            );
         } else {
             ensure_len(d, out_grid.floats());
             block.project.run_same(
@@ -330,6 +345,7 @@ impl FoldedEfficientNet {
                 false,
                 Activation::Identity,
                 kernel,
+                bf16,
             );
             std::mem::swap(x, d);
         }

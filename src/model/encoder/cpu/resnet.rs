@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::error::{CpuEngineError, Result};
-use super::fold::fold_conv;
+use super::fold::{fold_conv, Formats};
 use super::workspace::Workspace;
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::FoldedConv;
@@ -81,8 +81,8 @@ pub struct FoldedResNet {
 }
 
 impl FoldedResNet {
-    /// Folds the current tensors of `net`.
-    pub fn fold(net: &ResNet) -> Result<Self> {
+    /// Folds the current tensors of `net`, convolution weights packed in `formats`.
+    pub fn fold(net: &ResNet, formats: Formats) -> Result<Self> {
         // Every (conv, bn) with its name and place: None for the stem, else (block, part)
         // where part is the convolution's index, or None for the downsample.
         type Place = Option<(usize, Option<usize>)>;
@@ -110,7 +110,14 @@ impl FoldedResNet {
         // Folding reads every weight once: spread it over the threads.
         let folded = jobs
             .par_iter()
-            .map(|(conv, bn, name, _)| fold_conv(&conv.weight, conv.stride, conv.padding, bn, name))
+            .map(|(conv, bn, name, place)| {
+                let format = if place.is_none() {
+                    formats.stem
+                } else {
+                    formats.body
+                };
+                fold_conv(format, &conv.weight, conv.stride, conv.padding, bn, name)
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut stem = None;
         let mut blocks: Vec<FoldedBlock> = (0..block_names.len())
@@ -185,6 +192,7 @@ impl FoldedResNet {
             false,
             Activation::Relu,
             kernel,
+            &mut ws.bf16,
         );
         // Max-pool 3x3/2, padding 1 (the stem output is >= 0 after its ReLU).
         let size = |x: usize| (x + 2 - 3) / 2 + 1;
@@ -205,16 +213,18 @@ impl FoldedResNet {
     /// One residual block from `ws.x` (laid out as `x_grid`) back into `ws.x`; returns the new
     /// layout.
     fn block(block: &FoldedBlock, x_grid: Grid, ws: &mut Workspace, k: KernelKind) -> Grid {
-        let Workspace { x, t1, t2, d, .. } = ws;
+        let Workspace {
+            x, t1, t2, d, bf16, ..
+        } = ws;
         // Every convolution but the last, each followed by ReLU: x -> t1 (-> t2).
         let (last, inner) = block.convs.split_last().expect("checked when built");
         let g1 = inner[0].output_grid(x_grid);
         ensure_len(t1, g1.floats());
-        inner[0].run(x, x_grid, t1, g1, false, Activation::Relu, k);
+        inner[0].run(x, x_grid, t1, g1, false, Activation::Relu, k, bf16);
         let (src, src_grid): (&[f32], Grid) = if let Some(second) = inner.get(1) {
             let g2 = second.output_grid(g1);
             ensure_len(t2, g2.floats());
-            second.run(t1, g1, t2, g2, false, Activation::Relu, k);
+            second.run(t1, g1, t2, g2, false, Activation::Relu, k, bf16);
             (t2, g2)
         } else {
             (t1, g1)
@@ -224,11 +234,11 @@ impl FoldedResNet {
         match &block.downsample {
             Some(ds) => {
                 ensure_len(d, out_grid.floats());
-                ds.run(x, x_grid, d, out_grid, false, Activation::Identity, k);
-                last.run(src, src_grid, d, out_grid, true, Activation::Relu, k);
+                ds.run(x, x_grid, d, out_grid, false, Activation::Identity, k, bf16);
+                last.run(src, src_grid, d, out_grid, true, Activation::Relu, k, bf16);
                 std::mem::swap(x, d);
             }
-            None => last.run(src, src_grid, x, out_grid, true, Activation::Relu, k),
+            None => last.run(src, src_grid, x, out_grid, true, Activation::Relu, k, bf16),
         }
         out_grid
     }

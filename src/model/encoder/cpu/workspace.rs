@@ -11,4 +11,6 @@ pub struct Workspace {
     pub t1: Vec<f32>,
     pub t2: Vec<f32>,
     pub d: Vec<f32>,
+    /// The bf16 copy of a convolution's input, when the engine runs in bf16.
+    pub bf16: Vec<u16>,
 }
