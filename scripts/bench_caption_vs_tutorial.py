@@ -21,11 +21,20 @@ the step limit it returns the best unfinished beam (instead of failing on `max()
 list), which is what gaze does.
 
 gaze's rate excludes process start and model loading (as PyTorch's does): it runs once with
-one image and once with all of them, and divides the extra images by the extra time.
+one image and once with all of them, and divides the extra images by the extra time. The
+"whole" column is gaze's whole process (start, model loading, every image) against the
+tutorial's function over the same images.
+
+With --model, the weights are a trained gaze model file of the tutorial's architecture (for
+example `gaze train --encoder resnet101` on `gaze synth` data) and --word-map its word map:
+both sides load the same tensors (the tutorial's modules from the file's tutorial-named
+tensors), captions end with <end> as real ones do, and the tutorial's step limit is its own
+50 unless --max-steps says otherwise.
 
 Usage:
   bench_caption_vs_tutorial.py --tutorial-dir T --images DIR [--count 32] [--beam-sizes 1,5]
       [--batch-sizes 1,8,32] [--max-steps 20] [--threads 2] [--gaze target/release/gaze]
+      [--model FILE --word-map WORDMAP.json] [--precision f32|bf16|auto]
 """
 import argparse
 import ast
@@ -99,6 +108,36 @@ def tutorial_models(tutorial_dir, vocab_size):
     return encoder, decoder
 
 
+def read_safetensors(path):
+    """Tensors of a safetensors file (header length, JSON header, raw little-endian data)."""
+    import numpy as np
+    import torch
+
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "F16": np.float16}
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        data = np.frombuffer(raw[8 + n + start:8 + n + end], dtype=dtypes[info["dtype"]])
+        tensors[name] = torch.from_numpy(data.reshape(info["shape"]).copy())
+    return tensors
+
+
+def load_trained(encoder, decoder, model_file):
+    """The tutorial's modules with a gaze model file's tensors (named as the tutorial's)."""
+    tensors = read_safetensors(model_file)
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            sys.exit(f"{model_file}: {prefix[:-1]} tensors do not fit the tutorial's "
+                     f"module: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def coco_sized_word_map(entries=9490):
     """The layout create_input_files.py writes: words 1..n, then <unk>, <start>, <end>; <pad> 0."""
     words = entries - 4
@@ -116,8 +155,8 @@ def words_of(seq, word_map):
     return " ".join(rev[t] for t in seq if t not in special)
 
 
-def run_gaze(gaze, weights, word_map_path, images, beam, batch, max_steps):
-    cmd = [gaze, "caption", "--weights", weights, "--word-map", word_map_path, "--json",
+def run_gaze(gaze, source, images, beam, batch, max_steps, precision):
+    cmd = [gaze, "caption", *source, "--json", "--precision", precision,
            "--beam-size", str(beam), "--batch-size", str(batch), "--max-steps", str(max_steps),
            "--log-level", "warn", *images]
     start = time.perf_counter()
@@ -138,6 +177,9 @@ def main():
     p.add_argument("--batch-sizes", default="1,8,32", help="gaze's batch sizes")
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--model", help="a trained gaze model file of the tutorial's architecture")
+    p.add_argument("--word-map", help="the word map of --model (WORDMAP_*.json)")
+    p.add_argument("--precision", default="f32", help="gaze's --precision")
     p.add_argument("--gaze", default=str(Path(__file__).resolve().parent.parent
                                          / "target/release/gaze"))
     args = p.parse_args()
@@ -155,20 +197,30 @@ def main():
     if odd:
         print(f"note: {len(odd)} image(s) are not 256x256; resizing may differ slightly")
 
-    word_map = coco_sized_word_map()
-    encoder, decoder = tutorial_models(args.tutorial_dir, len(word_map))
+    if args.model:
+        if not args.word_map:
+            sys.exit("--model needs --word-map")
+        word_map = json.loads(Path(args.word_map).read_text())
+        encoder, decoder = tutorial_models(args.tutorial_dir, len(word_map))
+        load_trained(encoder, decoder, args.model)
+        source = ["--model", args.model]
+    else:
+        word_map = coco_sized_word_map()
+        encoder, decoder = tutorial_models(args.tutorial_dir, len(word_map))
+        work = Path(tempfile.mkdtemp(prefix="gaze-vs-tutorial-"))
+        weights = str(work / "weights.pth")
+        torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}, weights)
+        word_map_path = str(work / "WORDMAP_bench.json")
+        Path(word_map_path).write_text(json.dumps(word_map))
+        source = ["--weights", weights, "--word-map", word_map_path]
     search = tutorial_beam_search(args.tutorial_dir, args.max_steps)
-    work = Path(tempfile.mkdtemp(prefix="gaze-vs-tutorial-"))
-    weights = str(work / "weights.pth")
-    torch.save({"encoder": encoder.state_dict(), "decoder": decoder.state_dict()}, weights)
-    word_map_path = str(work / "WORDMAP_bench.json")
-    Path(word_map_path).write_text(json.dumps(word_map))
 
     print(f"machine: {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {len(images)} images; "
           f"{args.max_steps + 1} steps at most per caption; vocabulary {len(word_map)}")
+    print(f"gaze --precision {args.precision}; weights: {args.model or 'random'}")
     print(f"{'beam':>4} {'tutorial img/s':>15} {'gaze batch':>10} {'gaze img/s':>11} "
-          f"{'ratio':>6} {'same captions':>14}")
+          f"{'ratio':>6} {'whole':>6} {'same captions':>14}")
     for beam in [int(b) for b in args.beam_sizes.split(",")]:
         with torch.no_grad():
             search(encoder, decoder, images[0], word_map, beam)  # warm-up
@@ -179,14 +231,16 @@ def main():
                 theirs[Path(f).name] = words_of(seq, word_map)
             tutorial_rate = len(images) / (time.perf_counter() - start)
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            one, _ = run_gaze(args.gaze, weights, word_map_path, images[:1], beam, batch,
-                              args.max_steps)
-            everything, ours = run_gaze(args.gaze, weights, word_map_path, images, beam, batch,
-                                        args.max_steps)
+            one, _ = run_gaze(args.gaze, source, images[:1], beam, batch, args.max_steps,
+                              args.precision)
+            everything, ours = run_gaze(args.gaze, source, images, beam, batch,
+                                        args.max_steps, args.precision)
             gaze_rate = (len(images) - 1) / max(everything - one, 1e-9)
+            whole = len(images) / everything / tutorial_rate
             same = sum(ours.get(name) == caption for name, caption in theirs.items())
             print(f"{beam:>4} {tutorial_rate:>15.2f} {batch:>10} {gaze_rate:>11.2f} "
-                  f"{gaze_rate / tutorial_rate:>5.2f}x {same:>8}/{len(images)}", flush=True)
+                  f"{gaze_rate / tutorial_rate:>5.2f}x {whole:>5.2f}x "
+                  f"{same:>8}/{len(images)}", flush=True)
             for name, caption in theirs.items():
                 if ours.get(name) != caption:
                     print(f"     differs: {name}\n       tutorial: {caption}\n"

@@ -891,15 +891,13 @@ impl Config {
     /// The CPU engine's precision `model.precision` asks for (`auto` resolved for this CPU); an
     /// error names the setting, where it came from, and why (bf16 on a CPU without AVX-512
     /// BF16 is refused).
-    pub fn precision(&self) -> Result<crate::model::encoder::cpu::Precision, ConfigError> {
+    pub fn precision(&self) -> Result<crate::kernels::bf16::Precision, ConfigError> {
         let value = &self.model.precision;
-        crate::model::encoder::cpu::Precision::parse(value).map_err(|reason| {
-            ConfigError::BadValue {
-                key: "model.precision".into(),
-                value: value.clone(),
-                origin: Origin(self.source("model.precision").cloned()),
-                reason,
-            }
+        crate::kernels::bf16::Precision::parse(value).map_err(|reason| ConfigError::BadValue {
+            key: "model.precision".into(),
+            value: value.clone(),
+            origin: Origin(self.source("model.precision").cloned()),
+            reason,
         })
     }
 

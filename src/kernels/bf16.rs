@@ -3,9 +3,9 @@
 //! its f32 ones ([`relative_speed`]), and the conversion of feature maps from f32 ([`to_bf16`]).
 //!
 //! Whether bf16 pays depends on the chip, not only on its flags: where `vdpbf16ps` issues as
-//! often as an f32 FMA (AMD Zen 4 and 5) it does twice the work per instruction; on Intel
-//! Sapphire and Emerald Rapids without AMX it issues at half the rate of the two 512-bit FMA
-//! units, so an AVX-512 f32 GEMM is faster. [`relative_speed`] measures that once per process
+//! often as an f32 FMA (AMD Zen 4 and 5) it does twice the work per instruction; on an Intel
+//! Emerald Rapids (AMX not exposed) it measured a quarter of the issue rate of the two 512-bit
+//! FMA units, half their work per second, so an AVX-512 f32 GEMM is faster there. [`relative_speed`] measures that once per process
 //! (about a millisecond), and `auto` uses it.
 //!
 //! A bfloat16 is the upper half of an f32 (8 exponent bits, 7 mantissa bits), rounded to

@@ -17,9 +17,10 @@
 //! and activation need no extra pass over memory ([`pack`] lays the weights out, [`tile`] holds
 //! the micro-kernels). Work is split over row chunks and panel groups with rayon.
 //!
-//! The f32 micro-kernel has an AVX2+FMA version (chosen at run time when the CPU has both, see
-//! [`KernelKind`]) and a portable one; both compute the same sums in the same order up to
-//! fused rounding. With bf16 weights ([`WeightFormat::Bf16`]) the input is a bf16 copy of the
+//! The f32 micro-kernel has an AVX2+FMA version on 16-column panels, an AVX-512 one (a 12x32
+//! tile) on 32-column panels ([`WeightFormat::F32Wide`]), chosen at run time from what the CPU
+//! has (see [`KernelKind`]), and portable ones; all compute the same sums in the same order up
+//! to fused rounding. With bf16 weights ([`WeightFormat::Bf16`]) the input is a bf16 copy of the
 //! map ([`GemmInput::Bf16`]) and an 8x32 tile multiplies pairs of values with AVX-512 BF16
 //! ([`tile_bf16`]); tasks, blocks and the epilogue are the same.
 
