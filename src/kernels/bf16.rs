@@ -6,7 +6,7 @@
 //! often as an f32 FMA (AMD Zen 4 and 5) it does twice the work per instruction; on an Intel
 //! Emerald Rapids (AMX not exposed) it measured a quarter of the issue rate of the two 512-bit
 //! FMA units, half their work per second, so an AVX-512 f32 GEMM is faster there. [`relative_speed`] measures that once per process
-//! (about a millisecond), and `auto` uses it.
+//! (a few milliseconds), and `auto` uses it.
 //!
 //! A bfloat16 is the upper half of an f32 (8 exponent bits, 7 mantissa bits), rounded to
 //! nearest even. The product of two of them is exact in f32, so a dot product of bf16 pairs
@@ -89,7 +89,7 @@ pub fn native() -> bool {
 
 /// How many times the f32 multiply-adds per second of AVX-512 FMA this CPU does with
 /// `vdpbf16ps`, measured once per process on one thread (independent chains of each
-/// instruction, best of three runs); `None` without AVX-512 BF16. Above 1, bf16 convolutions
+/// instruction, best of three runs, a few milliseconds in all); `None` without AVX-512 BF16. Above 1, bf16 convolutions
 /// are faster than f32 ones; the engine's GEMM follows the instructions' ratio closely.
 pub fn relative_speed() -> Option<f64> {
     static SPEED: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
@@ -155,7 +155,7 @@ mod avx512 {
     use std::time::Instant;
 
     /// Iterations of 16 independent instructions per timed run.
-    const ROUNDS: usize = 8192;
+    const ROUNDS: usize = 1 << 16;
 
     /// Multiply-adds per second: of `vdpbf16ps` (32 per instruction) and of `vfmadd231ps` on
     /// 512-bit vectors (16 per instruction), best of three runs each.
@@ -176,11 +176,15 @@ mod avx512 {
         (bf16, f32)
     }
 
+    // Out of line, with constant operands and one sum at the end: written otherwise the
+    // compiler rotated the chains through registers with a move per instruction, which
+    // halved the measured FMA rate.
+    #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn dot_chains() -> f32 {
         let mut c = [_mm512_setzero_ps(); 16];
         let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-        let b: __m512bh = std::mem::transmute(std::hint::black_box(_mm512_set1_epi32(0x3f80_3f80)));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
         for _ in 0..ROUNDS {
             for v in c.iter_mut() {
                 *v = _mm512_dpbf16_ps(*v, a, b);
@@ -188,21 +192,28 @@ mod avx512 {
             // Keeps the compiler from folding rounds together.
             std::arch::asm!("", options(nomem, nostack));
         }
-        c.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+        _mm512_reduce_add_ps(
+            c.iter()
+                .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v)),
+        )
     }
 
+    #[inline(never)]
     #[target_feature(enable = "avx512f")]
     unsafe fn fma_chains() -> f32 {
         let mut c = [_mm512_setzero_ps(); 16];
         let a = _mm512_set1_ps(0.5);
-        let b = std::hint::black_box(_mm512_set1_ps(0.25));
+        let b = _mm512_set1_ps(0.25);
         for _ in 0..ROUNDS {
             for v in c.iter_mut() {
                 *v = _mm512_fmadd_ps(*v, a, b);
             }
             std::arch::asm!("", options(nomem, nostack));
         }
-        c.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+        _mm512_reduce_add_ps(
+            c.iter()
+                .fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v)),
+        )
     }
 
     /// 16 floats at a time with `vcvtneps2bf16` (round to nearest even), the tail one by one.
