@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Builds gaze with candle's CUDA backend (`--features cuda`) on a machine that has no GPU and no
-# CUDA installation, then assembles gpu-bundle/: the stripped binary, the parity fixtures and
-# scripts/gpu_check.sh, everything a GPU machine without Rust needs to check and measure gaze
-# (run gpu-bundle/gpu_check.sh there).
+# Builds gaze with candle's CUDA backend and cuDNN (`--features cudnn`) on a machine that has no
+# GPU and no CUDA installation, then assembles gpu-bundle/: the stripped binary, the parity
+# fixtures and scripts/gpu_check.sh, everything a GPU machine without Rust needs to check and
+# measure gaze (run gpu-bundle/gpu_check.sh there).
 #
 # The CUDA toolkit comes from PyPI wheels (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC) installed
-# into .cuda-toolchain/ (git-ignored). candle links the CUDA libraries at build time (cudarc's
+# into .cuda-toolchain/ (git-ignored), and so does cuDNN (NVIDIA's nvidia-cudnn-cu13 wheel): by
+# default the build has gaze's `cudnn` feature, so GPU convolutions run through cuDNN instead of
+# candle's im2col kernels. cuDNN's libraries (about 900 MB) do not go into the bundle: the GPU
+# machine needs cuDNN 9 beside it, as PyTorch's wheels install it (nvidia/cudnn/lib), and
+# gpu_check.sh looks for it there. candle links the CUDA libraries at build time (cudarc's
 # `dynamic-linking`), including the driver library libcuda.so, which no wheel ships: like the
 # toolkit's own link stub, a stand-in with the driver API's symbols is generated here from
 # cudarc's bindings; every function in it returns CUDA_ERROR_STUB_LIBRARY. It is for linking
@@ -16,29 +20,43 @@
 #                         machines' driver 580 runs; a newer nvcc writes PTX that an older
 #                         driver refuses). Only CUDA 13.x wheels are supported (their one-folder
 #                         layout, nvidia/cu13).
+#   GAZE_CUDNN            1 (default): build `--features cudnn`; 0: `--features cuda` only, with
+#                         candle's im2col convolutions and no cuDNN needed at run time.
+#   CUDNN_VERSION         PyPI `nvidia-cudnn-cu13` version (default 9.21.1.3; candle's cudarc
+#                         binds the cuDNN 9.21 API, so the GPU machine needs cuDNN 9.21 or newer).
 #   CUDA_COMPUTE_CAP      GPU architecture for the kernels (default 90: Hopper, H100/H200).
 #   CARGO_TARGET_DIR      cargo's target folder (default target/cuda, apart from CPU builds so
-#                         that neither build overwrites the other's binary).
+#                         that neither overwrites the other's binary; the cuDNN and im2col
+#                         builds share it, their binaries are kept in their bundles).
 #   JOBS                  parallel rustc and nvcc jobs (default 1; this is a long build: on a
 #                         shared machine run it as `JOBS=1 nice scripts/build_cuda.sh`).
 #   GAZE_CUDA_TOOLCHAIN   where the toolkit goes (default .cuda-toolchain).
-#   GAZE_GPU_BUNDLE       where the bundle goes (default gpu-bundle).
+#   GAZE_GPU_BUNDLE       where the bundle goes (default gpu-bundle, or gpu-bundle-im2col).
 #   PYTHON                the Python that runs pip (default python3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CUDA_TOOLKIT_VERSION=${CUDA_TOOLKIT_VERSION:-13.0.2}
 CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
+GAZE_CUDNN=${GAZE_CUDNN:-1}
+CUDNN_VERSION=${CUDNN_VERSION:-9.21.1.3}
 JOBS=${JOBS:-1}
 TOOLCHAIN=${GAZE_CUDA_TOOLCHAIN:-$ROOT/.cuda-toolchain}
-BUNDLE=${GAZE_GPU_BUNDLE:-$ROOT/gpu-bundle}
 PYTHON=${PYTHON:-python3}
 BUNDLE_LIMIT_MIB=64
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build_cuda.sh: %s\n' "$*" >&2; exit 1; }
 
+# The im2col build has a bundle of its own, so that both can sit side by side. Both share the
+# target folder: the second one to build then compiles only cudarc, candle and gaze again.
+case $GAZE_CUDNN in
+1) FEATURES=cudnn VARIANT= ;;
+0) FEATURES=cuda VARIANT=-im2col ;;
+*) die "GAZE_CUDNN=$GAZE_CUDNN: expected 1 or 0" ;;
+esac
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
+BUNDLE=${GAZE_GPU_BUNDLE:-$ROOT/gpu-bundle$VARIANT}
 case $CUDA_TOOLKIT_VERSION in
 13.*) ;;
 *) die "CUDA_TOOLKIT_VERSION=$CUDA_TOOLKIT_VERSION: only CUDA 13.x wheels are supported" ;;
@@ -52,7 +70,7 @@ started=$(date +%s)
 # 1. The toolkit from PyPI.
 SITE=$TOOLCHAIN/site
 STAMP=$SITE/.gaze-cuda-toolkit-$CUDA_TOOLKIT_VERSION
-if [[ ! -f $STAMP ]]; then
+if [[ ! -f $STAMP || ! -x $SITE/nvidia/cu13/bin/nvcc ]]; then
     say "installing cuda-toolkit $CUDA_TOOLKIT_VERSION wheels into $SITE"
     rm -rf "$SITE"
     # --target keeps the wheels apart from the Python installation; pip may warn that a
@@ -61,6 +79,17 @@ if [[ ! -f $STAMP ]]; then
         --target "$SITE" \
         "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,crt,nvvm,cccl]==$CUDA_TOOLKIT_VERSION"
     touch "$STAMP"
+fi
+# cuDNN, a separate wheel (about 500 MB to download), only for the cuDNN build. It goes into a
+# folder of its own: pip's --target would replace the toolkit's nvidia/ folder with cuDNN's.
+CUDNN_SITE=$TOOLCHAIN/cudnn-site
+CUDNN_STAMP=$CUDNN_SITE/.gaze-cudnn-$CUDNN_VERSION
+if ((GAZE_CUDNN)) && [[ ! -f $CUDNN_STAMP ]]; then
+    say "installing nvidia-cudnn-cu13 $CUDNN_VERSION into $CUDNN_SITE"
+    rm -rf "$CUDNN_SITE"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
+        --target "$CUDNN_SITE" "nvidia-cudnn-cu13==$CUDNN_VERSION"
+    touch "$CUDNN_STAMP"
 fi
 CU=$SITE/nvidia/cu13
 [[ -x $CU/bin/nvcc ]] || die "$CU/bin/nvcc missing after installing the wheels"
@@ -75,10 +104,19 @@ for lib in cudart cublas cublasLt curand nvrtc; do
     [[ -n $real ]] || die "lib$lib.so.N not found in $CU/lib"
     ln -sfn "$CU/lib/$real" "$HOME_DIR/lib/lib$lib.so"
 done
+if ((GAZE_CUDNN)); then
+    # cudarc links libcudnn.so, the small front library; it loads cuDNN's engine libraries
+    # (libcudnn_engines_*.so.9, the bulk) from its own folder at run time.
+    CUDNN_LIB=$CUDNN_SITE/nvidia/cudnn/lib
+    [[ -e $CUDNN_LIB/libcudnn.so.9 ]] || die "libcudnn.so.9 missing from $CUDNN_LIB"
+    ln -sfn "$CUDNN_LIB/libcudnn.so.9" "$HOME_DIR/lib/libcudnn.so"
+else
+    rm -f "$HOME_DIR/lib/libcudnn.so"
+fi
 ln -sfn "$CU/include" "$HOME_DIR/include"
 ln -sfn "$CU/bin" "$HOME_DIR/bin"
 
-CUDARC_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features cuda 2>/dev/null |
+CUDARC_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features "$FEATURES" 2>/dev/null |
     "$PYTHON" -c 'import json, sys, os
 meta = json.load(sys.stdin)
 paths = [p["manifest_path"] for p in meta["packages"] if p["name"] == "cudarc"]
@@ -110,7 +148,7 @@ fi
 # prints which kernel is missing and aborts. The PTX kernels gaze does use (affine, binary, cast,
 # conv, fill, indexing, reduce, sort, ternary, unary, and quantized.cu's PTX) are built exactly
 # as candle ships them.
-KERNELS_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features cuda 2>/dev/null |
+KERNELS_SRC=$(cd "$ROOT" && cargo metadata --format-version 1 --features "$FEATURES" 2>/dev/null |
     "$PYTHON" -c 'import json, sys, os
 meta = json.load(sys.stdin)
 pkgs = [p for p in meta["packages"] if p["name"] == "candle-kernels"]
@@ -157,12 +195,12 @@ export PATH=$CU/bin:$PATH
 export CUDA_HOME=$HOME_DIR CUDA_ROOT=$HOME_DIR CUDA_PATH=$HOME_DIR
 export CUDA_COMPUTE_CAP CUDAFORGE_THREADS=$JOBS
 export CARGO_TARGET_DIR=$TARGET_DIR
-say "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP, $JOBS job(s), target $TARGET_DIR)"
+say "cargo build --release --features $FEATURES (compute capability $CUDA_COMPUTE_CAP, $JOBS job(s), target $TARGET_DIR)"
 build_started=$(date +%s)
 # The patch would be written into Cargo.lock: put the project's lock file back afterwards.
 cp "$ROOT/Cargo.lock" "$TOOLCHAIN/Cargo.lock.saved"
 trap 'cp "$TOOLCHAIN/Cargo.lock.saved" "$ROOT/Cargo.lock"' EXIT
-(cd "$ROOT" && cargo build --release --features cuda -j "$JOBS" \
+(cd "$ROOT" && cargo build --release --features "$FEATURES" -j "$JOBS" \
     --config "patch.crates-io.candle-kernels.path=\"$PATCHED\"")
 build_seconds=$(($(date +%s) - build_started))
 BIN=$TARGET_DIR/release/gaze
@@ -179,10 +217,15 @@ for f in weights.safetensors WORDMAP_parity.json expected.safetensors expected.j
 done
 cp "$ROOT/tests/fixtures/efficientnet/expected.safetensors" "$BUNDLE/fixtures/efficientnet/"
 {
-    echo "gaze $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) built with --features cuda"
+    echo "gaze $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) built with --features $FEATURES"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cuda-toolkit (PyPI): $CUDA_TOOLKIT_VERSION; nvcc $NVCC_VERSION"
     "$PYTHON" -m pip list --path "$SITE" --format freeze 2>/dev/null | grep -E '^nvidia-|^cuda-' | sed 's/^/  /'
+    if ((GAZE_CUDNN)); then
+        echo "convolutions: cuDNN (nvidia-cudnn-cu13 $CUDNN_VERSION at build time; needs cuDNN 9.21 or newer at run time, not bundled)"
+    else
+        echo "convolutions: candle's im2col kernels (built without cuDNN)"
+    fi
     echo "compute capability: $CUDA_COMPUTE_CAP"
     echo "rustc: $(rustc --version)"
     echo "cargo build: ${build_seconds}s with $JOBS job(s) on $(nproc) core(s)"

@@ -509,7 +509,8 @@ def check_command(c, command, toml_block):
         c.run(command, check=lambda out: None if out.strip() else "no caption printed")
         return
 
-    if command.startswith("cargo build --release --features cuda"):
+    if command.startswith(("cargo build --release --features cuda",
+                           "cargo build --release --features cudnn")):
         c.skip(command, "needs an NVIDIA toolchain; scripts/build_cuda.sh is checked on its own")
         return
 
@@ -522,11 +523,12 @@ def check_command(c, command, toml_block):
             c.report("FAIL", command, "the error does not mention CUDA")
         return
 
-    if command.startswith("JOBS=") and "build_cuda.sh" in command:
+    if command.startswith(("JOBS=", "GAZE_CUDNN=")) and "build_cuda.sh" in command:
         c.skip(command, "long (candle's CUDA kernels); run and timed on its own, see BENCHMARKS.md")
         return
 
-    if command.startswith("gpu-bundle/gpu_check.sh"):
+    if command.startswith(("gpu-bundle/gpu_check.sh", "GAZE_IM2COL_BINARY=")) \
+            and "gpu_check.sh" in command:
         c.skip(command, "needs an NVIDIA GPU")
         return
 

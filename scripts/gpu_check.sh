@@ -15,6 +15,10 @@
 #                    GAZE_BINARY cannot start (a CUDA build needs the NVIDIA driver's libcuda.so.1
 #                    and CUDA 13's libraries even to print its help), a CPU build instead:
 #                    target/release/gaze of the repository around the script, if there is one.
+#   GAZE_IM2COL_BINARY  a second CUDA build, made with `GAZE_CUDNN=0 scripts/build_cuda.sh`
+#                    (convolutions through candle's im2col kernels instead of cuDNN): when
+#                    given, the GPU encoder and caption benchmarks run with both builds, one
+#                    after the other, so that the log holds cuDNN and im2col figures side by side
 #   GAZE_CHECK_LOG   where to write a copy of the output (default $OUT/gpu_check.log when OUT is
 #                    set, else gpu_check.log in the current folder)
 # Exit status: 0 when every parity check passed and every benchmark ran, 2 otherwise.
@@ -29,7 +33,7 @@ for arg in "$@"; do
     --cpu-only) CPU_ONLY=1 ;;
     --quick) QUICK=1 ;;
     -h | --help)
-        sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     -*)
@@ -107,13 +111,14 @@ step_with() {
 step() { step_with "$BIN" "$@"; }
 cpu_step() { step_with "$CPU_BIN" "$@"; }
 
-# The CUDA libraries the binary links: the NVIDIA driver's libcuda.so.1 and CUDA 13's cudart,
-# cuBLAS, cuRAND and NVRTC. Where the loader does not find them already, look in the usual
+# The CUDA libraries the binary links: the NVIDIA driver's libcuda.so.1, CUDA 13's cudart,
+# cuBLAS, cuRAND and NVRTC, and for a cuDNN build cuDNN 9's libcudnn.so.9 (which loads its
+# engine libraries from its own folder). Where the loader does not find them already, look in the usual
 # places, PyTorch's wheels included.
 missing_libs() { ldd "${1:-$BIN}" 2>/dev/null | awk '/not found/ {print $1}'; }
 find_cuda_libs() {
-    local missing dirs dir lib
-    missing=$(missing_libs)
+    local bin=${1:-$BIN} missing dirs dir lib
+    missing=$(missing_libs "$bin")
     [[ -z $missing ]] && return 0
     dirs=$(
         {
@@ -135,7 +140,7 @@ EOF
                 break
             fi
         done
-        missing=$(missing_libs)
+        missing=$(missing_libs "$bin")
         [[ -z $missing ]] && return 0
     done
     return 1
@@ -164,23 +169,38 @@ fi
     exit 2
 }
 
+IM2COL_BIN=${GAZE_IM2COL_BINARY:-}
+if [[ -n $IM2COL_BIN ]]; then
+    [[ -x $IM2COL_BIN ]] || {
+        echo "gpu_check.sh: GAZE_IM2COL_BINARY=$IM2COL_BIN is not an executable" >&2
+        exit 2
+    }
+    IM2COL_BIN=$(cd "$(dirname "$IM2COL_BIN")" && pwd)/$(basename "$IM2COL_BIN")
+fi
+
 say "machine"
 {
     echo "binary: $BIN"
     [[ $CPU_BIN != "$BIN" ]] && echo "binary for the CPU half: $CPU_BIN"
     [[ -f $(dirname "$BIN")/BUILD-INFO.txt ]] && sed 's/^/  /' "$(dirname "$BIN")/BUILD-INFO.txt"
+    [[ -n $IM2COL_BIN ]] && echo "im2col build beside it: $IM2COL_BIN"
     echo "fixtures: $FIXTURES"
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) threads"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } | tee -a "$LOG"
 
 if ((!CPU_ONLY)); then
-    if ! find_cuda_libs; then
+    for bin in "$BIN" ${IM2COL_BIN:+"$IM2COL_BIN"}; do
+        find_cuda_libs "$bin" || break
+    done
+    if [[ -n $(missing_libs "$BIN") || ( -n $IM2COL_BIN && -n $(missing_libs "$IM2COL_BIN") ) ]]; then
         {
             echo "gpu_check.sh: the binary needs libraries this machine does not have:"
-            missing_libs | sed 's/^/  /'
-            echo "libcuda.so.1 comes with the NVIDIA driver; the others with CUDA 13 (a toolkit"
-            echo "in /usr/local/cuda, or PyTorch's nvidia-* wheels). Set LD_LIBRARY_PATH to them."
+            { missing_libs "$BIN"; [[ -n $IM2COL_BIN ]] && missing_libs "$IM2COL_BIN"; } |
+                sort -u | sed 's/^/  /'
+            echo "libcuda.so.1 comes with the NVIDIA driver; libcudnn.so.9 with cuDNN 9.21 or newer"
+            echo "(PyTorch's nvidia-cudnn-cu13 wheel); the others with CUDA 13 (a toolkit in"
+            echo "/usr/local/cuda, or PyTorch's nvidia-* wheels). Set LD_LIBRARY_PATH to them."
         } | tee -a "$LOG" >&2
         exit 2
     fi
@@ -194,6 +214,13 @@ if ((!CPU_ONLY)); then
         --images "$IMAGES" "${MODEL[@]}"
     step "caption throughput, GPU" bench caption --device "$GPU" --beam-sizes 5 \
         --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}" "${CAPTION[@]}"
+    if [[ -n $IM2COL_BIN ]]; then
+        step_with "$IM2COL_BIN" "encoder throughput, GPU, im2col build" bench encoder \
+            --device "$GPU" --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}"
+        step_with "$IM2COL_BIN" "caption throughput, GPU, im2col build" bench caption \
+            --device "$GPU" --beam-sizes 5 --batch-sizes "$BATCHES" --images "$IMAGES" \
+            "${MODEL[@]}" "${CAPTION[@]}"
+    fi
     step "training, decoder stage, GPU" bench train --device "$GPU" --captions "$GPU_CAPTIONS" \
         "${TRAIN[@]}"
     step "training, fine-tuning, GPU" bench train --device "$GPU" --fine-tune \

@@ -40,6 +40,25 @@ pub fn open_device(spec: &str) -> Result<Device, DeviceError> {
     })
 }
 
+/// How this build runs convolutions on a CUDA device: through cuDNN (built with the `cudnn`
+/// feature) or with candle's own im2col kernels. The CPU has gaze's engine either way.
+pub fn cuda_convolutions() -> &'static str {
+    if cfg!(feature = "cudnn") {
+        "cuDNN"
+    } else {
+        "candle im2col"
+    }
+}
+
+/// The device as benchmarks print it: the spec, and on a GPU how convolutions run there.
+pub fn device_label(spec: &str) -> String {
+    if spec.trim().eq_ignore_ascii_case("cpu") {
+        spec.to_string()
+    } else {
+        format!("{spec}, convolutions: {}", cuda_convolutions())
+    }
+}
+
 /// A sentence for the driver errors that opening a device meets on a machine without a
 /// usable GPU; candle reports only the driver's error code.
 fn explain_cuda_error(raw: &str) -> Option<&'static str> {
@@ -71,6 +90,17 @@ fn explain_cuda_error(raw: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_name_the_gpu_convolution_path() {
+        assert_eq!(device_label("cpu"), "cpu");
+        let expected = if cfg!(feature = "cudnn") {
+            "cuda:1, convolutions: cuDNN"
+        } else {
+            "cuda:1, convolutions: candle im2col"
+        };
+        assert_eq!(device_label("cuda:1"), expected);
+    }
 
     #[test]
     fn parses_devices() {

@@ -141,7 +141,7 @@ fn encoder(b: EncoderBench) -> Result<ExitCode> {
         c.encoder,
         c.image_size,
         c.image_size,
-        c.device,
+        gaze::device::device_label(&c.device),
         model.encoder.precision(),
         bench::machine()
     );
@@ -211,7 +211,7 @@ fn caption(b: CaptionBench) -> Result<ExitCode> {
         c.image_size,
         b.vocab,
         b.max_steps + 1,
-        c.device,
+        gaze::device::device_label(&c.device),
         bench::machine()
     );
     println!(
