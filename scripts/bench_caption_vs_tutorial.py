@@ -31,10 +31,16 @@ both sides load the same tensors (the tutorial's modules from the file's tutoria
 tensors), captions end with <end> as real ones do, and the tutorial's step limit is its own
 50 unless --max-steps says otherwise.
 
+With --torch-precision bf16, the tutorial's function runs under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's bfloat16 for convolutions, linear
+layers and the LSTM cell): run once with that and gaze in f32, once with the tutorial in f32 and
+gaze in bf16, and "same captions" tells how many captions each side's bfloat16 changes.
+
 Usage:
   bench_caption_vs_tutorial.py --tutorial-dir T --images DIR [--count 32] [--beam-sizes 1,5]
       [--batch-sizes 1,8,32] [--max-steps 20] [--threads 2] [--gaze target/release/gaze]
       [--model FILE --word-map WORDMAP.json] [--precision f32|bf16|auto]
+      [--torch-precision f32|bf16]
 """
 import argparse
 import ast
@@ -180,6 +186,8 @@ def main():
     p.add_argument("--model", help="a trained gaze model file of the tutorial's architecture")
     p.add_argument("--word-map", help="the word map of --model (WORDMAP_*.json)")
     p.add_argument("--precision", default="f32", help="gaze's --precision")
+    p.add_argument("--torch-precision", default="f32", choices=["f32", "bf16"],
+                   help="the tutorial's: bf16 runs it under torch.autocast")
     p.add_argument("--gaze", default=str(Path(__file__).resolve().parent.parent
                                          / "target/release/gaze"))
     args = p.parse_args()
@@ -218,11 +226,14 @@ def main():
     print(f"machine: {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {len(images)} images; "
           f"{args.max_steps + 1} steps at most per caption; vocabulary {len(word_map)}")
-    print(f"gaze --precision {args.precision}; weights: {args.model or 'random'}")
+    print(f"gaze --precision {args.precision}; tutorial {args.torch_precision}; "
+          f"weights: {args.model or 'random'}")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                              enabled=args.torch_precision == "bf16")
     print(f"{'beam':>4} {'tutorial img/s':>15} {'gaze batch':>10} {'gaze img/s':>11} "
           f"{'ratio':>6} {'whole':>6} {'same captions':>14}")
     for beam in [int(b) for b in args.beam_sizes.split(",")]:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             search(encoder, decoder, images[0], word_map, beam)  # warm-up
             start = time.perf_counter()
             theirs = {}
