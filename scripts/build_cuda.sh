@@ -7,9 +7,9 @@
 # The CUDA toolkit comes from PyPI wheels (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC) installed
 # into .cuda-toolchain/ (git-ignored), and so does cuDNN (NVIDIA's nvidia-cudnn-cu13 wheel): by
 # default the build has gaze's `cudnn` feature, so GPU convolutions run through cuDNN instead of
-# candle's im2col kernels. cuDNN's libraries (about 900 MB) do not go into the bundle: the GPU
-# machine needs cuDNN 9 beside it, as PyTorch's wheels install it (nvidia/cudnn/lib), and
-# gpu_check.sh looks for it there. candle links the CUDA libraries at build time (cudarc's
+# candle's im2col kernels. cuDNN's libraries (about 830 MB) do not go into the bundle: the GPU
+# machine needs cuDNN 9.21 or newer beside it, as PyTorch's wheels install it (nvidia/cudnn/lib),
+# and gpu_check.sh looks for it there. candle links the CUDA libraries at build time (cudarc's
 # `dynamic-linking`), including the driver library libcuda.so, which no wheel ships: like the
 # toolkit's own link stub, a stand-in with the driver API's symbols is generated here from
 # cudarc's bindings; every function in it returns CUDA_ERROR_STUB_LIBRARY. It is for linking

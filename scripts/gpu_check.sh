@@ -113,8 +113,8 @@ cpu_step() { step_with "$CPU_BIN" "$@"; }
 
 # The CUDA libraries the binary links: the NVIDIA driver's libcuda.so.1, CUDA 13's cudart,
 # cuBLAS, cuRAND and NVRTC, and for a cuDNN build cuDNN 9's libcudnn.so.9 (which loads its
-# engine libraries from its own folder). Where the loader does not find them already, look in the usual
-# places, PyTorch's wheels included.
+# engine libraries from its own folder). Where the loader does not find them already, look in
+# the usual places, PyTorch's wheels included.
 missing_libs() { ldd "${1:-$BIN}" 2>/dev/null | awk '/not found/ {print $1}'; }
 find_cuda_libs() {
     local bin=${1:-$BIN} missing dirs dir lib
@@ -177,6 +177,9 @@ if [[ -n $IM2COL_BIN ]]; then
     }
     IM2COL_BIN=$(cd "$(dirname "$IM2COL_BIN")" && pwd)/$(basename "$IM2COL_BIN")
 fi
+# The builds the GPU half runs: the bundle's, and the im2col one beside it when given.
+GPU_BINS=("$BIN")
+[[ -n $IM2COL_BIN ]] && GPU_BINS+=("$IM2COL_BIN")
 
 say "machine"
 {
@@ -190,14 +193,14 @@ say "machine"
 } | tee -a "$LOG"
 
 if ((!CPU_ONLY)); then
-    for bin in "$BIN" ${IM2COL_BIN:+"$IM2COL_BIN"}; do
-        find_cuda_libs "$bin" || break
+    libs_found=1
+    for bin in "${GPU_BINS[@]}"; do
+        find_cuda_libs "$bin" || { libs_found=0; break; }
     done
-    if [[ -n $(missing_libs "$BIN") || ( -n $IM2COL_BIN && -n $(missing_libs "$IM2COL_BIN") ) ]]; then
+    if ((!libs_found)); then
         {
             echo "gpu_check.sh: the binary needs libraries this machine does not have:"
-            { missing_libs "$BIN"; [[ -n $IM2COL_BIN ]] && missing_libs "$IM2COL_BIN"; } |
-                sort -u | sed 's/^/  /'
+            for bin in "${GPU_BINS[@]}"; do missing_libs "$bin"; done | sort -u | sed 's/^/  /'
             echo "libcuda.so.1 comes with the NVIDIA driver; libcudnn.so.9 with cuDNN 9.21 or newer"
             echo "(PyTorch's nvidia-cudnn-cu13 wheel); the others with CUDA 13 (a toolkit in"
             echo "/usr/local/cuda, or PyTorch's nvidia-* wheels). Set LD_LIBRARY_PATH to them."
@@ -210,17 +213,14 @@ if ((!CPU_ONLY)); then
     fi
 
     step "parity on the GPU" bench parity --device "$GPU" --fixtures "$FIXTURES"
-    step "encoder throughput, GPU" bench encoder --device "$GPU" --batch-sizes "$BATCHES" \
-        --images "$IMAGES" "${MODEL[@]}"
-    step "caption throughput, GPU" bench caption --device "$GPU" --beam-sizes 5 \
-        --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}" "${CAPTION[@]}"
-    if [[ -n $IM2COL_BIN ]]; then
-        step_with "$IM2COL_BIN" "encoder throughput, GPU, im2col build" bench encoder \
-            --device "$GPU" --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}"
-        step_with "$IM2COL_BIN" "caption throughput, GPU, im2col build" bench caption \
-            --device "$GPU" --beam-sizes 5 --batch-sizes "$BATCHES" --images "$IMAGES" \
-            "${MODEL[@]}" "${CAPTION[@]}"
-    fi
+    for bin in "${GPU_BINS[@]}"; do
+        build=
+        [[ $bin == "$IM2COL_BIN" ]] && build=", im2col build"
+        step_with "$bin" "encoder throughput, GPU$build" bench encoder --device "$GPU" \
+            --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}"
+        step_with "$bin" "caption throughput, GPU$build" bench caption --device "$GPU" \
+            --beam-sizes 5 --batch-sizes "$BATCHES" --images "$IMAGES" "${MODEL[@]}" "${CAPTION[@]}"
+    done
     step "training, decoder stage, GPU" bench train --device "$GPU" --captions "$GPU_CAPTIONS" \
         "${TRAIN[@]}"
     step "training, fine-tuning, GPU" bench train --device "$GPU" --fine-tune \

@@ -5,8 +5,8 @@
 //! Whether bf16 pays depends on the chip, not only on its flags: where `vdpbf16ps` issues as
 //! often as an f32 FMA (AMD Zen 4 and 5) it does twice the work per instruction; on an Intel
 //! Emerald Rapids (AMX not exposed) it measured a quarter of the issue rate of the two 512-bit
-//! FMA units, half their work per second, so an AVX-512 f32 GEMM is faster there. [`relative_speed`] measures that once per process
-//! (a few milliseconds), and `auto` uses it.
+//! FMA units, half their work per second, so an AVX-512 f32 GEMM is faster there.
+//! [`relative_speed`] measures that once per process (a few milliseconds), and `auto` uses it.
 //!
 //! A bfloat16 is the upper half of an f32 (8 exponent bits, 7 mantissa bits), rounded to
 //! nearest even. The product of two of them is exact in f32, so a dot product of bf16 pairs
@@ -89,8 +89,9 @@ pub fn native() -> bool {
 
 /// How many times the f32 multiply-adds per second of AVX-512 FMA this CPU does with
 /// `vdpbf16ps`, measured once per process on one thread (independent chains of each
-/// instruction, best of three runs, a few milliseconds in all); `None` without AVX-512 BF16. Above 1, bf16 convolutions
-/// are faster than f32 ones; the engine's GEMM follows the instructions' ratio closely.
+/// instruction, best of three runs, a few milliseconds in all); `None` without AVX-512 BF16.
+/// Above 1, bf16 convolutions are faster than f32 ones; the engine's GEMM follows the
+/// instructions' ratio closely.
 pub fn relative_speed() -> Option<f64> {
     static SPEED: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
     *SPEED.get_or_init(|| {
