@@ -349,7 +349,7 @@ pub fn beam_search(
     let vocab = decoder.vocab_size;
     // Inference: no gradients through the search (this also selects fused kernels).
     enc = enc.detach();
-    let mut proj = decoder.attention.project_encoder(&enc)?.detach();
+    let mut proj = decoder.project_encoder(&enc)?.detach();
 
     let sizes = opts.group_sizes();
     let mut images: Vec<ImageBeams> = (0..b_total)

@@ -2,12 +2,18 @@
 //! names: `embedding`, `attention.*`, `decode_step` (an `LSTMCell`: `weight_ih`, `weight_hh`,
 //! `bias_ih`, `bias_hh`, gates i, f, g, o), `init_h`, `init_c`, `f_beta`, `fc`.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
 
 use super::attention::Attention;
 use super::config::ModelConfig;
+use super::decoder_engine::DecoderEngine;
+use super::encoder::default_precision;
 use super::encoder::layers::Linear;
 use super::weights::WeightsView;
+use crate::kernels::bf16::Precision;
+use crate::kernels::eligible;
 use crate::rng::SplitMix64;
 
 /// PyTorch's `nn.LSTMCell`.
@@ -82,6 +88,46 @@ pub struct Decoder {
     pub fc: Linear,
     pub dropout: f32,
     pub vocab_size: usize,
+    /// What the inference engine's products compute in.
+    precision: Precision,
+    path: DecoderPath,
+    /// The inference engine, built on first use. Clones share it: they share the (immutable)
+    /// tensors it was packed from.
+    engine: Arc<Mutex<Option<Arc<DecoderEngine>>>>,
+}
+
+/// Which implementation runs the decoder at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderPath {
+    /// The packed engine ([`DecoderEngine`]) on the CPU for f32 tensors that are not trainable
+    /// `Var`s (a trained model's weights change, a loaded model's do not); candle's ops
+    /// otherwise.
+    Auto,
+    /// Always candle's ops, as in training.
+    Reference,
+}
+
+/// Environment variable that picks the default [`DecoderPath`]: `reference` or `auto`.
+pub const DECODER_PATH_ENV: &str = "GAZE_DECODER_PATH";
+
+impl DecoderPath {
+    /// From [`DECODER_PATH_ENV`]; `Auto` when unset or unrecognised (with a warning).
+    pub fn from_env() -> Self {
+        match std::env::var(DECODER_PATH_ENV) {
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "reference" | "ref" => DecoderPath::Reference,
+                "auto" | "fast" | "" => DecoderPath::Auto,
+                other => {
+                    tracing::warn!(
+                        value = other,
+                        "{DECODER_PATH_ENV} is neither \"reference\" nor \"auto\"; using auto"
+                    );
+                    DecoderPath::Auto
+                }
+            },
+            Err(_) => DecoderPath::Auto,
+        }
+    }
 }
 
 impl Decoder {
@@ -103,11 +149,92 @@ impl Decoder {
             fc: Linear::load(&w.pp("fc"), d, v),
             dropout: cfg.dropout,
             vocab_size: v,
+            precision: default_precision(),
+            path: DecoderPath::from_env(),
+            engine: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// What the inference engine's products compute in (the precision new models start with,
+    /// [`super::encoder::set_default_precision`], unless set). Training and the reference path
+    /// are f32 whatever this says.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the inference engine's precision; an engine built in another one is dropped.
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision {
+            self.precision = precision;
+            self.engine = Arc::new(Mutex::new(None));
+        }
+    }
+
+    pub fn inference_path(&self) -> DecoderPath {
+        self.path
+    }
+
+    pub fn set_inference_path(&mut self, path: DecoderPath) {
+        self.path = path;
+    }
+
+    fn tensors(&self) -> [&Tensor; 19] {
+        let (att, lstm) = (&self.attention, &self.decode_step);
+        [
+            &self.embedding,
+            &att.encoder_att.weight,
+            &att.encoder_att.bias,
+            &att.decoder_att.weight,
+            &att.decoder_att.bias,
+            &att.full_att.weight,
+            &att.full_att.bias,
+            &lstm.weight_ih,
+            &lstm.weight_hh,
+            &lstm.bias_ih,
+            &lstm.bias_hh,
+            &self.init_h.weight,
+            &self.init_h.bias,
+            &self.init_c.weight,
+            &self.init_c.bias,
+            &self.f_beta.weight,
+            &self.f_beta.bias,
+            &self.fc.weight,
+            &self.fc.bias,
+        ]
+    }
+
+    /// The inference engine for these inputs, built on first use; `None` where candle's ops
+    /// run (see [`DecoderPath::Auto`]).
+    pub fn inference_engine(&self, inputs: &[&Tensor]) -> Result<Option<Arc<DecoderEngine>>> {
+        if self.path == DecoderPath::Reference || !eligible(inputs) {
+            return Ok(None);
+        }
+        let all = self.tensors();
+        if !eligible(&all) || all.iter().any(|t| t.is_variable()) {
+            return Ok(None);
+        }
+        let mut slot = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(engine) = slot.as_ref() {
+            return Ok(Some(engine.clone()));
+        }
+        let engine = Arc::new(DecoderEngine::build(self, self.precision)?);
+        *slot = Some(engine.clone());
+        Ok(Some(engine))
+    }
+
+    /// [`Attention::project_encoder`], through the inference engine where it runs.
+    pub fn project_encoder(&self, encoder_out: &Tensor) -> Result<Tensor> {
+        match self.inference_engine(&[encoder_out])? {
+            Some(engine) => engine.project_encoder(&encoder_out.contiguous()?),
+            None => self.attention.project_encoder(encoder_out),
         }
     }
 
     /// `(h, c)`, each `(B, D)`, from the mean of the `(B, P, E)` encoder output.
     pub fn init_hidden_state(&self, encoder_out: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(engine) = self.inference_engine(&[encoder_out])? {
+            return engine.init_hidden_state(encoder_out);
+        }
         let mean = encoder_out.mean(1)?;
         Ok((self.init_h.forward(&mean)?, self.init_c.forward(&mean)?))
     }
@@ -132,6 +259,11 @@ impl Decoder {
         c: &Tensor,
         dropout_mask: Option<&Tensor>,
     ) -> Result<StepOutput> {
+        if dropout_mask.is_none() {
+            if let Some(engine) = self.inference_engine(&[encoder_out, encoder_proj, h, c])? {
+                return engine.step(encoder_out, encoder_proj, prev_words, h, c);
+            }
+        }
         let (b, q, d) = h.dims3()?;
         let emb = self.embed(prev_words)?;
         let (awe, alpha) = self.attention.forward(encoder_out, encoder_proj, h)?;

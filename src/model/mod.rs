@@ -5,6 +5,7 @@ pub mod attention;
 pub mod beam;
 pub mod config;
 pub mod decoder;
+pub mod decoder_engine;
 pub mod encoder;
 pub mod error;
 pub mod file;

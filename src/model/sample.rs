@@ -120,7 +120,7 @@ pub fn sample_captions(
         .detach();
     let p = enc.dim(1)?;
     let vocab = decoder.vocab_size;
-    let proj = decoder.attention.project_encoder(&enc)?.detach();
+    let proj = decoder.project_encoder(&enc)?.detach();
     let (h0, c0) = decoder.init_hidden_state(&enc)?;
     let d = h0.dim(1)?;
     let mut h = h0.unsqueeze(1)?.repeat((1, n, 1))?;
@@ -262,7 +262,7 @@ fn first_word_probabilities(
     let b = encoder_out.dim(0)?;
     let e = *encoder_out.dims().last().expect("rank >= 3");
     let enc = encoder_out.reshape((b, (), e))?.to_dtype(DType::F32)?;
-    let proj = decoder.attention.project_encoder(&enc)?;
+    let proj = decoder.project_encoder(&enc)?;
     let (h, c) = decoder.init_hidden_state(&enc)?;
     let words = Tensor::from_vec(vec![special.start; b], (b, 1), enc.device())?;
     let step = decoder.step(
