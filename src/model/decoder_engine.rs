@@ -245,3 +245,92 @@ impl DecoderEngine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use crate::kernels::bf16::Precision;
+    use crate::model::decoder::DecoderPath;
+    use crate::model::init::testing::{features, tiny_decoder};
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// The engine's projection, initial state and step against candle's ops on the same
+    /// tensors, for odd sizes (7 and 13 wide layers, 1 and 3 images, 1 and 3 states each):
+    /// f32 to rounding, bf16 within 2% of each output's largest value.
+    #[test]
+    fn engine_matches_the_reference_step_in_f32_and_bf16() {
+        for (precision, bound) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-2)] {
+            for (images, states) in [(1, 1), (3, 3), (3, 1)] {
+                let (_, mut reference, cfg) = tiny_decoder(4, (7, 13, 7), 11, 5, 1.0, |_| false);
+                reference.set_inference_path(DecoderPath::Reference);
+                let mut fast = reference.clone();
+                fast.set_inference_path(DecoderPath::Auto);
+                fast.set_precision(precision);
+                let enc = features(images, &cfg, 9);
+                assert!(fast.inference_engine(&[&enc]).unwrap().is_some());
+                assert!(reference.inference_engine(&[&enc]).unwrap().is_none());
+
+                let (pf, pr) = (
+                    fast.project_encoder(&enc).unwrap(),
+                    reference.project_encoder(&enc).unwrap(),
+                );
+                assert!(max_rel_diff(&pf, &pr) < bound, "{precision} projection");
+                let (hf, _) = fast.init_hidden_state(&enc).unwrap();
+                let (h0, c0) = reference.init_hidden_state(&enc).unwrap();
+                assert!(max_rel_diff(&hf, &h0) < bound, "{precision} initial state");
+
+                let expand = |t: &Tensor| {
+                    let d = t.dim(1).unwrap();
+                    let rows: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                    let mut out = Vec::new();
+                    for (i, row) in rows.chunks(d).enumerate() {
+                        for s in 0..states {
+                            // Different states per beam: scale each copy.
+                            out.extend(row.iter().map(|v| v * (1.0 + 0.1 * (s + i) as f32)));
+                        }
+                    }
+                    Tensor::from_vec(out, (images, states, d), &Device::Cpu).unwrap()
+                };
+                let (h, c) = (expand(&h0), expand(&c0));
+                let words: Vec<u32> = (0..images * states).map(|i| (i * 4 % 11) as u32).collect();
+                let words = Tensor::from_vec(words, (images, states), &Device::Cpu).unwrap();
+                let a = fast.step(&enc, &pr, &words, &h, &c, None).unwrap();
+                let b = reference.step(&enc, &pr, &words, &h, &c, None).unwrap();
+                for (name, x, y) in [
+                    ("logits", &a.logits, &b.logits),
+                    ("h", &a.h, &b.h),
+                    ("c", &a.c, &b.c),
+                    ("alpha", &a.alpha, &b.alpha),
+                ] {
+                    assert_eq!(x.dims(), y.dims(), "{name}");
+                    assert_eq!(x.dtype(), DType::F32);
+                    let diff = max_rel_diff(x, y);
+                    assert!(
+                        diff < bound,
+                        "{precision} {images}x{states} {name}: relative difference {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Trainable weights change under the engine's feet, so a decoder of `Var`s never packs.
+    #[test]
+    fn trainable_decoders_take_candles_ops() {
+        let (_, decoder, cfg) = tiny_decoder(4, (7, 13, 7), 11, 5, 1.0, |n| n.contains("fc"));
+        let enc = features(2, &cfg, 1);
+        assert!(decoder.inference_engine(&[&enc]).unwrap().is_none());
+    }
+}
