@@ -13,12 +13,53 @@
 //! Folded with [`WeightFormat::Bf16`], the weights are rounded to bfloat16 once, and each run
 //! converts its input map to bf16 (into a scratch buffer the caller keeps) before the GEMM;
 //! the output, bias, residual and activation stay f32.
+//!
+//! A 3x3, stride-1 convolution in f32 can also keep its weights in Winograd form
+//! ([`Conv3x3::Winograd`], the default): then [`FoldedConv::run`] takes the Winograd path of
+//! [`super::winograd`] (a quarter of the multiplications) whenever the output has enough tiles
+//! to pay for reading its larger weights, and the implicit GEMM otherwise.
 
 use super::activation::Activation;
 use super::bf16::to_bf16;
 use super::gemm::{ConvGemm, GemmInput, PackedWeights, WeightFormat};
 use super::isa::KernelKind;
 use super::layout::{same_padding, zero_border, Grid};
+use super::winograd::WinogradConv;
+
+/// How 3x3, stride-1, padding-1 f32 convolutions run: always as the implicit GEMM, or by
+/// Winograd's F(4x4, 3x3) from `min_tiles` 4x4 output tiles on (the GEMM below that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conv3x3 {
+    Direct,
+    Winograd { min_tiles: usize },
+}
+
+/// Environment variable that picks [`Conv3x3::from_env`]: `winograd` (the default) or
+/// `direct`.
+pub const CONV3X3_ENV: &str = "GAZE_CONV3X3";
+
+impl Conv3x3 {
+    /// Winograd where it pays ([`WinogradConv::MIN_TILES`]).
+    pub const DEFAULT: Conv3x3 = Conv3x3::Winograd {
+        min_tiles: WinogradConv::MIN_TILES,
+    };
+
+    /// From [`CONV3X3_ENV`]: `direct` for the implicit GEMM everywhere (and no Winograd weights
+    /// held: they take four times the memory of the direct ones), else the default.
+    pub fn from_env() -> Self {
+        match std::env::var(CONV3X3_ENV) {
+            Ok(v) if v.trim().eq_ignore_ascii_case("direct") => Conv3x3::Direct,
+            Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("winograd") => {
+                tracing::warn!(
+                    value = v.as_str(),
+                    "{CONV3X3_ENV} is neither \"winograd\" nor \"direct\"; using winograd"
+                );
+                Self::DEFAULT
+            }
+            _ => Self::DEFAULT,
+        }
+    }
+}
 
 /// A `k x k` convolution with its BatchNorm folded in, packed for the GEMM.
 #[derive(Debug, Clone)]
@@ -28,6 +69,8 @@ pub struct FoldedConv {
     stride: usize,
     padding: usize,
     c_in: usize,
+    /// The Winograd form of a 3x3/1 convolution, and the tile count it starts at.
+    winograd: Option<Box<(WinogradConv, usize)>>,
 }
 
 impl FoldedConv {
@@ -83,7 +126,37 @@ impl FoldedConv {
             stride,
             padding,
             c_in,
+            winograd: None,
         }
+    }
+
+    /// Also keeps the Winograd form when `policy` asks for it and this is a 3x3, stride-1,
+    /// padding-1 convolution in f32 (`weight` and `scale` as given to [`FoldedConv::fold_as`]).
+    pub fn with_winograd(mut self, policy: Conv3x3, weight: &[f32], scale: &[f32]) -> Self {
+        let Conv3x3::Winograd { min_tiles } = policy else {
+            return self;
+        };
+        // Below 128 input channels the transforms cost as much as the products save.
+        let eligible = (self.kernel, self.stride, self.padding) == (3, 1, 1)
+            && self.format() != WeightFormat::Bf16
+            && self.c_in >= WinogradConv::MIN_CHANNELS;
+        if eligible {
+            let (c_out, c_in) = (self.c_out(), self.c_in);
+            let scaled: Vec<f32> = weight
+                .chunks_exact(c_in * 9)
+                .zip(scale)
+                .flat_map(|(filters, &s)| filters.iter().map(move |&v| v * s))
+                .collect();
+            let bias = self.weights.bias().to_vec();
+            let form = WinogradConv::fold(self.format(), &scaled, (c_out, c_in), &bias);
+            self.winograd = Some(Box::new((form, min_tiles)));
+        }
+        self
+    }
+
+    /// Whether this convolution holds a Winograd form.
+    pub fn has_winograd(&self) -> bool {
+        self.winograd.is_some()
     }
 
     pub fn kernel(&self) -> usize {
@@ -133,9 +206,9 @@ impl FoldedConv {
         }
     }
 
-    /// Floats held (weights and bias).
+    /// Floats held (weights and bias, the Winograd form's included).
     pub fn len(&self) -> usize {
-        self.weights.len()
+        self.weights.len() + self.winograd.as_ref().map_or(0, |form| form.0.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,6 +244,14 @@ impl FoldedConv {
     ) {
         debug_assert_eq!(in_grid.c, self.c_in);
         debug_assert_eq!(out, self.output_grid(in_grid));
+        if let Some(form) = &self.winograd {
+            let (winograd, min_tiles) = &**form;
+            if WinogradConv::tiles(out) >= *min_tiles {
+                winograd.run(input, in_grid, output, out, residual, activation, kernel);
+                zero_border(output, out);
+                return;
+            }
+        }
         let taps = in_grid.kernel_rows(self.kernel);
         ConvGemm {
             input: self.gemm_input(input, in_grid, scratch),

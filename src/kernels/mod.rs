@@ -8,7 +8,8 @@
 //! By job:
 //! - [`gemm`]: a convolution as an implicit GEMM over NHWC buffers (no im2col copy), with bias,
 //!   residual add and activation in registers; [`conv`] folds BatchNorm into such a
-//!   convolution and runs it on feature maps with symmetric or TensorFlow "same" padding.
+//!   convolution and runs it on feature maps with symmetric or TensorFlow "same" padding;
+//!   [`winograd`] computes its 3x3 stride-1 ones with a quarter of the multiplications.
 //! - [`depthwise`]: depthwise convolution, as the NHWC inference kernel with BatchNorm folded
 //!   in, and as an NCHW candle custom op with its backward pass for training.
 //! - [`layout`]: the NHWC feature maps with a zero border that those kernels read in place, and
@@ -39,5 +40,6 @@ pub mod pool;
 pub mod projection;
 #[cfg(test)]
 mod testing;
+pub mod winograd;
 
 pub use self::operands::eligible;

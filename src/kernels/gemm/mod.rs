@@ -85,6 +85,16 @@ impl ConvGemm<'_> {
     /// task). Panics if any map reaches outside its buffer, or if the input's precision is not
     /// the weights'.
     pub fn run(&self, output: &mut [f32], kernel: KernelKind) {
+        self.run_on(output, kernel, true)
+    }
+
+    /// As [`ConvGemm::run`], all of it on the calling thread: for callers that already spread
+    /// many small GEMMs over the threads themselves (the Winograd convolution's 36 products).
+    pub fn run_on_this_thread(&self, output: &mut [f32], kernel: KernelKind) {
+        self.run_on(output, kernel, false)
+    }
+
+    fn run_on(&self, output: &mut [f32], kernel: KernelKind, parallel: bool) {
         let w = self.weights;
         assert_eq!(self.tap_offsets.len(), w.taps, "tap count");
         let m = self.output_map.pixels();
@@ -109,15 +119,18 @@ impl ConvGemm<'_> {
             );
         }
         match (self.input, w.format) {
-            (GemmInput::F32(x), WeightFormat::F32) => {
-                self.run_with::<f32, TILE_ROWS, PANEL>(x, output, f32_tile(kernel), |b, p| {
-                    w.block_panel_f32(b, p)
-                })
-            }
+            (GemmInput::F32(x), WeightFormat::F32) => self.run_with::<f32, TILE_ROWS, PANEL>(
+                x,
+                output,
+                parallel,
+                f32_tile(kernel),
+                |b, p| w.block_panel_f32(b, p),
+            ),
             (GemmInput::F32(x), WeightFormat::F32Wide) => self
                 .run_with::<f32, TILE_ROWS_WIDE, PANEL_WIDE>(
                     x,
                     output,
+                    parallel,
                     f32_wide_tile(kernel),
                     |b, p| w.block_panel_f32(b, p),
                 ),
@@ -125,6 +138,7 @@ impl ConvGemm<'_> {
                 .run_with::<u16, TILE_ROWS_BF16, PANEL_BF16>(
                     x,
                     output,
+                    parallel,
                     bf16_tile(kernel),
                     |b, p| w.block_panel_bf16(b, p),
                 ),
@@ -138,6 +152,7 @@ impl ConvGemm<'_> {
         &self,
         input: &[E],
         output: &mut [f32],
+        parallel: bool,
         tile: TileFn<E, ROWS>,
         panel: impl Fn(&pack::DepthBlock, usize) -> *const E + Sync,
     ) {
@@ -153,7 +168,11 @@ impl ConvGemm<'_> {
         let group =
             (PANEL_GROUP_BYTES / (max_panel * std::mem::size_of::<E>()).max(1)).clamp(1, w.panels);
         let groups = w.panels.div_ceil(group);
-        let threads = rayon::current_num_threads().max(1);
+        let threads = if parallel {
+            rayon::current_num_threads().max(1)
+        } else {
+            1
+        };
         let want_tasks = threads * 4;
         let tiles = m.div_ceil(ROWS);
         let row_chunks = want_tasks.div_ceil(groups).clamp(1, tiles);

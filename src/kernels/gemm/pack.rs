@@ -264,6 +264,11 @@ impl PackedWeights {
         self.taps
     }
 
+    /// The bias, one per output channel.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias[..self.n]
+    }
+
     pub fn tap_len(&self) -> usize {
         self.tap_len
     }

@@ -15,7 +15,7 @@ use super::error::{CpuEngineError, Result};
 use super::fold::{fold_conv, folded_batch_norm, read_f32, Formats};
 use super::workspace::Workspace;
 use crate::kernels::activation::Activation;
-use crate::kernels::conv::FoldedConv;
+use crate::kernels::conv::{Conv3x3, FoldedConv};
 use crate::kernels::depthwise::{depthwise, DepthwiseWeights};
 use crate::kernels::gemm::WeightFormat;
 use crate::kernels::isa::KernelKind;
@@ -51,7 +51,16 @@ fn fold_conv_bn(conv: &ConvBn, layer: &str, format: WeightFormat) -> Result<Fold
             what: "a depthwise convolution where a full one belongs".into(),
         });
     }
-    fold_conv(format, &conv.weight, conv.stride, 0, &conv.bn, layer)
+    // No 3x3 stride-1 full convolution here (the 3x3s are depthwise or the stride-2 stem).
+    fold_conv(
+        format,
+        Conv3x3::Direct,
+        &conv.weight,
+        conv.stride,
+        0,
+        &conv.bn,
+        layer,
+    )
 }
 
 fn fold_depthwise(conv: &ConvBn, layer: &str) -> Result<DepthwiseWeights> {

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::error::{CpuEngineError, Result};
-use crate::kernels::conv::FoldedConv;
+use crate::kernels::conv::{Conv3x3, FoldedConv};
 use crate::kernels::gemm::WeightFormat;
 use crate::model::encoder::layers::BatchNorm;
 
@@ -16,12 +16,16 @@ use crate::model::encoder::layers::BatchNorm;
 pub struct Formats {
     pub stem: WeightFormat,
     pub body: WeightFormat,
+    /// Whether 3x3, stride-1 f32 convolutions also keep a Winograd form.
+    pub conv3x3: Conv3x3,
 }
 
 /// A bias-free convolution with `(C_out, C_in, k, k)` `weight` (symmetric `padding`) followed
-/// by inference-mode `bn`: weights scaled per output channel, shift as bias, packed in `format`.
+/// by inference-mode `bn`: weights scaled per output channel, shift as bias, packed in `format`
+/// (and in Winograd form as `conv3x3` says, where it applies).
 pub fn fold_conv(
     format: WeightFormat,
+    conv3x3: Conv3x3,
     weight: &Tensor,
     stride: usize,
     padding: usize,
@@ -49,7 +53,8 @@ pub fn fold_conv(
         &shift,
         stride,
         padding,
-    ))
+    )
+    .with_winograd(conv3x3, &w, &scale))
 }
 
 /// A tensor's values as f32 on the CPU.

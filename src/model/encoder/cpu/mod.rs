@@ -13,6 +13,9 @@
 //!   with bias, residual add and ReLU (or ReLU6) applied in registers; EfficientNet's depthwise
 //!   convolutions run a direct kernel over the same layout ([`crate::kernels::depthwise`]),
 //!   and its TensorFlow "same" padding is the border read from an offset ([`efficientnet`]);
+//! - in f32, ResNet's 3x3 stride-1 convolutions with 128 or more input channels also keep a
+//!   Winograd F(4x4, 3x3) form and use it when the map has enough tiles
+//!   ([`crate::kernels::winograd`]; `GAZE_CONV3X3=direct` turns it off and saves its memory);
 //! - a block's buffers are reused from call to call ([`workspace`]).
 //!
 //! The kernels compute; this module owns which layer runs which kernel into which buffer
@@ -47,6 +50,7 @@ use self::fold::Formats;
 use self::resnet::FoldedResNet;
 use self::workspace::Workspace;
 pub use crate::kernels::bf16::Precision;
+pub use crate::kernels::conv::Conv3x3;
 use crate::kernels::gemm::WeightFormat;
 use crate::kernels::isa::KernelKind;
 use crate::kernels::operands::{contiguous_f32, eligible};
@@ -100,7 +104,18 @@ impl CpuEncoder {
         kernel: KernelKind,
         precision: Precision,
     ) -> Result<Self> {
-        let folded = FoldedResNet::fold(net, formats(precision, kernel))?;
+        Self::from_resnet_using(net, kernel, precision, Conv3x3::from_env())
+    }
+
+    /// As [`CpuEncoder::from_resnet_with`], with 3x3 convolutions as `conv3x3` says instead of
+    /// as the environment does.
+    pub fn from_resnet_using(
+        net: &ResNet,
+        kernel: KernelKind,
+        precision: Precision,
+        conv3x3: Conv3x3,
+    ) -> Result<Self> {
+        let folded = FoldedResNet::fold(net, formats(precision, kernel, conv3x3))?;
         Ok(CpuEncoder {
             in_channels: folded.in_channels(),
             out_channels: net.out_channels(),
@@ -125,7 +140,7 @@ impl CpuEncoder {
         kernel: KernelKind,
         precision: Precision,
     ) -> Result<Self> {
-        let folded = FoldedEfficientNet::fold(net, formats(precision, kernel))?;
+        let folded = FoldedEfficientNet::fold(net, formats(precision, kernel, Conv3x3::Direct))?;
         Ok(CpuEncoder {
             in_channels: folded.in_channels(),
             out_channels: folded.out_channels(),
@@ -140,6 +155,11 @@ impl CpuEncoder {
 
     pub fn kernel(&self) -> KernelKind {
         self.kernel
+    }
+
+    /// Floats the folded weights hold (Winograd planes included).
+    pub fn parameters(&self) -> usize {
+        self.parameters
     }
 
     pub fn precision(&self) -> Precision {
@@ -236,7 +256,7 @@ impl CpuEncoder {
 }
 
 /// How convolution weights are packed for `precision` and `kernel` (see [`Formats`]).
-fn formats(precision: Precision, kernel: KernelKind) -> Formats {
+fn formats(precision: Precision, kernel: KernelKind, conv3x3: Conv3x3) -> Formats {
     let f32 = match kernel {
         KernelKind::Avx512 => WeightFormat::F32Wide,
         _ => WeightFormat::F32,
@@ -245,10 +265,12 @@ fn formats(precision: Precision, kernel: KernelKind) -> Formats {
         Precision::F32 => Formats {
             stem: f32,
             body: f32,
+            conv3x3,
         },
         Precision::Bf16 => Formats {
             stem: f32,
             body: WeightFormat::Bf16,
+            conv3x3,
         },
     }
 }
@@ -463,6 +485,63 @@ mod tests {
             engine.set_images_per_pass(group);
             let got = engine.forward(&x, 2).unwrap();
             assert_close(&format!("{kernel:?}, {group} images per pass"), &got, &want);
+        }
+    }
+
+    fn resnet(cfg: &ModelConfig, weights: &Weights) -> super::super::resnet::ResNet {
+        match &cfg.encoder {
+            EncoderConfig::Resnet {
+                block,
+                layers,
+                width,
+            } => {
+                super::super::resnet::ResNet::load(&weights.pp("encoder"), *block, *layers, *width)
+            }
+            EncoderConfig::EfficientnetLite0 => unreachable!("the test builds a ResNet"),
+        }
+    }
+
+    /// 3x3 convolutions by Winograd (from the first tile on, so every eligible layer takes it:
+    /// bottleneck 3x3s and basic blocks' residual ones) and by the implicit GEMM, both against
+    /// the reference; the Winograd engine must hold the extra planes.
+    #[test]
+    fn winograd_and_direct_3x3_agree_with_reference() {
+        for (cfg, (n, h, w)) in [
+            (
+                config(BlockKind::Bottleneck, [1, 1, 2, 1], 32, 3),
+                (2, 70, 90),
+            ),
+            (config(BlockKind::Basic, [1, 1, 1, 1], 128, 2), (3, 45, 38)),
+        ] {
+            let weights = Weights::new(tensors(&cfg, 8), &Device::Cpu);
+            let enc = encoder(&cfg, &weights);
+            let x = images(n, h, w, 4);
+            let want = enc.forward_reference(&x).unwrap();
+            let net = resnet(&cfg, &weights);
+            let mut parameters = Vec::new();
+            for conv3x3 in [
+                super::Conv3x3::Direct,
+                super::Conv3x3::Winograd { min_tiles: 0 },
+            ] {
+                let engine = super::CpuEncoder::from_resnet_using(
+                    &net,
+                    KernelKind::detect(),
+                    super::Precision::F32,
+                    conv3x3,
+                )
+                .unwrap();
+                let got = engine.forward(&x, cfg.encoded_image_size).unwrap();
+                let r = assert_close(&format!("{:?} {conv3x3:?}", cfg.encoder), &got, &want);
+                eprintln!(
+                    "{:?} {conv3x3:?}: max difference / max value {r:e}",
+                    cfg.encoder
+                );
+                parameters.push(engine.parameters());
+            }
+            assert!(
+                parameters[1] > parameters[0],
+                "no Winograd planes held: {parameters:?}"
+            );
         }
     }
 

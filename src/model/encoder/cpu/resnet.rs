@@ -116,7 +116,15 @@ impl FoldedResNet {
                 } else {
                     formats.body
                 };
-                fold_conv(format, &conv.weight, conv.stride, conv.padding, bn, name)
+                fold_conv(
+                    format,
+                    formats.conv3x3,
+                    &conv.weight,
+                    conv.stride,
+                    conv.padding,
+                    bn,
+                    name,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let mut stem = None;
