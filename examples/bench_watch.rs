@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_watch -- [--images 96] [--batch-sizes 1,8,32]
-//!     [--beam-size 3] [--max-steps 20] [--decode-threads 2]
+//!     [--beam-size 3] [--max-steps 20] [--decode-threads 2] [--precision f32|bf16|auto]
 //! ```
 
 use std::path::Path;
@@ -23,6 +23,7 @@ use gaze::config::Config;
 use gaze::daemon::{Daemon, DaemonOptions};
 use gaze::data::WordMap;
 use gaze::model::config::{EncoderConfig, ModelConfig};
+use gaze::model::encoder::cpu::Precision;
 use gaze::model::{CaptionModel, LoadOptions};
 
 struct Args {
@@ -31,6 +32,7 @@ struct Args {
     beam_size: usize,
     max_steps: usize,
     decode_threads: usize,
+    precision: Precision,
 }
 
 fn parse_args() -> Result<Args> {
@@ -40,6 +42,7 @@ fn parse_args() -> Result<Args> {
         beam_size: 3,
         max_steps: 20,
         decode_threads: 2,
+        precision: Precision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +58,9 @@ fn parse_args() -> Result<Args> {
             "--beam-size" => args.beam_size = value.parse()?,
             "--max-steps" => args.max_steps = value.parse()?,
             "--decode-threads" => args.decode_threads = value.parse()?,
+            "--precision" => {
+                args.precision = Precision::parse(&value).map_err(anyhow::Error::msg)?
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -88,6 +94,8 @@ fn done_count(db: &Path) -> i64 {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    // Before the model loads: its encoder and decoder engines take the precision from here.
+    gaze::model::encoder::set_default_precision(args.precision);
     let tmp = tempfile::tempdir()?;
     let words: Vec<String> = (0..2000).map(|i| format!("w{i}")).collect();
     let word_map = WordMap::from_counts(words.iter().map(|w| (w.as_str(), 10)), 5);
@@ -116,13 +124,14 @@ fn main() -> Result<()> {
     let pictures: Vec<Vec<u8>> = (0..args.images as u32).map(image_bytes).collect();
     println!(
         "model: resnet18 encoder + 512-wide decoder, {} words, {:.1}M parameters; \
-         {} images of 320x240 per run; beam {}, {} steps; {} decode threads",
+         {} images of 320x240 per run; beam {}, {} steps; {} decode threads; {}",
         word_map.len(),
         params as f64 / 1e6,
         args.images,
         args.beam_size,
         args.max_steps,
-        args.decode_threads
+        args.decode_threads,
+        args.precision.name()
     );
     println!(
         "| batch size | images | daemon seconds | daemon images/s | caption images/s | daemon / caption |"
