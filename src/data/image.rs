@@ -3,6 +3,11 @@
 //! Decoding covers every format the `image` crate reads (JPEG incl. progressive, PNG incl.
 //! 16-bit/alpha/palette, WebP, BMP, GIF's first frame, TIFF, ...), applies EXIF orientation and
 //! refuses images whose pixel count exceeds a limit before allocating them (decompression bombs).
+//! JPEG pixels come from libjpeg-turbo's arithmetic (the `mozjpeg` crate's C decoder: integer
+//! inverse DCT, "fancy" chroma upsampling), the same bytes Pillow's decoder gives, so captions
+//! match those of a PyTorch pipeline that read the file with PIL; the `image` crate's own JPEG
+//! decoder rounds differently (a level or so on about 1% of values), which flips near-tied
+//! words of a weak model (BENCHMARKS.md). CMYK JPEGs still go through the `image` crate.
 //!
 //! Preprocessing is the tutorial's: RGB (grayscale copied to three channels, alpha dropped),
 //! resize to 256x256, values / 255, normalised with ImageNet mean and std, laid out CHW.
@@ -61,7 +66,8 @@ pub fn decode_bytes(
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| fail(e.to_string()))?;
-    match reader.format() {
+    let reader_format = reader.format();
+    match reader_format {
         None => return Err(fail("not a recognised image format".into())),
         Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
             // The JPEG decoder pads missing data with grey instead of failing.
@@ -84,11 +90,59 @@ pub fn decode_bytes(
         return Err(fail(format!("the image is {w}x{h}")));
     }
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
+    let libjpeg = match reader_format {
+        Some(image::ImageFormat::Jpeg) => decode_jpeg_libjpeg(bytes).map_err(fail)?,
+        _ => None,
+    };
+    let mut img = match libjpeg {
+        Some(img) => img,
+        None => DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
     Ok(img)
+}
+
+/// A JPEG's pixels as libjpeg-turbo decodes them (RGB, or grey for greyscale files); `None`
+/// for colour spaces it does not convert to RGB (CMYK, YCCK), which the caller decodes with the
+/// `image` crate. libjpeg's fatal errors unwind out of the decoder and are caught here.
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<DynamicImage>, String> {
+    use mozjpeg::ColorSpace;
+    let decode = || -> std::io::Result<Option<DynamicImage>> {
+        let jpeg = mozjpeg::Decompress::new_mem(bytes)?;
+        let (w, h) = (jpeg.width() as u32, jpeg.height() as u32);
+        let image = match jpeg.color_space() {
+            ColorSpace::JCS_GRAYSCALE => {
+                let mut jpeg = jpeg.grayscale()?;
+                let pixels: Vec<u8> = jpeg.read_scanlines()?;
+                jpeg.finish()?;
+                image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+            }
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => return Ok(None),
+            _ => {
+                let mut jpeg = jpeg.rgb()?;
+                let pixels: Vec<[u8; 3]> = jpeg.read_scanlines()?;
+                jpeg.finish()?;
+                RgbImage::from_raw(w, h, pixels.into_flattened()).map(DynamicImage::ImageRgb8)
+            }
+        };
+        image.map(Some).ok_or_else(|| {
+            std::io::Error::other(format!("the decoder gave too few rows for {w}x{h}"))
+        })
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(image)) => Ok(image),
+        Ok(Err(e)) => Err(format!("the JPEG data is corrupt: {e}")),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the decoder stopped");
+            Err(format!("the JPEG data is corrupt: {message}"))
+        }
+    }
 }
 
 /// True when a JPEG stream has an end-of-image marker after the start of its image data.
@@ -168,6 +222,41 @@ pub fn load_normalized(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JPEG pixels are exactly the ones Pillow (libjpeg-turbo) decodes, for 4:2:0, 4:4:4,
+    /// progressive 4:2:2 and greyscale files of odd sizes (tests/fixtures/images/
+    /// make_libjpeg_fixtures.py wrote the files and Pillow's bytes).
+    #[test]
+    fn jpeg_pixels_match_libjpeg_turbo() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images");
+        for name in [
+            "libjpeg_420",
+            "libjpeg_444",
+            "libjpeg_progressive_422",
+            "libjpeg_gray",
+        ] {
+            let path = dir.join(format!("{name}.jpg"));
+            let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
+            let got = decode_file(&path, &DecodeOptions::default()).unwrap();
+            assert_eq!((got.width(), got.height()), (37, 29), "{name}");
+            let got = got.to_rgb8().into_raw();
+            let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differ,
+                0,
+                "{name}: {differ} of {} bytes differ from Pillow's",
+                want.len()
+            );
+            // What the `image` crate's own decoder would have given, for the record.
+            let bytes = std::fs::read(&path).unwrap();
+            let other = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+                .unwrap()
+                .to_rgb8()
+                .into_raw();
+            let other_differ = other.iter().zip(&want).filter(|(a, b)| a != b).count();
+            eprintln!("{name}: the image crate's decoder differs in {other_differ} bytes");
+        }
+    }
 
     #[test]
     fn chw_and_normalisation() {
