@@ -108,14 +108,18 @@ impl FoldedConv {
     ) -> Self {
         assert_eq!(weight.len(), c_out * c_in * k * k, "weight size");
         assert_eq!(scale.len(), c_out, "scale size");
-        // Row (ky, kx, ci) of the GEMM: kernel row ky is one tap of k * c_in floats.
+        // Row (ky, kx, ci) of the GEMM: kernel row ky is one tap of k * c_in floats. Blocks of
+        // 16 output channels: 16 sequential read streams, and whole cache lines written.
         let mut m = vec![0f32; k * k * c_in * c_out];
-        for o in 0..c_out {
+        for o0 in (0..c_out).step_by(16) {
+            let block = o0..(o0 + 16).min(c_out);
             for ci in 0..c_in {
                 for ky in 0..k {
                     for kx in 0..k {
-                        m[((ky * k + kx) * c_in + ci) * c_out + o] =
-                            weight[((o * c_in + ci) * k + ky) * k + kx] * scale[o];
+                        let row = ((ky * k + kx) * c_in + ci) * c_out;
+                        for o in block.clone() {
+                            m[row + o] = weight[((o * c_in + ci) * k + ky) * k + kx] * scale[o];
+                        }
                     }
                 }
             }

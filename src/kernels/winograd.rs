@@ -101,28 +101,28 @@ impl WinogradConv {
         assert_ne!(format, WeightFormat::Bf16, "Winograd planes are f32");
         assert_eq!(weight.len(), c_out * c_in * 9, "weight size");
         assert_eq!(bias.len(), c_out, "bias size");
-        // u[point][ci][o] = (G g G^T)[point], computed in f64.
-        let mut u = vec![0f32; POINTS * c_in * c_out];
-        for o in 0..c_out {
-            for ci in 0..c_in {
-                let g = &weight[(o * c_in + ci) * 9..][..9];
-                for i in 0..WINDOW {
-                    for j in 0..WINDOW {
-                        let mut s = 0f64;
-                        for a in 0..3 {
-                            for b in 0..3 {
-                                s += G[i][a] * g[a * 3 + b] as f64 * G[j][b];
-                            }
-                        }
-                        u[((i * WINDOW + j) * c_in + ci) * c_out + o] = s as f32;
-                    }
-                }
+        // The filters as rows of input channels ([ci][o][9]), so that each plane's rows read
+        // contiguous filters; then each plane p = (i, j) of G g G^T is one 9-term sum per
+        // filter, with coefficients G[i][a] G[j][b] (products in f64), planes built and packed
+        // in parallel (this is most of a model's load time otherwise).
+        let mut by_input = vec![0f32; weight.len()];
+        for (o, filters) in weight.chunks_exact(c_in * 9).enumerate() {
+            for (ci, filter) in filters.chunks_exact(9).enumerate() {
+                by_input[(ci * c_out + o) * 9..][..9].copy_from_slice(filter);
             }
         }
         let zeros = vec![0f32; c_out];
-        let planes = u
-            .par_chunks(c_in * c_out)
-            .map(|plane| PackedWeights::pack_as(format, plane, 1, c_in, c_out, &zeros))
+        let planes = (0..POINTS)
+            .into_par_iter()
+            .map(|p| {
+                let (i, j) = (p / WINDOW, p % WINDOW);
+                let coef: [f32; 9] = std::array::from_fn(|ab| (G[i][ab / 3] * G[j][ab % 3]) as f32);
+                let mut plane = vec![0f32; c_in * c_out];
+                for (v, g) in plane.iter_mut().zip(by_input.chunks_exact(9)) {
+                    *v = g.iter().zip(&coef).map(|(g, c)| g * c).sum();
+                }
+                PackedWeights::pack_as(format, &plane, 1, c_in, c_out, &zeros)
+            })
             .collect();
         WinogradConv {
             planes,
