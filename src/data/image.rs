@@ -223,6 +223,33 @@ pub fn load_normalized(
 mod tests {
     use super::*;
 
+    /// A JPEG whose headers the `image` crate accepts but libjpeg refuses (a component names a
+    /// quantisation table the file never defines): a clear error naming the file, no panic.
+    #[test]
+    fn libjpeg_errors_are_clear_errors() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/libjpeg_420.jpg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let sof = bytes
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("baseline SOF");
+        // FFC0, length (2), precision, height (2), width (2), components, then per component
+        // its id, sampling factors and quantisation table.
+        bytes[sof + 12] = 3;
+        let err = decode_bytes(
+            &bytes,
+            Path::new("bad_table.jpg"),
+            &DecodeOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bad_table.jpg") && err.contains("Quantization table 0x03"),
+            "{err}"
+        );
+    }
+
     /// JPEG pixels are exactly the ones Pillow (libjpeg-turbo) decodes, for 4:2:0, 4:4:4,
     /// progressive 4:2:2 and greyscale files of odd sizes (tests/fixtures/images/
     /// make_libjpeg_fixtures.py wrote the files and Pillow's bytes).
