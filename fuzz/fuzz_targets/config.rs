@@ -30,7 +30,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = cfg.validate();
     if cfg.apply_env(|k| env.get(k).cloned()).is_ok() {
         let _ = cfg.validate();
-        let _ = cfg.retrain.train_threads();
         // A schedule that validates must also plan its next run without panicking.
         if let Ok(schedule) = Schedule::parse(&cfg.retrain.schedule) {
             let _ = schedule.next_after(1.7e9, 1.7e9);

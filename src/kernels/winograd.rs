@@ -37,7 +37,10 @@ const WINDOW: usize = 6;
 const POINTS: usize = WINDOW * WINDOW;
 /// Channels the transforms handle at once (one AVX-512 vector).
 const LANES: usize = 16;
-/// Transformed input and products one chunk of tiles keeps in memory (both together).
+/// Transformed input and products one chunk of tiles keeps in memory (both together), at
+/// least: each chunk reads all 36 planes of weights (4x the direct weights, mostly from memory
+/// in a whole network), so a chunk may grow to twice the planes' size, which keeps the weight
+/// traffic below the maps' (ResNet's 256-channel layer: one chunk up to batch 16).
 const CHUNK_BYTES: usize = 6 << 20;
 
 /// `G`, the filter transform (in f64: done once, at build time).
@@ -184,7 +187,8 @@ impl WinogradConv {
         }
         // Chunks of whole 12-row register tiles, small enough to stay in the caches.
         let per_tile = POINTS * (self.c_in + self.c_out) * 4;
-        let chunk = (CHUNK_BYTES / per_tile / 12 * 12).max(24);
+        let plane_bytes = POINTS * self.c_in * self.c_out * 4;
+        let chunk = (CHUNK_BYTES.max(2 * plane_bytes) / per_tile / 12 * 12).max(24);
         let need = POINTS * chunk.min(tiles) * (self.c_in + self.c_out);
         let mut run_chunks = |scratch: &mut Vec<f32>| {
             if scratch.len() < need {
@@ -369,6 +373,29 @@ fn output_1d(z: [&[f32; LANES]; WINDOW]) -> [[f32; LANES]; M] {
     o
 }
 
+/// `lanes` values from `src` (the rest zero): one vector load when the block is whole, which
+/// a variable-length copy would turn into a call to `memcpy`.
+#[inline(always)]
+unsafe fn load_lanes(src: *const f32, lanes: usize) -> [f32; LANES] {
+    if lanes == LANES {
+        std::ptr::read_unaligned(src as *const [f32; LANES])
+    } else {
+        let mut v = [0f32; LANES];
+        std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), lanes);
+        v
+    }
+}
+
+/// The first `lanes` values of `v` to `dst` (as [`load_lanes`], one vector store when whole).
+#[inline(always)]
+unsafe fn store_lanes(dst: *mut f32, v: &[f32; LANES], lanes: usize) {
+    if lanes == LANES {
+        std::ptr::write_unaligned(dst as *mut [f32; LANES], *v);
+    } else {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), dst, lanes);
+    }
+}
+
 /// One tile's input transform for every channel, lanes at a time: the window's 36 pixels
 /// (`None` reads zeros) to row 0 of each of the 36 planes at `dst + p * plane`.
 #[inline(always)]
@@ -385,7 +412,8 @@ unsafe fn input_tile_body(
         let mut d = [[0f32; LANES]; POINTS];
         for (values, at) in d.iter_mut().zip(window) {
             if let Some(at) = at {
-                values[..lanes].copy_from_slice(&input[at + c0..][..lanes]);
+                debug_assert!(at + c0 + lanes <= input.len());
+                *values = load_lanes(input.as_ptr().add(at + c0), lanes);
             }
         }
         // Columns, then rows: t = B^T d, then V = t B.
@@ -399,8 +427,7 @@ unsafe fn input_tile_body(
         for i in 0..WINDOW {
             let row = input_1d(std::array::from_fn(|s| &t[i * WINDOW + s]));
             for (j, values) in row.iter().enumerate() {
-                let at = dst.add((i * WINDOW + j) * plane + c0);
-                std::ptr::copy_nonoverlapping(values.as_ptr(), at, lanes);
+                store_lanes(dst.add((i * WINDOW + j) * plane + c0), values, lanes);
             }
         }
         c0 += lanes;
@@ -427,10 +454,9 @@ unsafe fn output_tile_body(
         let lanes = LANES.min(c - c0);
         let mut mv = [[0f32; LANES]; POINTS];
         for (p, values) in mv.iter_mut().enumerate() {
-            std::ptr::copy_nonoverlapping(src.add(p * plane + c0), values.as_mut_ptr(), lanes);
+            *values = load_lanes(src.add(p * plane + c0), lanes);
         }
-        let mut b = [0f32; LANES];
-        b[..lanes].copy_from_slice(&bias[c0..][..lanes]);
+        let b = load_lanes(bias[c0..c0 + lanes].as_ptr(), lanes);
         // Columns, then rows: t = A^T m (4 x 6), then Y = t A (4 x 4).
         let mut t = [[0f32; LANES]; M * WINDOW];
         for j in 0..WINDOW {
@@ -451,14 +477,15 @@ unsafe fn output_tile_body(
                     y[l] = values[l] + b[l];
                 }
                 if residual {
-                    for (l, v) in y.iter_mut().enumerate().take(lanes) {
-                        *v += *dst.add(l);
+                    let r = load_lanes(dst, lanes);
+                    for l in 0..LANES {
+                        y[l] += r[l];
                     }
                 }
                 for v in y.iter_mut() {
                     *v = activation.apply(*v);
                 }
-                std::ptr::copy_nonoverlapping(y.as_ptr(), dst, lanes);
+                store_lanes(dst, &y, lanes);
             }
         }
         c0 += lanes;
