@@ -158,11 +158,6 @@ impl FoldedConv {
         self
     }
 
-    /// Whether this convolution holds a Winograd form.
-    pub fn has_winograd(&self) -> bool {
-        self.winograd.is_some()
-    }
-
     pub fn kernel(&self) -> usize {
         self.kernel
     }

@@ -11,8 +11,6 @@
 use super::bf16::to_bf16;
 use super::gemm::{ConvGemm, GemmInput, PackedWeights, WeightFormat};
 use super::isa::KernelKind;
-use super::layout::PixelMap;
-use crate::kernels::activation::Activation;
 
 /// A linear layer packed for the GEMM.
 #[derive(Debug, Clone)]
@@ -99,25 +97,7 @@ impl Dense {
                 GemmInput::Bf16(scratch)
             }
         };
-        let map = |step: usize| PixelMap {
-            images: 1,
-            height: 1,
-            width: rows,
-            base: 0,
-            image_step: 0,
-            row_step: 0,
-            col_step: step,
-        };
-        ConvGemm {
-            input,
-            input_map: map(k),
-            tap_offsets: &[0],
-            weights: &self.weights,
-            residual: None,
-            activation: Activation::Identity,
-            output_map: map(n),
-        }
-        .run(&mut out[..rows * n], kernel);
+        ConvGemm::matrix(input, rows, &self.weights).run(&mut out[..rows * n], kernel);
     }
 }
 

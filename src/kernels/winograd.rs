@@ -26,9 +26,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::activation::Activation;
-use super::gemm::{ConvGemm, GemmInput, PackedWeights, WeightFormat};
+use super::gemm::{ConvGemm, GemmInput, PackedWeights, WeightFormat, TILE_ROWS_WIDE};
 use super::isa::KernelKind;
-use super::layout::{Grid, PixelMap};
+use super::layout::Grid;
 
 /// Output pixels per tile side, and the input window's side.
 const M: usize = 4;
@@ -185,10 +185,11 @@ impl WinogradConv {
         if tiles == 0 {
             return;
         }
-        // Chunks of whole 12-row register tiles, small enough to stay in the caches.
+        // Chunks of whole register tiles (see CHUNK_BYTES for the size).
         let per_tile = POINTS * (self.c_in + self.c_out) * 4;
         let plane_bytes = POINTS * self.c_in * self.c_out * 4;
-        let chunk = (CHUNK_BYTES.max(2 * plane_bytes) / per_tile / 12 * 12).max(24);
+        let chunk = (CHUNK_BYTES.max(2 * plane_bytes) / per_tile / TILE_ROWS_WIDE * TILE_ROWS_WIDE)
+            .max(2 * TILE_ROWS_WIDE);
         let need = POINTS * chunk.min(tiles) * (self.c_in + self.c_out);
         let mut run_chunks = |scratch: &mut Vec<f32>| {
             if scratch.len() < need {
@@ -260,30 +261,13 @@ impl WinogradConv {
     /// The 36 products: plane `p` of `v` (`count x c_in`) times plane `p` of the weights into
     /// plane `p` of `m` (`count x c_out`), one plane per task.
     fn multiply(&self, v: &[f32], m: &mut [f32], count: usize, kernel: KernelKind) {
-        let map = |step: usize| PixelMap {
-            images: 1,
-            height: 1,
-            width: count,
-            base: 0,
-            image_step: 0,
-            row_step: 0,
-            col_step: step,
-        };
         m[..POINTS * count * self.c_out]
             .par_chunks_mut(count * self.c_out)
             .zip(v[..POINTS * count * self.c_in].par_chunks(count * self.c_in))
             .zip(&self.planes)
             .for_each(|((product, transformed), weights)| {
-                ConvGemm {
-                    input: GemmInput::F32(transformed),
-                    input_map: map(self.c_in),
-                    tap_offsets: &[0],
-                    weights,
-                    residual: None,
-                    activation: Activation::Identity,
-                    output_map: map(self.c_out),
-                }
-                .run_on_this_thread(product, kernel)
+                ConvGemm::matrix(GemmInput::F32(transformed), count, weights)
+                    .run_on_this_thread(product, kernel)
             });
     }
 
@@ -492,81 +476,61 @@ unsafe fn output_tile_body(
     }
 }
 
-/// The body of a function that calls `$body` with its arguments, compiled for the widest
-/// vectors `$kernel` allows (the transforms are plain loops over lanes, which the compiler
-/// vectorises to the target's width).
+/// Defines `unsafe fn $name(kernel, args...)`, which calls `$body(args...)` compiled for the
+/// widest vectors `kernel` allows (the transforms are plain loops over lanes, which the
+/// compiler vectorises to the target's width).
 macro_rules! widest_vectors {
-    ($kernel:expr, $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) {
-                $body($($arg),*)
+    ($(#[$doc:meta])* fn $name:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(kernel: KernelKind, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match kernel {
+                    KernelKind::Avx512 => return avx512($($arg),*),
+                    KernelKind::Avx2Fma => return avx2($($arg),*),
+                    KernelKind::Portable => {}
+                }
             }
-            #[allow(clippy::too_many_arguments)]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                $body($($arg),*)
-            }
-            match $kernel {
-                KernelKind::Avx512 => return avx512($($arg),*),
-                KernelKind::Avx2Fma => return avx2($($arg),*),
-                KernelKind::Portable => {}
-            }
+            $body($($arg),*)
         }
-        $body($($arg),*)
-    }};
+    };
 }
 
-/// [`input_tile_body`] compiled for the widest vectors `kernel` allows.
-unsafe fn input_tile(
-    kernel: KernelKind,
-    input: &[f32],
-    window: &[Option<usize>; POINTS],
-    c: usize,
-    dst: *mut f32,
-    plane: usize,
-) {
-    widest_vectors!(
-        kernel,
-        input_tile_body(
-            input: &[f32],
-            window: &[Option<usize>; POINTS],
-            c: usize,
-            dst: *mut f32,
-            plane: usize,
-        )
+widest_vectors!(
+    /// [`input_tile_body`] compiled for the widest vectors `kernel` allows.
+    fn input_tile => input_tile_body(
+        input: &[f32],
+        window: &[Option<usize>; POINTS],
+        c: usize,
+        dst: *mut f32,
+        plane: usize,
     )
-}
+);
 
-/// [`output_tile_body`] compiled for the widest vectors `kernel` allows.
-#[allow(clippy::too_many_arguments)]
-unsafe fn output_tile(
-    kernel: KernelKind,
-    src: *const f32,
-    plane: usize,
-    pixels: &[Option<usize>; M * M],
-    c: usize,
-    bias: &[f32],
-    residual: bool,
-    activation: Activation,
-    output: *mut f32,
-) {
-    widest_vectors!(
-        kernel,
-        output_tile_body(
-            src: *const f32,
-            plane: usize,
-            pixels: &[Option<usize>; M * M],
-            c: usize,
-            bias: &[f32],
-            residual: bool,
-            activation: Activation,
-            output: *mut f32,
-        )
+widest_vectors!(
+    /// [`output_tile_body`] compiled for the widest vectors `kernel` allows.
+    fn output_tile => output_tile_body(
+        src: *const f32,
+        plane: usize,
+        pixels: &[Option<usize>; M * M],
+        c: usize,
+        bias: &[f32],
+        residual: bool,
+        activation: Activation,
+        output: *mut f32,
     )
-}
+);
 
 #[cfg(test)]
 mod tests {

@@ -79,6 +79,33 @@ struct SendPtr<T>(T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<'a> ConvGemm<'a> {
+    /// A plain matrix product: `rows` rows of `input` (each `weights.tap_len()` values, packed
+    /// one after another) times the one-tap `weights`, into `rows` rows of
+    /// `weights.out_channels()` values; no residual, no activation. A 1x1 convolution over a
+    /// one-row image of `rows` pixels.
+    pub fn matrix(input: GemmInput<'a>, rows: usize, weights: &'a PackedWeights) -> Self {
+        let map = |step: usize| PixelMap {
+            images: 1,
+            height: 1,
+            width: rows,
+            base: 0,
+            image_step: 0,
+            row_step: 0,
+            col_step: step,
+        };
+        ConvGemm {
+            input,
+            input_map: map(weights.tap_len()),
+            tap_offsets: &[0],
+            weights,
+            residual: None,
+            activation: Activation::Identity,
+            output_map: map(weights.out_channels()),
+        }
+    }
+}
+
 impl ConvGemm<'_> {
     /// Runs the convolution into `output`; when `residual` is set it is read from `output`
     /// itself (in place: each element is read before its own position is written, by the same

@@ -459,28 +459,15 @@ mod tests {
         let enc = encoder(&cfg, &weights);
         let x = images(3, 45, 38, 9);
         let want = enc.forward_reference(&x).unwrap();
+        let net = resnet(&cfg, &weights);
         for (kernel, group) in [
             (KernelKind::Portable, 1),
             (KernelKind::detect(), 1),
             (KernelKind::detect(), 2),
             (KernelKind::detect(), 3),
         ] {
-            let resnet = match &cfg.encoder {
-                EncoderConfig::Resnet {
-                    block,
-                    layers,
-                    width,
-                } => super::super::resnet::ResNet::load(
-                    &weights.pp("encoder"),
-                    *block,
-                    *layers,
-                    *width,
-                ),
-                EncoderConfig::EfficientnetLite0 => unreachable!("the test builds a ResNet"),
-            };
             let mut engine =
-                super::CpuEncoder::from_resnet_with(&resnet, kernel, super::Precision::F32)
-                    .unwrap();
+                super::CpuEncoder::from_resnet_with(&net, kernel, super::Precision::F32).unwrap();
             assert_eq!(engine.kernel(), kernel);
             engine.set_images_per_pass(group);
             let got = engine.forward(&x, 2).unwrap();
